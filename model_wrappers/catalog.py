@@ -1,0 +1,45 @@
+"""The base models this package registers with VLMEvalKit: one ``register_base`` call each.
+
+Adding a checkpoint of a supported family is one entry here.  Encoder short
+names are listed in the order the checkpoint's own config lists its towers;
+the family adapter re-reads that order from the loaded model and refuses to
+run if they disagree.
+"""
+
+from vlmeval_encred.registry import BaseModelSpec, register_base
+
+_EAGLE1 = "vlmeval_encred.model_wrappers.eagle1:EncredEagle"
+_EAGLE_X5 = ("clip", "convnext", "sam", "eva02", "pix2struct")
+# Eagle-X4 towers per the authors' shape table; verified against mm_vision_tower at load time.
+_EAGLE_X4 = ("clip", "convnext", "pix2struct", "eva02")
+
+for _name, _ckpt, _encs in [
+    ("eagle_x5", "NVEagle/Eagle-X5-7B", _EAGLE_X5),
+    ("eagle_x5_13b", "NVEagle/Eagle-X5-13B", _EAGLE_X5),
+    ("eagle_x4_8b_plus", "NVEagle/Eagle-X4-8B-Plus", _EAGLE_X4),
+    ("eagle_x4_13b_plus", "NVEagle/Eagle-X4-13B-Plus", _EAGLE_X4),
+]:
+    register_base(BaseModelSpec(
+        name=_name, family="eagle1", checkpoint=_ckpt, encoders=_encs, wrapper=_EAGLE1,
+        modes=("zero", "drop"), description="Eagle-1: channel concatenation of 1024-token towers"))
+
+register_base(BaseModelSpec(
+    name="deepseek_vl_7b_hf", family="deepseek_vl_hf",
+    checkpoint="deepseek-community/deepseek-vl-7b-chat", encoders=("siglip", "sam"),
+    wrapper="vlmeval_encred.model_wrappers.deepseek_vl_hf:EncredDeepseekVLHybrid",
+    description="DeepSeek-VL 7B via transformers' DeepseekVLHybridForConditionalGeneration"))
+
+register_base(BaseModelSpec(
+    name="deepseek_vl_7b", family="deepseek_vl",
+    checkpoint="deepseek-ai/deepseek-vl-7b-chat", encoders=("siglip", "sam"),
+    wrapper="vlmeval_encred.model_wrappers.deepseek_vl:EncredDeepSeekVL",
+    description="DeepSeek-VL 7B via the original deepseek_vl package (HybridVisionTower)"))
+
+# A tiny randomly initialised DeepseekVLHybrid, built offline on first use into the
+# cache (see vlmeval_encred.tiny_models): the CPU smoke model of the test suite.
+register_base(BaseModelSpec(
+    name="deepseek_vl_tiny_random", family="deepseek_vl_hf",
+    checkpoint="encred-tiny:deepseek-vl-hybrid", encoders=("siglip", "sam"),
+    wrapper="vlmeval_encred.model_wrappers.deepseek_vl_hf:EncredDeepseekVLHybrid",
+    loader={"max_new_tokens": 8, "torch_dtype": "float32", "device": "cpu"},
+    description="Random tiny DeepseekVLHybrid (CPU smoke tests only; answers are noise)"))

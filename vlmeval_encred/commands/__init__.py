@@ -1,0 +1,1 @@
+"""Subcommands of the ``encred`` CLI, one module each (see vlmeval_encred.cli)."""

@@ -1,0 +1,42 @@
+"""``encred models``: list the VLMEvalKit model names this package registers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..registry import RegistryError, entries, families
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "models", help="list registered model entries with their masked and kept encoders",
+        description="List every VLMEvalKit model name vlmeval-encred registers: each base model "
+                    "(nothing masked) and one entry per non-empty subset of its encoders masked. "
+                    "The entry that masks all encoders is the no-vision baseline.")
+    p.add_argument("--family", help="only this family (e.g. eagle1, deepseek_vl_hf)")
+    p.add_argument("--base", help="only this base model (e.g. eagle_x5)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.family and args.family not in families():
+        raise SystemExit(f"encred models: unknown family {args.family!r}; known: {', '.join(families())}")
+    try:
+        rows = entries(family=args.family, base=args.base)
+    except RegistryError as exc:
+        raise SystemExit(f"encred models: {exc}")
+    if args.json:
+        print(json.dumps([{"name": e.name, "base": e.base.name, "family": e.base.family,
+                           "checkpoint": e.base.checkpoint, "masked": list(e.masked),
+                           "kept": list(e.kept)} for e in rows], indent=1))
+        return 0
+    width = max((len(e.name) for e in rows), default=4)
+    print(f"{'name':<{width}}  {'family':<15} {'masked':<28} kept")
+    for e in rows:
+        masked = ",".join(e.masked) or "-"
+        kept = ",".join(e.kept) or "- (no vision)"
+        print(f"{e.name:<{width}}  {e.base.family:<15} {masked:<28} {kept}")
+    print(f"{len(rows)} entries")
+    return 0

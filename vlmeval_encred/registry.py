@@ -1,0 +1,176 @@
+"""The declarative registry of base models and the VLMEvalKit entries derived from them.
+
+One :class:`BaseModelSpec` per checkpoint is the single source of truth.  From
+it we derive ``<base>`` (nothing masked) and ``<base>_mask_<enc>[_<enc>...]``
+for every non-empty subset of the base's encoders, always in the base's
+encoder order, so a name is canonical: ``eagle_x5_mask_sam_clip`` is not an
+entry, ``eagle_x5_mask_clip_sam`` is.
+
+The registry is deliberately free of torch/vlmeval imports so that ``encred
+models`` is instant; wrapper classes are named by ``"module:Class"`` strings
+and imported only when VLMEvalKit is being populated.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping
+
+MASK_SEP = "_mask_"
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_ENC_RE = re.compile(r"^[a-z][a-z0-9]*$")
+
+
+class RegistryError(ValueError):
+    """A registry entry or a model name is invalid."""
+
+
+@dataclass(frozen=True)
+class BaseModelSpec:
+    """One trained checkpoint with several vision encoders.
+
+    ``encoders`` are short, lower-case, stable names in the order in which the
+    checkpoint's own config lists its towers; at load time the wrapper checks
+    them against the loaded model (see ``vlmeval_encred.masking``), so a wrong
+    entry fails loudly instead of masking the wrong tower.
+    """
+
+    name: str
+    family: str
+    checkpoint: str
+    encoders: tuple[str, ...]
+    wrapper: str
+    """``"module:Class"`` of the VLMEvalKit wrapper that loads this family."""
+    loader: Mapping[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the wrapper (loader and generation settings)."""
+    modes: tuple[str, ...] = ("zero",)
+    """Mask modes the family supports; the first is the default."""
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not _NAME_RE.match(self.name) or MASK_SEP in self.name:
+            raise RegistryError(
+                f"base model name {self.name!r}: expected lower case letters, digits and '_' "
+                f"starting with a letter, without {MASK_SEP!r}")
+        if len(self.encoders) < 1:
+            raise RegistryError(f"base model {self.name!r}: needs at least one encoder")
+        for enc in self.encoders:
+            if not _ENC_RE.match(enc):
+                raise RegistryError(
+                    f"base model {self.name!r}: encoder short name {enc!r} must be lower case "
+                    "letters and digits (it becomes part of VLMEvalKit model names)")
+        if len(set(self.encoders)) != len(self.encoders):
+            raise RegistryError(f"base model {self.name!r}: duplicate encoder names {self.encoders}")
+        if ":" not in self.wrapper:
+            raise RegistryError(f"base model {self.name!r}: wrapper {self.wrapper!r} must be 'module:Class'")
+        object.__setattr__(self, "encoders", tuple(self.encoders))
+        object.__setattr__(self, "modes", tuple(self.modes))
+
+    def subsets(self) -> Iterator[tuple[str, ...]]:
+        """Every subset of encoders (empty first), each in the base's order."""
+        for k in range(len(self.encoders) + 1):
+            yield from itertools.combinations(self.encoders, k)
+
+    def entry_name(self, masked: tuple[str, ...] | list[str] = ()) -> str:
+        masked = self.canonical(masked)
+        return self.name if not masked else self.name + MASK_SEP + "_".join(masked)
+
+    def canonical(self, masked: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+        unknown = [m for m in masked if m not in self.encoders]
+        if unknown:
+            raise RegistryError(
+                f"base model {self.name!r} has no encoder {', '.join(map(repr, unknown))}; "
+                f"valid encoders: {', '.join(self.encoders)}")
+        return tuple(e for e in self.encoders if e in set(masked))
+
+    def load_wrapper_class(self) -> type:
+        module, _, attr = self.wrapper.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One VLMEvalKit model name: a base model with a set of masked encoders."""
+
+    base: BaseModelSpec
+    masked: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.base.entry_name(self.masked)
+
+    @property
+    def kept(self) -> tuple[str, ...]:
+        return tuple(e for e in self.base.encoders if e not in self.masked)
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the ``functools.partial`` registered in VLMEvalKit."""
+        kw = dict(self.base.loader)
+        kw.update(model_path=self.base.checkpoint, encred_base=self.base.name,
+                  mask=self.masked, mask_mode=self.base.modes[0])
+        return kw
+
+
+_BASES: dict[str, BaseModelSpec] = {}
+
+
+def register_base(spec: BaseModelSpec) -> BaseModelSpec:
+    """Add a base model; names are unique across families."""
+    if spec.name in _BASES and _BASES[spec.name] != spec:
+        raise RegistryError(f"base model {spec.name!r} is registered twice with different settings")
+    for other in _BASES.values():
+        if other.name != spec.name and (spec.name.startswith(other.name + MASK_SEP)
+                                        or other.name.startswith(spec.name + MASK_SEP)):
+            raise RegistryError(f"base names {spec.name!r} and {other.name!r} would give clashing entries")
+    _BASES[spec.name] = spec
+    return spec
+
+
+def _ensure_catalog() -> None:
+    # The catalog module only calls register_base(); importing it is cheap.
+    importlib.import_module("vlmeval_encred.model_wrappers.catalog")
+
+
+def bases(family: str | None = None) -> list[BaseModelSpec]:
+    _ensure_catalog()
+    return [b for b in _BASES.values() if family is None or b.family == family]
+
+
+def get_base(name: str) -> BaseModelSpec:
+    _ensure_catalog()
+    try:
+        return _BASES[name]
+    except KeyError:
+        raise RegistryError(
+            f"unknown base model {name!r}; known: {', '.join(sorted(_BASES))}") from None
+
+
+def families() -> list[str]:
+    return sorted({b.family for b in bases()})
+
+
+def entries(family: str | None = None, base: str | None = None) -> list[Entry]:
+    """All entries, bases in registration order, subsets by size then base order."""
+    chosen = [get_base(base)] if base else bases(family)
+    if family and base and chosen[0].family != family:
+        return []
+    return [Entry(b, s) for b in chosen for s in b.subsets()]
+
+
+def parse_entry_name(name: str) -> Entry:
+    """Inverse of :meth:`BaseModelSpec.entry_name`, with errors that say what is valid."""
+    _ensure_catalog()
+    base_name, sep, rest = name.partition(MASK_SEP)
+    spec = get_base(base_name)
+    if not sep:
+        return Entry(spec, ())
+    masked = tuple(rest.split("_")) if rest else ()
+    canonical = spec.canonical(masked)
+    if canonical != masked or not masked:
+        raise RegistryError(
+            f"{name!r} is not a canonical entry name: masked encoders must be listed once each in "
+            f"the base's order ({'_'.join(spec.encoders)}); did you mean {spec.entry_name(canonical)!r}?")
+    return Entry(spec, masked)

@@ -1,0 +1,52 @@
+"""Behaviour shared by every family's VLMEvalKit wrapper.
+
+A family wrapper subclasses VLMEvalKit's own wrapper (or ``BaseModel``) and
+this mixin, so prompts and message handling stay VLMEvalKit's while masking,
+greedy decoding and bookkeeping are the same for all families.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .masking import EncoderAdapter, MaskReport, MaskSpec
+
+log = logging.getLogger("vlmeval_encred")
+
+GREEDY: dict[str, Any] = dict(do_sample=False, temperature=None, top_p=None, num_beams=1)
+"""Reproducible CUR needs deterministic decoding; entries may override any key."""
+
+
+class EncredMixin:
+    """Mixin: parse the entry's mask, apply it after loading, expose what was done."""
+
+    adapter: EncoderAdapter
+    encred_report: MaskReport | None = None
+
+    @staticmethod
+    def pop_encred_kwargs(kwargs: dict[str, Any]) -> tuple[MaskSpec, str]:
+        """Remove our keywords from ``kwargs`` (the rest go to the family's loader)."""
+        mask = kwargs.pop("mask", ()) or ()
+        mode = kwargs.pop("mask_mode", "zero")
+        base = kwargs.pop("encred_base", "")
+        return MaskSpec(tuple(mask) if not isinstance(mask, str) else mask, mode), base
+
+    @staticmethod
+    def generation_kwargs(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+        """Family defaults, then greedy, then the entry's/user's overrides."""
+        out = dict(defaults)
+        out.update(GREEDY)
+        out.update(overrides)
+        if not out.get("do_sample"):
+            for k in ("temperature", "top_p", "top_k"):
+                if out.get(k) is None:
+                    out.pop(k, None)
+        return out
+
+    def apply_mask(self, model: Any, spec: MaskSpec, name: str) -> MaskReport:
+        self.encred_report = self.adapter.apply(model, spec, name)
+        r = self.encred_report
+        log.info("vlmeval-encred: %s masked=%s mode=%s freed=%d params resident=%d",
+                 name, ",".join(r.spec.masked) or "-", r.spec.mode, r.released_params, r.resident_params)
+        return r
