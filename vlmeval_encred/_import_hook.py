@@ -67,14 +67,21 @@ class EncredFinder(importlib.abc.MetaPathFinder):
         return spec
 
 
+_warned = False
+
+
 def _run_plugin_step(fullname: str, module) -> None:
+    global _warned
     if disabled():
         return
     try:
         from vlmeval_encred import vlmeval_plugin
 
         getattr(vlmeval_plugin, _AFTER[fullname])(module)
-    except Exception as exc:  # never break VLMEvalKit
+    except Exception as exc:  # never break VLMEvalKit; one warning per process
+        if _warned:
+            return
+        _warned = True
         warnings.warn(
             f"vlmeval-encred: could not register its models/datasets with VLMEvalKit "
             f"({type(exc).__name__}: {exc}); VLMEvalKit works as without the plugin. "

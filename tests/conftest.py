@@ -1,0 +1,73 @@
+"""Shared fixtures: small local datasets in VLMEvalKit's TSV format and a runner for
+VLMEvalKit's own entry points in subprocesses (fresh interpreters, as users run them)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))  # tests/standins and helpers
+
+# The smallest registered model that runs on the CPU (random weights: answers are noise,
+# but every VLMEvalKit code path is real).
+SMOKE_MODEL = "deepseek_vl_tiny_random_mask_sam"
+SMOKE_DATA = "EncredSmoke_MCQ"
+
+
+def png_b64(color: tuple[int, int, int], size: int = 32) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def write_mcq_tsv(path: Path, n: int = 4) -> Path:
+    """A tiny custom MCQ dataset (VLMEvalKit builds it as CustomMCQDataset)."""
+    import pandas as pd
+
+    colours = [(255, 0, 0), (0, 200, 0), (0, 0, 255), (240, 240, 0)]
+    names = ["red", "green", "blue", "yellow"]
+    rows = []
+    for i in range(n):
+        rows.append(dict(index=i, image=png_b64(colours[i % 4]), question="What colour is the image?",
+                         A=names[0], B=names[1], C=names[2], D=names[3], answer="ABCD"[i % 4],
+                         category="colour"))
+    pd.DataFrame(rows).to_csv(path, sep="\t", index=False)
+    return path
+
+
+@pytest.fixture()
+def lmu_data(tmp_path: Path) -> Path:
+    d = tmp_path / "LMUData"
+    d.mkdir()
+    write_mcq_tsv(d / f"{SMOKE_DATA}.tsv")
+    return d
+
+
+def vlmeval_env(lmu: Path | None = None, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("VLMEVAL_ENCRED_DISABLE", None)
+    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                "OMP_NUM_THREADS": "2", "PRED_FORMAT": "xlsx"})
+    if lmu is not None:
+        env["LMUData"] = str(lmu)
+    env.update(extra)
+    return env
+
+
+def run_py(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    return proc
+
+
+def explain(proc: subprocess.CompletedProcess) -> str:
+    return f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
