@@ -30,7 +30,7 @@ register_base(BaseModelSpec(
     description="DeepSeek-VL 7B via transformers' DeepseekVLHybridForConditionalGeneration"))
 
 register_base(BaseModelSpec(
-    name="deepseek_vl_7b", family="deepseek_vl",
+    name="deepseek_vl_7b_orig", family="deepseek_vl",
     checkpoint="deepseek-ai/deepseek-vl-7b-chat", encoders=("siglip", "sam"),
     wrapper="vlmeval_encred.model_wrappers.deepseek_vl:EncredDeepSeekVL",
     description="DeepSeek-VL 7B via the original deepseek_vl package (HybridVisionTower)"))
