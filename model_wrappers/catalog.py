@@ -43,3 +43,23 @@ register_base(BaseModelSpec(
     wrapper="vlmeval_encred.model_wrappers.deepseek_vl_hf:EncredDeepseekVLHybrid",
     loader={"max_new_tokens": 8, "torch_dtype": "float32", "device": "cpu"},
     description="Random tiny DeepseekVLHybrid (CPU smoke tests only; answers are noise)"))
+
+# Cambrian-1 (SVA connector); tower order = the checkpoint's mm_vision_tower_aux_list,
+# re-read and checked at load time by model_wrappers/cambrian.py.
+_CAMBRIAN = "vlmeval_encred.model_wrappers.cambrian:EncredCambrian"
+for _name, _ckpt in [("cambrian_phi3_3b", "nyu-visionx/cambrian-phi3-3b"), ("cambrian_8b", "nyu-visionx/cambrian-8b"),
+                     ("cambrian_13b", "nyu-visionx/cambrian-13b"), ("cambrian_34b", "nyu-visionx/cambrian-34b")]:
+    register_base(BaseModelSpec(
+        name=_name, family="cambrian", checkpoint=_ckpt, encoders=("siglip", "clip", "dinov2", "convnext"),
+        wrapper=_CAMBRIAN, modes=("zero", "zero_context", "drop"),
+        description="Cambrian-1: Spatial Vision Aggregator over four towers (connector and in-LLM)"))
+
+register_base(BaseModelSpec(
+    name="imof_13b", family="imof", checkpoint="MMVP/MoF_Models", encoders=("clip", "dinov2"),
+    wrapper="vlmeval_encred.model_wrappers.imof:EncredIMoF", modes=("zero", "drop"),
+    description="I-MoF (MMVP LLaVA-1.5-13B fork): CLIP and DINOv2 tokens interleaved, own projectors"))
+
+register_base(BaseModelSpec(
+    name="eagle2_9b", family="eagle2", checkpoint="nvidia/Eagle2-9B", encoders=("siglip", "convnext"),
+    wrapper="vlmeval_encred.model_wrappers.eagle2:EncredEagle2", modes=("zero",),
+    description="Eagle2-9B: SigLIP and ConvNeXt channel concat, pixel shuffle, LayerNorm-first MLP"))

@@ -16,6 +16,9 @@ COMMANDS: dict[str, str] = {
     "models": "vlmeval_encred.commands.models",
     "report": "vlmeval_encred.commands.report",
     "demo": "vlmeval_encred.commands.demo",
+    "sweep": "vlmeval_encred.commands.sweep",
+    "status": "vlmeval_encred.commands.status",
+    "profile": "vlmeval_encred.commands.profile",
 }
 
 DESCRIPTION = """\

@@ -37,7 +37,16 @@ def paper_short_names(path: str | None = None) -> dict[str, list[str]]:
     """
     out = {}
     for short, b in load_raw(path)["benchmarks"].items():
-        ds = list(b.get("datasets", []))
+        ds = dataset_names(b)
         if ds != [short]:
             out[short] = ds
     return out
+
+
+def dataset_names(bench: dict[str, Any]) -> list[str]:
+    """Official dataset names of one raw benchmark entry (``datasets: [...]`` or ``parts: [{dataset: ...}]``)."""
+    if not isinstance(bench, dict):
+        return []
+    names = [str(d) for d in bench.get("datasets", []) or []]
+    names += [str(p["dataset"]) for p in bench.get("parts", []) or [] if isinstance(p, dict) and "dataset" in p]
+    return names

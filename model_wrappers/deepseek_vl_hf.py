@@ -1,0 +1,276 @@
+"""DeepSeek-VL 7B through transformers' ``DeepseekVLHybridForConditionalGeneration``.
+
+Architecture (transformers ``models/deepseek_vl_hybrid/modeling_deepseek_vl_hybrid.py``),
+inside ``DeepseekVLHybridModel``:
+
+* ``siglip`` (low resolution): ``vision_model``, called through
+  ``get_low_res_image_features(pixel_values)``; its ``last_hidden_state`` is
+  ``(B, T, C_siglip)``.
+* ``sam`` (high resolution): ``high_res_vision_model`` (SAM ViT), its global
+  attention feature through ``high_res_vision_neck``, both resampled by
+  ``high_res_vision_proj`` to the SigLIP grid and mixed with the learned
+  scalar ``high_res_vision_alpha``; called through
+  ``get_high_res_image_features(high_res_pixel_values)``; output ``(B, T, C_sam)``.
+* Fusion point: ``aligner(low, high)`` -- per-branch ``Linear`` layers
+  (``vision_proj``, ``high_res_vision_proj``), concatenation ``[high, low]``
+  along channels, GELU, ``proj``.
+
+Masking (mode ``zero`` only).  The masked branch's ``get_*_image_features``
+is replaced, on this model instance, by a function that returns zeros of the
+branch's exact per-image output shape, in the aligner's dtype and on its
+device; the branch's modules are then deleted (set to ``None``) so their
+weights are not resident.  This is bit-identical to running the branch and
+zero-filling its output before the aligner (the paper's semantics) -- see
+tests/test_deepseek_vl_hf.py.
+
+Why there is no ``drop`` mode: the aligner's per-branch Linear layers have
+biases, so a zero branch still contributes ``GELU(bias)`` to half of the
+channels that ``proj`` reads, and the two branches share one token grid and a
+fixed-width concatenation.  Removing a branch exactly would need a different
+``proj`` (half its input columns) that the checkpoint never trained; there is
+no structural removal that leaves the rest of the computation unchanged, so
+we do not pretend to offer one.
+
+This module imports only torch and ``vlmeval.vlm.base`` at import time: it is
+imported while ``vlmeval.config`` executes.
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+import torch
+from vlmeval.vlm.base import BaseModel
+
+from vlmeval_encred.masking import EncoderAdapter, EncoderInfo, MaskError, MaskSpec, count_params
+from vlmeval_encred.wrapper import EncredMixin
+
+# Module attributes of DeepseekVLHybridModel that make up each branch (modules or parameters).
+_BRANCH_PARTS: dict[str, tuple[str, ...]] = {
+    "low": ("vision_model",),
+    "high": ("high_res_vision_model", "high_res_vision_neck", "high_res_vision_proj", "high_res_vision_alpha"),
+}
+
+
+def _short_name(model_type: str) -> str:
+    """``siglip_vision_model`` -> ``siglip``; ``sam_vision_model`` -> ``sam``."""
+    return str(model_type).split("_")[0].lower()
+
+
+def _inner(model: Any) -> Any:
+    """The ``DeepseekVLHybridModel`` of a ...ForConditionalGeneration, or the model itself."""
+    inner = getattr(model, "model", model)
+    for attr in ("aligner", "get_low_res_image_features", "get_high_res_image_features"):
+        if not hasattr(inner, attr):
+            raise MaskError(
+                f"{type(model).__name__} is not a DeepseekVLHybrid model: no attribute {attr!r} on "
+                f"{type(inner).__name__} (expected transformers' DeepseekVLHybridModel)")
+    return inner
+
+
+def _conv_out(side: int, conv: torch.nn.Conv2d) -> int:
+    k, s, p, d = conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0]
+    return (side + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _part_params(inner: Any, parts: tuple[str, ...]) -> int:
+    total = 0
+    for name in parts:
+        obj = getattr(inner, name, None)
+        if isinstance(obj, torch.nn.Parameter):
+            total += 0 if obj.is_meta else obj.numel()
+        else:
+            total += count_params(obj)
+    return total
+
+
+class DeepseekVLHybridAdapter(EncoderAdapter):
+    """Encoder masking for ``DeepseekVLHybrid{Model,ForConditionalGeneration}``.
+
+    Encoders are named from the loaded config's sub-model types
+    (``vision_config`` then ``high_res_vision_config``: ``siglip``, ``sam``);
+    their output shapes at the aligner's input are read from the loaded modules.
+    """
+
+    family = "deepseek_vl_hf"
+    modes = ("zero",)
+    drop_equals_zero = None  # no drop mode; see the module docstring
+
+    def encoders(self, model: Any) -> list[EncoderInfo]:
+        inner = _inner(model)
+        cfg = inner.config
+        aligner = inner.aligner
+        infos: list[EncoderInfo] = []
+        if getattr(inner, "_encred_infos", None) is not None:
+            return inner._encred_infos  # after release the modules are gone; shapes were recorded
+
+        # Low resolution (SigLIP): tokens from the patch grid, channels = aligner input.
+        low_cfg = cfg.vision_config
+        emb = getattr(inner.vision_model, "embeddings", None)
+        low_tokens = getattr(emb, "num_patches", None) or (low_cfg.image_size // low_cfg.patch_size) ** 2
+        low_ch = aligner.vision_proj.in_features
+        if getattr(low_cfg, "hidden_size", low_ch) != low_ch:
+            raise MaskError(f"DeepseekVLHybrid: vision_config.hidden_size={low_cfg.hidden_size} but the aligner's "
+                            f"vision_proj expects {low_ch} channels; the checkpoint config is inconsistent")
+        infos.append(EncoderInfo(_short_name(low_cfg.model_type), 0, (int(low_tokens), int(low_ch)),
+                                 inner.vision_model, _part_params(inner, _BRANCH_PARTS["low"])))
+
+        # High resolution (SAM): the projection resamples to 4*output_size and applies its convs.
+        proj = inner.high_res_vision_proj
+        side = 4 * proj.output_size
+        convs = [m for m in proj.modules() if isinstance(m, torch.nn.Conv2d)]
+        for conv in convs:
+            side = _conv_out(side, conv)
+        high_ch = aligner.high_res_vision_proj.in_features
+        if convs and convs[-1].out_channels != high_ch:
+            raise MaskError(f"DeepseekVLHybrid: high_res_vision_proj gives {convs[-1].out_channels} channels but "
+                            f"the aligner's high_res_vision_proj expects {high_ch}")
+        if side * side != low_tokens:
+            raise MaskError(f"DeepseekVLHybrid: SAM branch gives {side}x{side} tokens, SigLIP {low_tokens}; "
+                            "the aligner concatenates them per token, so they must agree")
+        infos.append(EncoderInfo(_short_name(cfg.high_res_vision_config.model_type), 1,
+                                 (int(side * side), int(high_ch)), inner.high_res_vision_model,
+                                 _part_params(inner, _BRANCH_PARTS["high"])))
+        if infos[0].name == infos[1].name:
+            raise MaskError(f"DeepseekVLHybrid: both towers have model type {infos[0].name!r}; cannot name them")
+        return infos
+
+    @staticmethod
+    def _branch(info: EncoderInfo) -> str:
+        return "low" if info.index == 0 else "high"
+
+    def install(self, model: Any, spec: MaskSpec, infos: list[EncoderInfo]) -> None:
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        inner = _inner(model)
+        aligner = inner.aligner
+        for info in infos:
+            if not spec.is_masked(info.name):
+                continue
+            branch = self._branch(info)
+            ref = aligner.vision_proj.weight if branch == "low" else aligner.high_res_vision_proj.weight
+            shape = info.output_shape
+
+            def zeros(pixel_values: torch.Tensor, *_args: Any, _shape=shape, _ref=ref, **_kwargs: Any):
+                # The tower is never called: only the batch size of its input is used.
+                out = torch.zeros((pixel_values.shape[0], *_shape), dtype=_ref.dtype, device=_ref.device)
+                return BaseModelOutputWithPooling(last_hidden_state=out)
+
+            zeros.__name__ = f"encred_zero_{info.name}"
+            attr = "get_low_res_image_features" if branch == "low" else "get_high_res_image_features"
+            setattr(inner, attr, zeros)  # instance attribute shadows the class method
+        inner._encred_infos = [EncoderInfo(i.name, i.index, i.output_shape, None if spec.is_masked(i.name)
+                                           else i.module, i.params) for i in infos]
+
+    def release(self, model: Any, spec: MaskSpec, infos: list[EncoderInfo]) -> int:
+        inner = _inner(model)
+        freed = 0
+        for info in infos:
+            if not spec.is_masked(info.name):
+                continue
+            parts = _BRANCH_PARTS[self._branch(info)]
+            freed += _part_params(inner, parts)
+            for name in parts:
+                if name in inner._parameters:
+                    inner.register_parameter(name, None)
+                else:
+                    setattr(inner, name, None)
+            info.module = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return freed
+
+
+def _resolve_dtype(torch_dtype: Any) -> torch.dtype:
+    if isinstance(torch_dtype, torch.dtype):
+        return torch_dtype
+    dtype = getattr(torch, str(torch_dtype), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"torch_dtype={torch_dtype!r} is not a torch dtype name (e.g. 'bfloat16', 'float32')")
+    return dtype
+
+
+def check_catalog_order(base: str, found: list[str]) -> None:
+    """The catalog's encoder names for ``base`` must be the ones the loaded model has, in its order."""
+    if not base:
+        return
+    from vlmeval_encred.registry import RegistryError, get_base
+
+    try:
+        expected = get_base(base).encoders
+    except RegistryError:
+        return  # used outside the catalog (e.g. a user's own config): nothing to compare with
+    if tuple(found) != tuple(expected):
+        raise MaskError(f"catalog entry {base!r} lists encoders {', '.join(expected)} but the loaded model has "
+                        f"{', '.join(found)}; fix model_wrappers/catalog.py so masks name the right towers")
+
+
+class EncredDeepseekVLHybrid(EncredMixin, BaseModel):
+    """VLMEvalKit wrapper: DeepseekVLHybrid loaded with ``from_pretrained``, optionally masked.
+
+    ``model_path`` is a Hub id, a local checkpoint directory, or an
+    ``encred-tiny:<name>`` path (built offline by :mod:`vlmeval_encred.tiny_models`).
+    ``device``: ``'cuda'``/``'cpu'``/``'cuda:1'``; ``'auto'`` spreads the model with
+    accelerate's ``device_map='auto'``; ``None`` picks cuda when available.
+    Decoding is greedy unless the entry/user overrides it (``gen_kwargs``).
+    """
+
+    INSTALL_REQ = False
+    INTERLEAVE = True
+    adapter = DeepseekVLHybridAdapter()
+
+    def __init__(self, model_path: str = "deepseek-community/deepseek-vl-7b-chat", torch_dtype: Any = "bfloat16",
+                 device: str | None = None, max_new_tokens: int = 512, **gen_kwargs: Any) -> None:
+        spec, base = self.pop_encred_kwargs(gen_kwargs)
+        super().__init__()
+        from transformers import AutoProcessor, DeepseekVLHybridForConditionalGeneration
+
+        from vlmeval_encred.tiny_models import resolve_model_path
+
+        self.model_path = model_path
+        path = resolve_model_path(model_path)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        load_kw: dict[str, Any] = dict(dtype=_resolve_dtype(torch_dtype))
+        if device != "cpu":
+            load_kw["device_map"] = device  # 'auto' or an explicit device: weights go straight there
+        self.processor = AutoProcessor.from_pretrained(path)
+        self.tokenizer = self.processor.tokenizer
+        self.model = DeepseekVLHybridForConditionalGeneration.from_pretrained(path, **load_kw).eval()
+        check_catalog_order(base, self.adapter.names(self.model))
+        self.apply_mask(self.model, spec, base or model_path)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.kwargs = self.generation_kwargs(dict(max_new_tokens=max_new_tokens, use_cache=True, pad_token_id=pad),
+                                             gen_kwargs)
+
+    # -- prompt building -------------------------------------------------------------------
+    def build_inputs(self, message: list[dict[str, Any]]) -> Any:
+        """Chat-template prompt and processor tensors for a VLMEvalKit message list."""
+        from PIL import Image
+
+        content: list[dict[str, Any]] = []
+        images = []
+        for item in message:
+            if item["type"] == "image":
+                content.append({"type": "image"})
+                with Image.open(item["value"]) as im:
+                    images.append(im.convert("RGB"))
+            elif item["type"] == "text":
+                content.append({"type": "text", "text": item["value"]})
+            else:
+                raise ValueError(f"{type(self).__name__}: unsupported message item type {item['type']!r}")
+        prompt = self.processor.apply_chat_template([{"role": "user", "content": content}],
+                                                    add_generation_prompt=True, tokenize=False)
+        inputs = self.processor(text=prompt, images=images or None, return_tensors="pt")
+        device = self.model.device
+        dtype = self.model.dtype
+        return {k: (v.to(device, dtype) if torch.is_floating_point(v) else v.to(device)) for k, v in inputs.items()}
+
+    def generate_inner(self, message: list[dict[str, Any]], dataset: str | None = None) -> str:
+        inputs = self.build_inputs(message)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, **self.kwargs)
+        new = out[0, inputs["input_ids"].shape[1]:]
+        return self.tokenizer.decode(new, skip_special_tokens=True).strip()

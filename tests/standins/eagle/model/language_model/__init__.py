@@ -1,0 +1,1 @@
+"""Stand-in of ``eagle/model/language_model/__init__.py``."""

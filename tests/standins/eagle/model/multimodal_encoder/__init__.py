@@ -1,0 +1,1 @@
+"""Stand-in of ``eagle/model/multimodal_encoder/__init__.py``."""

@@ -1,0 +1,1 @@
+"""Stand-in of ``eagle/model/multimodal_projector/__init__.py``."""

@@ -1,0 +1,238 @@
+"""DeepSeek-VL masking through the original ``deepseek_vl`` package's ``HybridVisionTower``.
+
+The package is not pip-installable, so unless the real one imports, the tests
+run on the tiny stand-in under tests/standins/deepseek_vl (same module paths,
+class and attribute names and forward contract; tiny towers instead of SAM-B
+and SigLIP-L).  ``test_real_package_hybrid_tower`` runs only against the real
+package (it needs its SAM/SigLIP builders and weights-free construction) and is
+skipped with the reason otherwise.  The reference for ``zero`` is the authors'
+procedure: run the tower, then replace its output by zeros.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+STANDINS = Path(__file__).parent / "standins"
+
+
+def _real_package() -> tuple[bool, str]:
+    try:
+        import deepseek_vl  # noqa: F401
+    except Exception as exc:  # not installed, or broken against this transformers
+        return False, f"the real deepseek_vl package does not import here ({type(exc).__name__}: {exc})"
+    if getattr(deepseek_vl, "ENCRED_STANDIN", False):
+        return False, "only the test stand-in of deepseek_vl is importable"
+    return True, ""
+
+
+REAL, WHY_NOT_REAL = _real_package()
+if not REAL:
+    sys.path.append(str(STANDINS))  # appended: a real install always wins
+    for name in [m for m in sys.modules if m == "deepseek_vl" or m.startswith("deepseek_vl.")]:
+        del sys.modules[name]
+
+from vlmeval_encred.masking import MaskError, MaskSpec, count_params, forward_call_recorder  # noqa: E402
+from vlmeval_encred.model_wrappers.deepseek_vl import EncredDeepSeekVL, HybridVisionTowerAdapter  # noqa: E402
+
+N_TOKENS = 16
+HIGH = dict(model_name="sam_b_downsample", select_feature="same", image_size=64, output_dim=32, select_layer=-1,
+            pixel_mean=(0.48145466, 0.4578275, 0.40821073), pixel_std=(0.26862954, 0.26130258, 0.27577711))
+LOW = dict(model_name="siglip_large_patch16_384", select_feature="same", image_size=32, output_dim=32,
+           select_layer=-1, pixel_mean=(0.5, 0.5, 0.5), pixel_std=(0.5, 0.5, 0.5))
+
+
+def _standin_only() -> None:
+    import deepseek_vl
+
+    if not getattr(deepseek_vl, "ENCRED_STANDIN", False):
+        pytest.skip("tiny checkpoints use the stand-in's tiny towers; the real package is covered by "
+                    "test_real_package_hybrid_tower")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> str:
+    """A tiny MultiModalityCausalLM checkpoint of the stand-in, saved with save_pretrained."""
+    _standin_only()
+    from deepseek_vl.models import VLChatProcessor
+    from deepseek_vl.models.modeling_vlm import MultiModalityCausalLM, MultiModalityConfig
+
+    from vlmeval_encred.tiny_models import build_tokenizer
+
+    tok = build_tokenizer()
+    cfg = MultiModalityConfig(
+        vision_config=dict(cls="HybridVisionTower", params=dict(high_res_cfg=HIGH, low_res_cfg=LOW,
+                                                                 concat_type="tuple")),
+        aligner_config=dict(cls="MlpProjector", params=dict(projector_type="low_high_hybrid_split_mlp_gelu",
+                                                            input_dim=32, n_embed=64, depth=2)),
+        language_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=4, vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    torch.manual_seed(0)
+    model = MultiModalityCausalLM(cfg)
+    d = tmp_path_factory.mktemp("dsvl-standin")
+    model.save_pretrained(d)
+    VLChatProcessor(tok, image_size=HIGH["image_size"], num_image_tokens=N_TOKENS).save_pretrained(str(d))
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def png(tmp_path_factory) -> str:
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("img") / "bars.png"
+    img = Image.new("RGB", (50, 40), (240, 240, 240))
+    for x in range(5, 45):
+        for y in range(10 + x // 3, 40):
+            img.putpixel((x, y), (200, 30, 30) if x < 25 else (30, 30, 200))
+    img.save(path)
+    return str(path)
+
+
+def _load(ckpt: str):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(ckpt, trust_remote_code=True).eval()
+
+
+@pytest.fixture(scope="module")
+def batch(ckpt, png):
+    from deepseek_vl.models import VLChatProcessor
+    from deepseek_vl.utils.io import load_pil_images
+
+    proc = VLChatProcessor.from_pretrained(ckpt)
+    conv = [dict(role="User", content="<image_placeholder>Which bar is taller?", images=[png]),
+            dict(role="Assistant", content="")]
+    return proc(conversations=conv, images=load_pil_images(conv), force_batchify=True).to("cpu", torch.float32)
+
+
+def _logits(model, batch) -> torch.Tensor:
+    with torch.no_grad():
+        emb = model.prepare_inputs_embeds(**batch)
+        return model.language_model(inputs_embeds=emb, attention_mask=batch.attention_mask).logits
+
+
+TOWER = {"siglip": "vision_tower_low", "sam": "vision_tower_high"}
+
+
+def _run_then_zero(model, masked) -> None:
+    for enc in masked:
+        getattr(model.vision_model, TOWER[enc]).register_forward_hook(lambda _m, _i, out: torch.zeros_like(out))
+
+
+def test_encoders_and_shapes(ckpt, batch):
+    model = _load(ckpt)
+    infos = HybridVisionTowerAdapter(N_TOKENS).encoders(model)
+    assert [i.name for i in infos] == ["siglip", "sam"]
+    with torch.no_grad():
+        high, low = model.vision_model(batch.pixel_values.flatten(0, 1))
+    assert infos[0].output_shape == tuple(low.shape[1:]) and infos[1].output_shape == tuple(high.shape[1:])
+    assert infos[1].params == count_params(model.vision_model.vision_tower_high)
+    with pytest.raises(MaskError, match="num_image_tokens"):
+        HybridVisionTowerAdapter().encoders(model)
+
+
+@pytest.mark.parametrize("masked", [("siglip",), ("sam",), ("siglip", "sam")])
+def test_zero_mask(ckpt, batch, masked):
+    full = _logits(_load(ckpt), batch)
+    ref = _load(ckpt)
+    _run_then_zero(ref, masked)
+    reference = _logits(ref, batch)
+
+    model = _load(ckpt)
+    towers = {enc: getattr(model.vision_model, attr) for enc, attr in TOWER.items()}
+    calls, handles = forward_call_recorder(towers)  # attached before masking
+    before = count_params(model)
+    report = HybridVisionTowerAdapter(N_TOKENS).apply(model, MaskSpec(masked), "standin")
+    out = _logits(model, batch)
+    for h in handles:
+        h.remove()
+    assert torch.equal(out, reference)
+    assert not torch.allclose(out, full)
+    for enc, attr in TOWER.items():
+        if enc in masked:
+            assert calls[enc] == 0 and getattr(model.vision_model, attr) is None
+        else:
+            assert calls[enc] == 1
+    tower_params = sum(count_params(t) for e, t in towers.items() if e in masked)
+    assert before - count_params(model) == tower_params == report.released_params
+
+
+def test_wrapper_generates(ckpt, png):
+    _standin_only()
+    msg = [dict(type="image", value=png), dict(type="text", value="Which bar is taller?")]
+    full = EncredDeepSeekVL(ckpt, torch_dtype="float32", device="cpu", max_new_tokens=4)
+    w = EncredDeepSeekVL(ckpt, mask=("sam",), encred_base="deepseek_vl_7b_orig", torch_dtype="float32",
+                         device="cpu", max_new_tokens=4)
+    assert w.model.vision_model.vision_tower_high is None and w.encred_report.released_params > 0
+    answer = w.generate(msg)
+    assert isinstance(answer, str)
+    conv = w.prepare_inputs(msg)  # VLMEvalKit's own conversation builder
+    from deepseek_vl.utils.io import load_pil_images
+
+    batch = w.vl_chat_processor(conversations=conv, images=load_pil_images(conv)).to("cpu", torch.float32)
+    assert not torch.allclose(_logits(full.model, batch), _logits(w.model, batch))
+    assert w.kwargs["do_sample"] is False
+    with pytest.raises(MaskError, match=r"no encoder named 'clip'.*siglip, sam"):
+        EncredDeepSeekVL(ckpt, mask=("clip",), torch_dtype="float32", device="cpu")
+    with pytest.raises(MaskError, match="mask mode 'drop'"):
+        EncredDeepSeekVL(ckpt, mask=("sam",), mask_mode="drop", torch_dtype="float32", device="cpu")
+
+
+def test_catalog_points_here():
+    from vlmeval_encred.registry import parse_entry_name
+
+    assert parse_entry_name("deepseek_vl_7b_orig_mask_sam").base.load_wrapper_class() is EncredDeepSeekVL
+
+
+def test_not_a_hybrid_tower():
+    with pytest.raises(MaskError, match="HybridVisionTower"):
+        HybridVisionTowerAdapter(4).encoders(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.skipif(not REAL, reason=WHY_NOT_REAL or "real package present")
+def test_real_package_hybrid_tower():
+    """The 7B's tower configs with random weights (no checkpoint needed), on the real package."""
+    from attrdict import AttrDict
+    from deepseek_vl.models.clip_encoder import HybridVisionTower
+    from deepseek_vl.models.projector import MlpProjector
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    high = dict(HIGH, image_size=1024, output_dim=1024)
+    low = dict(LOW, image_size=384, output_dim=1024)
+
+    class Holder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vision_model = HybridVisionTower(high, low, concat_type="tuple")
+            self.aligner = MlpProjector(AttrDict(projector_type="low_high_hybrid_split_mlp_gelu",
+                                                 input_dim=1024, n_embed=256, depth=2))
+
+        def forward(self, x):
+            return self.aligner(self.vision_model(x))
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 1024, 1024, device=device)
+    for masked in [("siglip",), ("sam",)]:
+        torch.manual_seed(1)
+        ref = Holder().to(device).eval()
+        state = ref.state_dict()
+        with torch.no_grad():
+            full = ref(x)
+        _run_then_zero(ref, masked)
+        with torch.no_grad():
+            reference = ref(x)
+        m = Holder().to(device).eval()
+        m.load_state_dict(state)
+        towers = {enc: getattr(m.vision_model, attr) for enc, attr in TOWER.items()}
+        calls, _ = forward_call_recorder(towers)
+        report = HybridVisionTowerAdapter(576).apply(m, MaskSpec(masked), "real")
+        with torch.no_grad():
+            out = m(x)
+        assert torch.equal(out, reference) and not torch.allclose(out, full)
+        assert all(calls[e] == 0 for e in masked)
+        assert report.released_params == sum(count_params(t) for e, t in towers.items() if e in masked)

@@ -1,0 +1,62 @@
+"""``encred report``: VLMEvalKit result files of masked variants -> CUR/IG, Shapley, intervals.
+
+This command is also the refresh hook: run it after VLMEvalKit finishes a variant (e.g.
+``python run.py --model eagle_x5_mask_clip ... && encred report --work-dir outputs --model
+eagle_x5``); missing variants are reported as missing, and a re-run replaces only our files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report", help="turn VLMEvalKit result files of a base model's variants into CUR/IG reports",
+        description="Read every variant's results (<work-dir>/<variant>/ in any VLMEvalKit layout) and write "
+                    "an Excel workbook, a Markdown summary, JSON and PNG figures: per-benchmark/category/"
+                    "overall scores, CUR and IG, the k-masked curve, capacity/necessity, Shapley values and "
+                    "interactions, and paired-bootstrap intervals.  Missing cells are listed, never dropped.")
+    p.add_argument("--work-dir", default="outputs", help="VLMEvalKit's --work-dir (default: outputs)")
+    p.add_argument("--model", required=True, help="base model name (e.g. eagle_x5); variants are derived")
+    p.add_argument("--suite", default="paper15", help="suite name in the suite file (default: paper15)")
+    p.add_argument("--suite-file", help="a benchmarks.yaml of your own (same schema; docs/benchmarks.md)")
+    p.add_argument("--out", help="output directory (default: <work-dir>/encred_report/<model>/<suite>)")
+    p.add_argument("--encoders", help="comma-separated encoder names for a base that is not registered")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (0 = off; default 2000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    p.add_argument("--force", action="store_true",
+                   help="replace same-named files in --out even if this tool did not write them")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..report import ReportError, build_report
+    from ..report.writers import OutputConflict
+    from ..suites import SuiteError
+
+    encoders = [e.strip() for e in args.encoders.split(",") if e.strip()] if args.encoders else None
+    try:
+        res = build_report(args.work_dir, args.model, suite=args.suite, out_dir=args.out,
+                           suite_file=args.suite_file, n_boot=args.n_boot, seed=args.seed,
+                           encoders=encoders, figures=not args.no_figures, force=args.force)
+    except (ReportError, SuiteError, OutputConflict) as exc:
+        print(f"encred report: {exc}", file=sys.stderr)
+        return 2
+    counts: dict[str, int] = {}
+    for c in res.cells:
+        counts[c["status"]] = counts.get(c["status"], 0) + 1
+    print(f"{res.base_model} on {res.suite}: {len(res.cells)} cells "
+          + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    ov = res.scores.get(res.variants[0]["name"], {}).get("Overall")
+    print(f"full model Overall: {'n/a' if ov is None else f'{ov:.2f}'}; IG Overall: "
+          + ("n/a" if res.ig.get("Overall") is None else f"{res.ig['Overall']:.2f}"))
+    for m in res.missing_metrics[:10]:
+        print(f"not computed: {m['metric']} at {m['level']}: needs {m['needs']}")
+    if len(res.missing_metrics) > 10:
+        print(f"... {len(res.missing_metrics) - 10} more (see the Markdown summary)")
+    for k, p in res.files.items():
+        print(f"{k}: {p}")
+    return 0

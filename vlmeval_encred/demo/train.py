@@ -1,0 +1,188 @@
+"""Train the demo model on the CPU: ``python -m vlmeval_encred.demo.train --out DIR [--steps N]``.
+
+The planted structure comes from two things: what each encoder can see (see
+``model``: only ``hires`` resolves the digits, ``hires`` is colour-blind,
+``colour`` has no spatial information), and *encoder dropout* during training
+with the same zero semantics that masking uses at evaluation:
+
+* General and Vision samples zero ``lowres``, ``hires`` and ``colour`` (each
+  independently, p = 0.3), so the model learns to answer from whichever
+  encoder that carries the information is left: masking one member of the
+  redundant pair (``lowres``/``colour`` for colour questions) costs nothing,
+  masking both leaves no colour information at all (chance).
+* OCR samples zero ``lowres`` and ``colour`` (p = 0.3) and ``hires`` rarely
+  (p = 0.1), so nothing but ``hires`` is ever a route to the digit.
+* Vision samples are always trained with ``colour`` zeroed: the fusion never
+  learns what colour features mean next to a counting question, so at
+  evaluation they are an unfamiliar input for that category and can only
+  disturb it; masking ``colour`` restores exactly the training condition
+  (the planted "useless or harmful" encoder, CUR <= 0).
+
+Training data come from the same generators as the benchmark, with other seeds.
+Deterministic: one seed fixes data, initialisation, dropout draws and batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import data
+from .model import EncredTinyModel, build_model, mcq_prompt
+
+TRAIN_SEED = 1
+EVAL_SEED = data.TEST_SEED
+
+DROP_P: dict[str, dict[str, float]] = {
+    "General": {"lowres": 0.3, "hires": 0.3, "colour": 0.3},
+    "OCR": {"lowres": 0.3, "hires": 0.1, "colour": 0.3},
+    "Vision": {"lowres": 0.3, "hires": 0.3, "colour": 1.0},
+}
+KINDS = tuple(d.kind for d in data.DATASETS)
+
+
+@dataclass
+class Batchable:
+    """Pre-tokenised samples of one split as tensors (ragged ids padded per batch)."""
+
+    ids: list[list[int]]
+    answer_ids: torch.Tensor
+    pixels: torch.Tensor  # uint8 (N, 3, H, W)
+    kind: np.ndarray
+    answers: list[str]
+
+
+def encode(model: EncredTinyModel, tok, samples: list[data.Sample]) -> Batchable:
+    ids, ans, pix, kinds = [], [], [], []
+    for s in samples:
+        ids.append(model.build_inputs(tok, mcq_prompt(s.question, s.options)))
+        ans.append(tok.convert_tokens_to_ids(s.answer))
+        pix.append(np.asarray(s.image.convert("RGB"), dtype=np.uint8))
+        kinds.append(s.kind)
+    pixels = torch.from_numpy(np.stack(pix)).permute(0, 3, 1, 2).contiguous()
+    return Batchable(ids, torch.tensor(ans), pixels, np.array(kinds), [s.answer for s in samples])
+
+
+def collate(b: Batchable, idx: np.ndarray, pad_id: int, eos_id: int, with_answer: bool):
+    """Right-padded ids (+ answer letter and </s> when training), mask, labels, last positions."""
+    seqs = [b.ids[i] + ([int(b.answer_ids[i]), eos_id] if with_answer else []) for i in idx]
+    n = max(map(len, seqs))
+    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    labels = torch.full((len(seqs), n), -100, dtype=torch.long)
+    last = torch.zeros(len(seqs), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, :len(s)] = torch.tensor(s)
+        mask[r, :len(s)] = 1
+        if with_answer:
+            labels[r, len(s) - 2:len(s)] = torch.tensor(s[-2:])
+        last[r] = len(s) - 1
+    pixels = b.pixels[torch.as_tensor(idx)].float() / 255.0
+    return ids, mask, labels, last, pixels
+
+
+def dropout_keep(kinds: np.ndarray, names: list[str], gen: torch.Generator) -> torch.Tensor:
+    p = torch.tensor([[DROP_P[k][n] for n in names] for k in kinds])
+    return (torch.rand(p.shape, generator=gen) >= p).float()
+
+
+@torch.inference_mode()
+def evaluate_subsets(model: EncredTinyModel, tok, b: Batchable, batch: int = 200) -> dict[tuple[str, ...], dict[str, float]]:
+    """Accuracy (%) per kind for every subset of zero-masked encoders (first greedy token)."""
+    model.eval()
+    names = model.encoder_names
+    out: dict[tuple[str, ...], dict[str, float]] = {}
+    for k in range(len(names) + 1):
+        for masked in itertools.combinations(names, k):
+            hits = np.zeros(len(b.ids), dtype=bool)
+            for start in range(0, len(b.ids), batch):
+                idx = np.arange(start, min(start + batch, len(b.ids)))
+                ids, mask, _, last, pixels = collate(b, idx, tok.pad_token_id, tok.eos_token_id, False)
+                keep = torch.tensor([[0.0 if n in masked else 1.0 for n in names]] * len(idx))
+                logits = model(ids, pixels, attention_mask=mask, keep=keep).logits
+                pred = logits[torch.arange(len(idx)), last].argmax(-1)
+                hits[idx] = (pred == b.answer_ids[idx]).numpy()
+            out[masked] = {kind: 100.0 * hits[b.kind == kind].mean() for kind in KINDS}
+    model.train()
+    return out
+
+
+def format_table(res: dict[tuple[str, ...], dict[str, float]]) -> str:
+    lines = [f"{'masked':<22}" + "".join(f"{k:>9}" for k in KINDS)]
+    for masked, acc in res.items():
+        lines.append(f"{','.join(masked) or '-':<22}" + "".join(f"{acc[k]:9.1f}" for k in KINDS))
+    return "\n".join(lines)
+
+
+def train(out: Path | None, steps: int = 1500, batch_size: int = 64, n_train: int = 2000,
+          n_eval: int = 200, lr: float = 2e-3, seed: int = 0, threads: int = 2, log_every: int = 100,
+          quiet: bool = False) -> tuple[EncredTinyModel, object, dict]:
+    """Train and (if ``out``) save; returns the model, tokenizer and the eval table."""
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    random.seed(seed)
+    np.random.seed(seed)
+    model, tok = build_model(seed)
+    train_b = encode(model, tok, [s for kind in KINDS for s in data.generate(kind, n_train, TRAIN_SEED + seed)])
+    eval_b = encode(model, tok, [s for kind in KINDS for s in data.generate(kind, n_eval, EVAL_SEED)])
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    say(f"data ready in {time.perf_counter() - t0:.1f}s: {len(train_b.ids)} train, {len(eval_b.ids)} eval")
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    warm = max(1, min(100, steps // 10))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model.train()
+    running = 0.0
+    for step in range(1, steps + 1):
+        idx = rng.choice(len(train_b.ids), size=batch_size, replace=False)
+        ids, mask, labels, _, pixels = collate(train_b, idx, tok.pad_token_id, tok.eos_token_id, True)
+        keep = dropout_keep(train_b.kind[idx], model.encoder_names, gen)
+        loss = model(ids, pixels, attention_mask=mask, labels=labels, keep=keep).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        running = 0.9 * running + 0.1 * float(loss) if step > 1 else float(loss)
+        if log_every and step % log_every == 0:
+            say(f"step {step:5d}/{steps}  loss {running:.4f}  lr {sched.get_last_lr()[0]:.2e}  "
+                f"{time.perf_counter() - t0:6.1f}s")
+    model.eval()
+    table = evaluate_subsets(model, tok, eval_b)
+    say(format_table(table))
+    if out is not None:
+        model.save_pretrained(out, tok)
+        say(f"saved to {out} ({sum(f.stat().st_size for f in Path(out).iterdir() if f.is_file()) / 1e6:.2f} MB)"
+            f" after {time.perf_counter() - t0:.1f}s")
+    return model, tok, table
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m vlmeval_encred.demo.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="checkpoint directory to write")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--n-train", type=int, default=2000, help="training samples per category")
+    p.add_argument("--n-eval", type=int, default=200, help="held-out samples per category for the table")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args(argv)
+    train(Path(a.out), a.steps, a.batch_size, a.n_train, a.n_eval, a.lr, a.seed, a.threads)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,334 @@
+"""Glue: locate -> read -> aggregate -> metrics -> bootstrap -> write.  See :func:`api.build_report`."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+from typing import Any
+
+from . import bootstrap as bs
+from . import metrics as M
+from . import writers as W
+from .api import ReportError, ReportResult
+from .reader import ModelResults, _Listing
+from .schema import Suite, load_suite
+from .scores import CONSISTENCY_TOL, ScoreError, Units, headline, per_sample
+
+OVERALL = "Overall"
+MASK_SEP = "_mask_"
+CAVEAT = ("Masking encoders of one fixed checkpoint measures what *this* model relies on; models "
+          "retrained on encoder subsets can rank encoders differently (capacity/necessity study). "
+          "The all-masked point is the no-vision baseline, not a floor.")
+
+
+def _variants(base_model: str, encoders: tuple[str, ...] | None) -> tuple[tuple[str, ...], list[dict]]:
+    if encoders is None:
+        from ..registry import RegistryError, get_base
+
+        try:
+            spec = get_base(base_model)
+        except RegistryError as exc:
+            raise ReportError(f"{exc}; pass encoders=[...] (CLI: --encoders a,b,c) for an unregistered base") from None
+        encoders = spec.encoders
+        name = spec.entry_name
+    else:
+        if len(set(encoders)) != len(encoders) or not encoders:
+            raise ReportError(f"encoders {list(encoders)}: expected a non-empty list of distinct names")
+
+        def name(masked: tuple[str, ...]) -> str:
+            return base_model if not masked else base_model + MASK_SEP + "_".join(masked)
+    rows = []
+    for k in range(len(encoders) + 1):
+        for masked in itertools.combinations(encoders, k):
+            kept = frozenset(encoders) - set(masked)
+            rows.append({"name": name(masked), "masked": list(masked),
+                         "kept": [e for e in encoders if e in kept], "k": k, "_kept": kept})
+    return tuple(encoders), rows
+
+
+def _mean(vals: list[float | None]) -> float | None:
+    return None if not vals or any(v is None for v in vals) else sum(vals) / len(vals)  # type: ignore[arg-type,misc]
+
+
+def run_pipeline(*, work_dir: Path, base_model: str, suite: str, out_dir: Path | None,
+                 suite_file: Path | None, n_boot: int, seed: int, encoders: tuple[str, ...] | None,
+                 write: bool, figures: bool, force: bool = False) -> ReportResult:
+    t = time.perf_counter()
+    timings: dict[str, float] = {}
+    S: Suite = load_suite(suite, suite_file)
+    encs, variants = _variants(base_model, encoders)
+    if not work_dir.is_dir():
+        raise ReportError(f"work dir {work_dir} does not exist (VLMEvalKit's --work-dir, e.g. ./outputs)")
+    listing = _Listing()
+    cells: list[dict[str, Any]] = []
+    bench_scores: dict[frozenset, dict[str, float | None]] = {}
+    units: dict[tuple[str, str], dict[frozenset, Units]] = {}
+    for v in variants:
+        mr = ModelResults(work_dir, v["name"], listing)
+        kept = v["_kept"]
+        bench_scores[kept] = {}
+        for b in S.benchmarks:
+            part_vals: list[float | None] = []
+            statuses, reasons, paths, runs, per_sample_state = [], [], [], [], []
+            for p in b.parts:
+                loc = mr.locate(p)
+                val = None
+                status, reason = loc.status, loc.reason
+                if loc.headline is not None:
+                    paths.append(str(loc.headline))
+                    runs.append(loc.run.label if loc.run else "")
+                    try:
+                        val = headline(loc.headline, p.headline)
+                    except ScoreError as exc:
+                        status, reason = "unreadable", str(exc)
+                if val is not None and p.per_sample is not None:
+                    if loc.per_sample is None:
+                        per_sample_state.append(f"{p.dataset}: no per-sample file "
+                                                f"({' or '.join(p.per_sample.files)})")
+                    else:
+                        try:
+                            u = per_sample(loc.per_sample, p.per_sample, p.headline)
+                            rec = u.score()
+                            if abs(rec - val) > CONSISTENCY_TOL:
+                                per_sample_state.append(
+                                    f"{p.dataset}: per-sample file {loc.per_sample} gives {rec:.3f}, headline "
+                                    f"{val:.3f}; not used for intervals")
+                            else:
+                                units.setdefault((b.name, p.dataset), {})[kept] = u
+                        except ScoreError as exc:
+                            per_sample_state.append(f"{p.dataset}: per-sample unreadable: {exc}")
+                elif val is not None:
+                    per_sample_state.append(f"{p.dataset}: the suite defines no per-sample file")
+                statuses.append(status)
+                if reason:
+                    reasons.append(f"{p.dataset}: {reason}" if len(b.parts) > 1 else reason)
+                reasons += [f"note: {n}" for n in loc.notes]
+                part_vals.append(val if status in ("ok", "stale") else None)
+            order = ["unreadable", "missing", "stale", "ok"]
+            status = next(s for s in order if s in statuses)
+            score = _mean(part_vals)
+            bench_scores[kept][b.name] = score
+            cells.append({"variant": v["name"], "benchmark": b.name, "status": status,
+                          "score": score, "run": ", ".join(runs), "path": "; ".join(paths),
+                          "reason": "; ".join(reasons), "per_sample": "; ".join(per_sample_state) or "ok"})
+    timings["read"] = time.perf_counter() - t
+    if not any(c["status"] in ("ok", "stale") for c in cells):
+        first = cells[0]["reason"] if cells else ""
+        raise ReportError(f"no results at all for {base_model} in {work_dir} (suite {suite}); "
+                          f"e.g. {cells[0]['variant']}/{cells[0]['benchmark']}: {first}")
+
+    t = time.perf_counter()
+    cats = S.by_category()
+    levels = [b.name for b in S.benchmarks] + list(S.categories) + [OVERALL]
+    scores: dict[frozenset, dict[str, float | None]] = {}
+    for kept, bsc in bench_scores.items():
+        row = dict(bsc)
+        for c, bl in cats.items():
+            row[c] = _mean([bsc[b.name] for b in bl])
+        row[OVERALL] = _mean([row[c] for c in S.categories])
+        scores[kept] = row
+    missing: list[dict[str, str]] = []
+    games = {lvl: {k: s[lvl] for k, s in scores.items() if s[lvl] is not None} for lvl in levels}
+    full = frozenset(encs)
+    cur = {e: {lvl: M.cur(games[lvl], encs, e) for lvl in levels} for e in encs}
+    igs = {lvl: M.ig({e: cur[e][lvl] for e in encs}) for lvl in levels}
+    names = {v["_kept"]: v["name"] for v in variants}
+    for lvl in levels:
+        g = games[lvl]
+        if full not in g:
+            missing.append({"metric": "CUR, IG", "level": lvl, "needs": f"{names[full]} scored at this level"})
+        else:
+            lack = [names[full - {e}] for e in encs if full - {e} not in g]
+            if lack:
+                missing.append({"metric": "CUR (some encoders), IG", "level": lvl,
+                                "needs": "leave-one-out variants " + ", ".join(lack)})
+    k_rows = []
+    for lvl in levels:
+        for r in M.k_curve(games[lvl], encs):
+            k_rows.append({"level": lvl, **r})
+    cap = M.capacity_necessity(games[OVERALL], encs)
+    pair = M.pairing(games[OVERALL], encs)
+    if not pair.get("available"):
+        missing.append({"metric": "anchor + complement pairing", "level": OVERALL, "needs": pair["needs"]})
+    shap_levels: dict[str, dict] = {}
+    for lvl in levels:
+        lack = M.lattice_missing(games[lvl], encs)
+        if lack:
+            if lvl == OVERALL or lvl in S.categories:
+                missing.append({"metric": "Shapley, Banzhaf, interactions", "level": lvl,
+                                "needs": f"all {2 ** len(encs)} variants; missing masks: "
+                                         + ", ".join(lack[:8]) + (" ..." if len(lack) > 8 else "")})
+        else:
+            shap_levels[lvl] = M.shapley(games[lvl], encs)
+    timings["metrics"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    boot_rows: list[dict] = []
+    if n_boot > 0:
+        parts = [bs.BootInput(b.name, p.dataset, units[(b.name, p.dataset)])
+                 for b in S.benchmarks for p in b.parts if (b.name, p.dataset) in units]
+        bo = bs.paired_bootstrap(parts, {b.name: len(b.parts) for b in S.benchmarks},
+                                 {c: [b.name for b in bl] for c, bl in cats.items()}, encs, scores,
+                                 n_boot=n_boot, seed=seed)
+        boot_rows = bo.rows
+        missing += bo.missing
+        boot_notes = bo.notes
+    else:
+        boot_notes = ["bootstrap disabled (n_boot=0)"]
+    timings["bootstrap"] = time.perf_counter() - t
+
+    res = ReportResult(base_model=base_model, suite=suite, encoders=encs, out_dir=None)
+    res.variants = [{k: v[k] for k in ("name", "masked", "kept", "k")} for v in variants]
+    res.levels = levels
+    res.categories = list(S.categories)
+    res.scores = {names[k]: s for k, s in scores.items()}
+    res.cur, res.ig, res.k_curve = cur, igs, k_rows
+    res.capacity_necessity, res.pairing = cap, pair
+    res.shapley = shap_levels.get(OVERALL)
+    res.shapley_levels = shap_levels
+    res.bootstrap = boot_rows
+    res.cells = cells
+    res.missing_metrics = missing
+    res.notes = boot_notes
+    res.n_boot, res.seed = n_boot, seed
+    if write:
+        t = time.perf_counter()
+        out = out_dir or (work_dir / "encred_report" / base_model / suite)
+        _write(res, out, figures, force)
+        timings["write"] = time.perf_counter() - t
+    res.timings.update(timings)
+    return res
+
+
+def _tables(r: ReportResult) -> list[tuple[str, list[str], list[list[Any]]]]:
+    lv = r.levels
+    t = [("Scores", ["variant", "masked", "kept"] + lv,
+          [[v["name"], v["masked"] or "-", v["kept"] or "- (no vision)"] + [r.scores[v["name"]][l] for l in lv]
+           for v in r.variants]),
+         ("CUR", ["encoder"] + lv, [[e] + [r.cur[e][l] for l in lv] for e in r.encoders]
+          + [["IG"] + [r.ig[l] for l in lv]]),
+         ("k-masked curve", ["level", "k", "n_subsets", "n_present", "max", "min", "mean", "argmax", "argmin"],
+          [[x[k] for k in ("level", "k", "n_subsets", "n_present", "max", "min", "mean", "argmax", "argmin")]
+           for x in r.k_curve]),
+         ("Capacity-Necessity", ["encoder", "capacity", "necessity", "CUR (%)"],
+          [[x["encoder"], x["capacity"], x["necessity"], x["cur"]] for x in r.capacity_necessity]),
+         ("Shapley", ["level", "encoder", "shapley", "banzhaf"],
+          [[l, e, s["values"][e], s["banzhaf"][e]] for l, s in r.shapley_levels.items() for e in r.encoders]),
+         ("Interactions", ["level", "pair", "shapley interaction"],
+          [[l, p, val] for l, s in r.shapley_levels.items() for p, val in s["interaction"].items()]),
+         ("Bootstrap", ["quantity", "subject", "level", "estimate", "lo (2.5%)", "hi (97.5%)", "excludes 0"],
+          [[b["quantity"], b["subject"], b["level"], b["estimate"], b["lo"], b["hi"], b["distinguishable"]]
+           for b in r.bootstrap]),
+         ("Cells", ["variant", "benchmark", "status", "score", "run", "path", "reason", "per-sample"],
+          [[c["variant"], c["benchmark"], c["status"], c["score"], c["run"], c["path"], c["reason"],
+            c["per_sample"]] for c in r.cells]),
+         ("Missing metrics", ["metric", "level", "needs"],
+          [[m["metric"], m["level"], m["needs"]] for m in r.missing_metrics])]
+    return t
+
+
+def _markdown(r: ReportResult, figs: list[str]) -> str:
+    full = r.variants[0]["name"]
+    none = r.variants[-1]["name"]
+    ci = {(b["subject"], b["level"]): b for b in r.bootstrap if b["quantity"] == "CUR"}
+    top = r.categories + [OVERALL]
+    n_ok = sum(c["status"] == "ok" for c in r.cells)
+    out = [f"# Encoder contributions: {r.base_model} on {r.suite}", "",
+           f"Encoders: {', '.join(r.encoders)}. {len(r.variants)} variants x "
+           f"{len(r.levels) - len(top)} benchmarks = {len(r.cells)} cells: {n_ok} ok, "
+           + ", ".join(f"{sum(c['status'] == s for c in r.cells)} {s}" for s in ("stale", "missing", "unreadable"))
+           + ". Scores on 0-100; CUR in %.", ""]
+
+    def cur_cell(e: str, lvl: str) -> str:
+        v = r.cur[e][lvl]
+        b = ci.get((e, lvl))
+        s = W.fmt(v)
+        if b and b["lo"] is not None:
+            s += f" [{b['lo']:.1f}, {b['hi']:.1f}]" + ("*" if b["distinguishable"] else "")
+        return s
+
+    out += ["## Scores", "", W.md_table(["variant"] + top,
+                                         [[full] + [r.scores[full][l] for l in top],
+                                          [none + " (no vision)"] + [r.scores[none][l] for l in top]]), ""]
+    out += ["## CUR (leave-one-out), with 95% paired-bootstrap intervals", "",
+            "`*` = the interval excludes 0.", "",
+            W.md_table(["encoder"] + top, [[e] + [cur_cell(e, l) for l in top] for e in r.encoders]
+                       + [["IG (max - min)"] + [r.ig[l] for l in top]]), ""]
+    ko = [x for x in r.k_curve if x["level"] == OVERALL]
+    out += ["## k-masked curve (Overall)", "",
+            W.md_table(["k masked", "subsets present", "max", "mean", "min", "best", "worst"],
+                       [[x["k"], f"{x['n_present']}/{x['n_subsets']}", x["max"], x["mean"], x["min"],
+                         x["argmax"], x["argmin"]] for x in ko]), ""]
+    out += ["## Capacity and necessity (Overall)", "",
+            W.md_table(["encoder", "capacity (alone)", "necessity (drop when removed)", "CUR %"],
+                       [[x["encoder"], x["capacity"], x["necessity"], x["cur"]] for x in r.capacity_necessity]), ""]
+    p = r.pairing
+    if p.get("available"):
+        out += [f"Anchor {p['anchor']} (highest capacity) + complement {p['complement']}: "
+                f"{W.fmt(p['anchor_pair_score'])}; the two highest-capacity encoders "
+                f"{' + '.join(p['top2_capacity_pair'])}: {W.fmt(p['top2_capacity_pair_score'])}; "
+                f"full model: {W.fmt(p['full'])}.", ""]
+    else:
+        out += [f"Anchor + complement pairing not available: needs {p.get('needs')}.", ""]
+    if r.shapley:
+        s = r.shapley
+        out += ["## Shapley values and interactions (Overall)", "",
+                W.md_table(["encoder", "Shapley", "Banzhaf"],
+                           [[e, s["values"][e], s["banzhaf"][e]] for e in r.encoders]), "",
+                f"Sum of Shapley values {W.fmt(s['sum'])} = v(all) - v(none) {W.fmt(s['v_all_minus_v_none'])}"
+                f" ({'check passed' if s['efficiency_ok'] else 'CHECK FAILED'}).", "",
+                "Pairwise Shapley interaction (> 0 synergy, < 0 redundancy):", "",
+                W.md_table(["pair", "interaction"],
+                           sorted(([k.replace("|", " + "), val] for k, val in s["interaction"].items()),
+                                  key=lambda x: x[1])), ""]
+    if r.missing_metrics:
+        out += ["## Not computed", "", W.md_table(["metric", "level", "needs"],
+                                                   [[m["metric"], m["level"], m["needs"]]
+                                                    for m in r.missing_metrics]), ""]
+    probs = [c for c in r.cells if c["status"] != "ok"]
+    if probs:
+        out += ["## Cells that are not ok", "",
+                W.md_table(["variant", "benchmark", "status", "why"],
+                           [[c["variant"], c["benchmark"], c["status"], c["reason"].replace("|", "\\|")]
+                            for c in probs[:60]]), ""]
+        if len(probs) > 60:
+            out += [f"... and {len(probs) - 60} more (sheet 'Cells' of the workbook).", ""]
+    if figs:
+        out += ["## Figures", ""] + [f"![{f}]({f})" for f in figs] + [""]
+    out += ["## Caveat", "", CAVEAT, ""]
+    return "\n".join(out)
+
+
+def _write(r: ReportResult, out: Path, figures: bool, force: bool) -> None:
+    stem = f"{r.base_model}_{r.suite}"
+    names = {"xlsx": f"{stem}.xlsx", "markdown": f"{stem}.md", "json": f"{stem}.json"}
+    figs = {}
+    if figures:
+        figs = {"fig_cur_heatmap": f"{stem}_cur_heatmap.png", "fig_k_curve": f"{stem}_k_curve.png"}
+        if any(b["quantity"] == "CUR" and b["lo"] is not None for b in r.bootstrap):
+            figs["fig_intervals"] = f"{stem}_intervals.png"
+    st = W.Stager(out, force=force)
+    st.check(list(names.values()) + list(figs.values()))
+    try:
+        st.write(names["xlsx"], lambda p: W.write_xlsx(p, _tables(r)))
+        st.write(names["markdown"], lambda p: W.write_text(p, _markdown(r, list(figs.values()))))
+        top = r.categories + [OVERALL]
+        if "fig_cur_heatmap" in figs:
+            st.write(figs["fig_cur_heatmap"], lambda p: W.fig_cur_heatmap(
+                p, top, list(r.encoders), r.cur, f"CUR (%) of {r.base_model}'s encoders"))
+            st.write(figs["fig_k_curve"], lambda p: W.fig_k_curve(
+                p, [x for x in r.k_curve if x["level"] == OVERALL], f"{r.base_model}: k encoders masked"))
+        if "fig_intervals" in figs:
+            st.write(figs["fig_intervals"], lambda p: W.fig_intervals(
+                p, [b for b in r.bootstrap if b["quantity"] == "CUR" and b["level"] in top],
+                f"{r.base_model}: CUR intervals"))
+        r.out_dir = out
+        r.files = {k: out / v for k, v in {**names, **figs}.items()}
+        r.files["manifest"] = out / W.MANIFEST
+        st.write(names["json"], lambda p: W.write_json(p, r.to_dict()))
+        st.commit()
+    except BaseException:
+        st.abort()
+        r.out_dir, r.files = None, {}
+        raise

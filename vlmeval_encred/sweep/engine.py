@@ -1,0 +1,206 @@
+"""The sweep: every selected subset of one base model over datasets, in one pass.
+
+Per sample the engine builds the message exactly as ``vlmeval/inference.py``'s
+``infer_data`` does (dataset prompt, or the model's custom prompt when it
+asks for one, with the dataset's ``dump_image``), pre-processes it as
+``BaseModel.generate`` does, runs every encoder that some pending subset keeps
+*once*, and decodes all pending subsets of the sample as one batch.  Finished
+samples go to an append-only checkpoint (see :mod:`.checkpoint`); when a
+variant has every sample, its prediction file is written where and as
+VLMEvalKit's own inference writes it (see :mod:`.predfiles`), so ``run.py``
+for that variant goes straight to evaluation.
+
+The model is loaded once, through ``vlmeval.config.supported_VLM`` like any
+run, as the entry that masks only the encoders *no* selected subset keeps
+(usually none), so the sweep never holds a tower it does not need.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from ..registry import BaseModelSpec, Entry
+from . import predfiles
+from .checkpoint import SweepCheckpoint, checkpoint_path
+from .protocol import support_for
+
+log = logging.getLogger("vlmeval_encred")
+
+
+class SweepError(RuntimeError):
+    """A sweep cannot run as asked (unsupported dataset kind, inconsistent state...)."""
+
+
+@dataclass
+class DatasetReport:
+    dataset: str
+    samples: int = 0
+    computed_samples: int = 0
+    skipped_variants: list[str] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)
+    encoder_calls: dict[str, int] = field(default_factory=dict)
+    decode_calls: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class SweepReport:
+    base: str
+    variants: list[str]
+    datasets: list[DatasetReport] = field(default_factory=list)
+    load_seconds: float = 0.0
+
+
+def load_mask(entries: Sequence[Entry]) -> tuple[str, ...]:
+    """Encoders no selected entry keeps: the sweep model can do without them."""
+    base = entries[0].base
+    common = set(base.encoders)
+    for e in entries:
+        common &= set(e.masked)
+    return tuple(x for x in base.encoders if x in common)
+
+
+def build_message(model: Any, dataset: Any, line: Any) -> list[dict[str, Any]]:
+    """The prompt ``infer_data`` would build for ``line``, pre-processed as ``BaseModel.generate`` does."""
+    name = dataset.dataset_name
+    if getattr(dataset, "force_use_dataset_prompt", False):
+        struct = dataset.build_prompt(line)
+    elif hasattr(model, "use_custom_prompt") and model.use_custom_prompt(name):
+        struct = model.build_prompt(line, dataset=name)
+    else:
+        struct = dataset.build_prompt(line)
+    kind = model.check_content(struct)
+    if kind not in ("str", "dict", "liststr", "listdict"):
+        raise SweepError(f"{name}: invalid prompt structure for index {line['index']}: {struct!r}")
+    message = model.preproc_content(struct)
+    for item in message:
+        if item["type"] not in model.allowed_types:
+            raise SweepError(f"{name}: message item type {item['type']!r} not allowed by {type(model).__name__}")
+    return message
+
+
+def _build_dataset(name: str) -> Any:
+    from vlmeval.dataset import build_dataset
+
+    dataset = build_dataset(name)
+    if dataset is None:
+        raise SweepError(f"VLMEvalKit could not build dataset {name!r} (unknown name and no "
+                         f"$LMUData/{name}.tsv); see `vlmutil dlist all`")
+    if getattr(dataset, "MODALITY", "IMAGE") == "VIDEO" or getattr(dataset, "TYPE", "") == "MT":
+        raise SweepError(f"{name}: video and multi-turn datasets use other inference loops in VLMEvalKit; "
+                         "the sweep handles image datasets only -- run these variants one by one")
+    return dataset
+
+
+def _chunks(seq: list, size: int) -> list[list]:
+    size = size if size and size > 0 else len(seq)
+    return [seq[i:i + size] for i in range(0, len(seq), size)]
+
+
+def run_sweep(base: BaseModelSpec, entries: Sequence[Entry], datasets: Sequence[str], work_dir: str,
+              *, limit: int | None = None, decode_batch: int = 0, sync_every: int = 10, progress: bool = True,
+              model: Any = None, on_sample: Callable[[str, Any], None] | None = None) -> SweepReport:
+    """Sweep ``entries`` of ``base`` over ``datasets`` into ``work_dir``; see the module docstring.
+
+    ``decode_batch``: at most this many subsets per ``generate`` call (0: all of a sample's).
+    ``model``: an already loaded wrapper of ``base`` (benchmarks reuse one); else loaded here.
+    ``on_sample(dataset, index)``: called after each sample is checkpointed (tests use it to
+    simulate a kill).
+    """
+    import os
+
+    from tqdm import tqdm
+
+    if os.environ.get("SPLIT_THINK"):
+        raise SweepError("SPLIT_THINK is set: VLMEvalKit would split thinking traces into an extra column; "
+                         "the sweep does not reproduce that layout -- unset it or run variants one by one")
+    entries = list(entries)
+    if not entries:
+        raise SweepError("no entries selected")
+    report = SweepReport(base.name, [e.name for e in entries])
+    support = None
+    mask_mode = base.modes[0]
+    for ds_name in datasets:
+        t0 = time.perf_counter()
+        dataset = _build_dataset(ds_name)
+        if limit:
+            dataset.data = dataset.data.iloc[:limit]
+        rep = DatasetReport(ds_name, samples=len(dataset.data))
+        report.datasets.append(rep)
+        indices = list(dataset.data["index"])
+        pending = []
+        for e in entries:
+            if predfiles.is_complete(predfiles.pred_file(work_dir, e.name, ds_name), indices):
+                rep.skipped_variants.append(e.name)
+            else:
+                pending.append(e)
+        ck_path = checkpoint_path(work_dir, base.name, ds_name)
+        if not pending:
+            if ck_path.exists():
+                ck_path.unlink()
+            continue
+        if model is None:
+            t_load = time.perf_counter()
+            model = load_model(base, entries)
+            report.load_seconds += time.perf_counter() - t_load
+        if support is None:
+            support = support_for(model)
+        model.set_dump_image(dataset.dump_image)
+        ck = SweepCheckpoint.open(ck_path, sync_every=sync_every)
+        data = dataset.data
+        already = sum(1 for i in indices if all(e.name in ck.get(i) for e in pending))
+        bar = tqdm(total=len(indices), initial=already, disable=not progress, unit="sample",
+                   desc=f"sweep {base.name}/{ds_name} x{len(pending)} variants")
+        try:
+            for pos in range(len(data)):
+                line = data.iloc[pos]
+                idx = line["index"]
+                have = ck.get(idx)
+                todo = [e for e in pending if e.name not in have]
+                if not todo:
+                    continue
+                message = build_message(model, dataset, line)
+                inputs = support.prepare(model, message, ds_name)
+                needed = [x for x in base.encoders if any(x in e.kept for e in todo)]
+                feats = support.encode(model, inputs, needed) if needed else {}
+                for x in needed:
+                    rep.encoder_calls[x] = rep.encoder_calls.get(x, 0) + 1
+                preds: dict[str, str] = {}
+                for chunk in _chunks(todo, decode_batch):
+                    per_subset = [{x: (feats[x] if x in e.kept else None) for x in base.encoders} for e in chunk]
+                    outs = support.fuse_and_generate(model, inputs, per_subset, mask_mode)
+                    if len(outs) != len(chunk):
+                        raise SweepError(f"{type(support).__name__}.fuse_and_generate returned {len(outs)} "
+                                         f"answers for {len(chunk)} subsets")
+                    rep.decode_calls += 1
+                    preds.update({e.name: str(o) for e, o in zip(chunk, outs)})
+                ck.add(idx, preds)
+                rep.computed_samples += 1
+                bar.update(1)
+                if on_sample is not None:
+                    on_sample(ds_name, idx)
+        finally:
+            bar.close()
+            ck.close()
+        for e in pending:
+            preds = {i: ck.get(i)[e.name] for i in indices}
+            path = predfiles.pred_file(work_dir, e.name, ds_name)
+            predfiles.write_atomically(predfiles.prediction_frame(dataset, preds), path)
+            rep.written.append(path)
+        ck.remove()
+        rep.seconds = time.perf_counter() - t0
+    return report
+
+
+def load_model(base: BaseModelSpec, entries: Sequence[Entry]) -> Any:
+    """The wrapper VLMEvalKit would build for the entry masking :func:`load_mask`'s encoders."""
+    from vlmeval.config import supported_VLM
+
+    name = base.entry_name(load_mask(entries))
+    if name not in supported_VLM:
+        raise SweepError(f"{name!r} is not in vlmeval.config.supported_VLM: the vlmeval-encred hook did not "
+                         "register it (is VLMEVAL_ENCRED_DISABLE set, or did the family fail to import?)")
+    return supported_VLM[name]()
