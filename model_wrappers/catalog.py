@@ -47,8 +47,8 @@ register_base(BaseModelSpec(
 # Cambrian-1 (SVA connector); tower order = the checkpoint's mm_vision_tower_aux_list,
 # re-read and checked at load time by model_wrappers/cambrian.py.
 _CAMBRIAN = "vlmeval_encred.model_wrappers.cambrian:EncredCambrian"
-for _name, _ckpt in [("cambrian_phi3_3b", "nyu-visionx/cambrian-phi3-3b"), ("cambrian_8b", "nyu-visionx/cambrian-8b"),
-                     ("cambrian_13b", "nyu-visionx/cambrian-13b"), ("cambrian_34b", "nyu-visionx/cambrian-34b")]:
+for _name, _ckpt in [("cambrian1_phi3_3b", "nyu-visionx/cambrian-phi3-3b"), ("cambrian1_8b", "nyu-visionx/cambrian-8b"),
+                     ("cambrian1_13b", "nyu-visionx/cambrian-13b"), ("cambrian1_34b", "nyu-visionx/cambrian-34b")]:
     register_base(BaseModelSpec(
         name=_name, family="cambrian", checkpoint=_ckpt, encoders=("siglip", "clip", "dinov2", "convnext"),
         wrapper=_CAMBRIAN, modes=("zero", "zero_context", "drop"),

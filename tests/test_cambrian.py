@@ -178,13 +178,13 @@ def test_catalog_entries():
     from vlmeval_encred.model_wrappers.cambrian import _check_registry
     from vlmeval_encred.registry import entries, get_base
 
-    for name in ("cambrian_phi3_3b", "cambrian_8b", "cambrian_13b", "cambrian_34b"):
+    for name in ("cambrian1_phi3_3b", "cambrian1_8b", "cambrian1_13b", "cambrian1_34b"):
         b = get_base(name)
         assert b.encoders == tuple(NAMES) and b.modes[0] == "zero" and set(b.modes) == set(ADAPTER.modes)
         assert len(entries(base=name)) == 16
-    _check_registry("cambrian_8b", NAMES)
+    _check_registry("cambrian1_8b", NAMES)
     with pytest.raises(MaskError, match="mm_vision_tower_aux_list gives clip"):
-        _check_registry("cambrian_8b", ["clip", "siglip", "dinov2", "convnext"])
+        _check_registry("cambrian1_8b", ["clip", "siglip", "dinov2", "convnext"])
 
 
 def test_import_is_light():

@@ -45,16 +45,23 @@ def after_config(config: ModuleType) -> int:
                           "keeping VLMEvalKit's entry", RuntimeWarning, stacklevel=2)
             continue
         if wrapper not in classes:
-            try:
-                classes[wrapper] = entry.base.load_wrapper_class()
-            except Exception as exc:  # one family's import problem must not hide the others
-                failed[wrapper] = f"{type(exc).__name__}: {exc}"
-                continue
+            if _half_imported(wrapper):
+                # The family module itself triggered this import of vlmeval (it imports
+                # vlmeval.vlm.base); its class does not exist yet, so resolve it on use.
+                classes[wrapper] = _deferred_class(wrapper)
+            else:
+                try:
+                    classes[wrapper] = entry.base.load_wrapper_class()
+                except Exception as exc:  # one family's import problem must not hide the others
+                    failed[wrapper] = f"{type(exc).__name__}: {exc}"
+                    continue
         builder = functools.partial(classes[wrapper], **entry.kwargs())
         setattr(builder, _MARK, True)
         supported[entry.name] = builder
         added += existing is None
     for cls in classes.values():
+        if getattr(cls, "_deferred", False):
+            continue
         if getattr(vlm, cls.__name__, cls) is not cls:
             warnings.warn(f"vlmeval-encred: vlmeval.vlm already has {cls.__name__!r}; not replaced",
                           RuntimeWarning, stacklevel=2)
@@ -65,6 +72,39 @@ def after_config(config: ModuleType) -> int:
         warnings.warn(f"vlmeval-encred: models of these wrappers were not registered: {detail}",
                       RuntimeWarning, stacklevel=2)
     return added
+
+
+def _half_imported(wrapper: str) -> bool:
+    """True while a family module (this one or any other) is still executing.
+
+    Family modules import ``vlmeval.vlm.base``, which executes ``vlmeval.config``; when a
+    program imports a family module before vlmeval, registration runs in the middle of
+    that import, and importing wrapper modules then would hit the half-made module.
+    """
+    import sys
+
+    prefix = wrapper.partition(":")[0].rpartition(".")[0] + "."
+    return any(name.startswith(prefix) and getattr(getattr(mod, "__spec__", None), "_initializing", False)
+               for name, mod in list(sys.modules.items()))
+
+
+def _deferred_class(wrapper: str):
+    """A callable standing for a wrapper class whose module is still being imported."""
+    import importlib
+
+    module, _, attr = wrapper.partition(":")
+
+    def build(*args, **kwargs):
+        cls = getattr(importlib.import_module(module), attr)
+        import vlmeval.vlm as vlm
+
+        if not hasattr(vlm, attr):
+            setattr(vlm, attr, cls)
+        return cls(*args, **kwargs)
+
+    build.__name__ = build.__qualname__ = attr
+    build._deferred = True
+    return build
 
 
 def short_name_message(name: str, lmu_root: str) -> str | None:

@@ -22,6 +22,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="at most this many subsets per generate call (0 = all of a sample's)")
     p.add_argument("--suite-file", default=None, help="benchmarks.yaml to expand suite names from")
     p.add_argument("--no-progress", action="store_true")
+    c = p.add_argument_group("cluster (submitit job array over (variant or lattice shard, dataset))")
+    c.add_argument("--cluster", choices=["slurm", "local", "debug"], default=None,
+                   help="submit instead of running here; 'local' runs the same jobs as local processes")
+    c.add_argument("--per-variant", action="store_true",
+                   help="one plain VLMEvalKit run per (variant, dataset) instead of sweep shards")
+    c.add_argument("--shards", type=int, default=1, help="split the lattice into this many sweep jobs per dataset")
+    c.add_argument("--gpus", type=int, default=1, help="GPUs per job (>1: torchrun data parallelism, per-variant)")
+    c.add_argument("--partition", default=None)
+    c.add_argument("--timeout-min", type=int, default=600)
+    c.add_argument("--judge", default=None, help="--judge for per-variant VLMEvalKit runs (e.g. exact_matching)")
+    c.add_argument("--wait", action="store_true", help="wait for the jobs and print `encred status`")
     p.set_defaults(func=run)
 
 
@@ -35,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         datasets = resolve_datasets(args.data, args.suite_file)
     except (RegistryError, SelectionError) as exc:
         raise SystemExit(f"encred sweep: {exc}")
+    if args.cluster:
+        return _submit(args, base, chosen, datasets)
     from ..sweep.engine import SweepError, run_sweep
     from ..sweep.protocol import SweepUnsupportedError
 
@@ -48,4 +61,25 @@ def run(args: argparse.Namespace) -> int:
         print(f"{d.dataset}: {d.samples} samples, {d.computed_samples} computed, {len(d.written)} prediction "
               f"files written, {len(d.skipped_variants)} variants already complete; encoder calls: {calls}; "
               f"{d.seconds:.1f} s")
+    return 0
+
+
+def _submit(args: argparse.Namespace, base, chosen, datasets) -> int:
+    from ..sweep import cluster
+    from ..sweep.status import collect, render
+
+    cells = cluster.plan_cells(base.name, [e.name for e in chosen], datasets,
+                               "variant" if args.per_variant else "sweep", args.shards)
+    ex = cluster.make_executor(args.work_dir, args.cluster, gpus=args.gpus, timeout_min=args.timeout_min,
+                               partition=args.partition)
+    jobs = cluster.launch(cells, args.work_dir, ex, gpus=args.gpus, limit=args.limit, judge=args.judge)
+    print(f"submitted {len(jobs)} of {len(cells)} jobs ({len(cells) - len(jobs)} done or running); "
+          f"logs under {args.work_dir}/encred_jobs/submitit/")
+    if args.wait:
+        for j in jobs:
+            try:
+                j.result()
+            except Exception as exc:  # recorded in the cell's state file; status shows it
+                print(f"job {j.job_id} failed: {str(exc).splitlines()[-1] if str(exc) else exc}")
+        print(render(collect(args.work_dir, base.name)))
     return 0

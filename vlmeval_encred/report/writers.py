@@ -21,6 +21,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 MANIFEST = ".encred-report-manifest.json"
+
+
+def _umask_mode() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return 0o666 & ~m
 NUM_FMT = "0.00"
 
 
@@ -75,6 +81,7 @@ class Stager:
         except BaseException:
             os.unlink(tmp)
             raise
+        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600; a report is meant to be shared
         self.staged[name] = Path(tmp)
 
     def abort(self) -> None:
@@ -97,6 +104,7 @@ class Stager:
         fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=self.out_dir)
         with os.fdopen(fd, "w") as f:
             json.dump(man, f, indent=1)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, self.out_dir / MANIFEST)
         done = {name: self.out_dir / name for name in self.staged}
         self.staged.clear()

@@ -1,0 +1,140 @@
+"""`encred sweep`: predictions equal VLMEvalKit's own per-variant inference, resume after a kill,
+prediction files where VLMEvalKit looks, and VLMEvalKit then evaluates without re-inferring.
+
+Model: tests/standins/concat5.py, a synthetic CPU five-encoder channel-concat model in fp32
+(random but image-dependent answers).  One subprocess (a fresh `python -m vlmeval`-equivalent
+run) at the end; the rest runs in this process (vlmeval imported once, ~15 s).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, explain, run_py, vlmeval_env, write_mcq_tsv
+
+DS = "EncredSweep_MCQ"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    lmu = tmp_path_factory.mktemp("LMUData")
+    write_mcq_tsv(lmu / f"{DS}.tsv", n=4)
+    old = {k: os.environ.get(k) for k in ("LMUData", "PRED_FORMAT", "HF_HUB_OFFLINE")}
+    os.environ.update(LMUData=str(lmu), PRED_FORMAT="xlsx", HF_HUB_OFFLINE="1")
+    from standins import concat5
+
+    concat5.register()
+    from vlmeval_encred.registry import get_base
+
+    yield dict(lmu=lmu, base=get_base(concat5.BASE_NAME))
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _per_variant(name: str, work: Path) -> None:
+    """VLMEvalKit's own inference for one variant, as run.py calls it (model given by name)."""
+    from vlmeval.dataset import build_dataset
+    from vlmeval.inference import infer_data_job
+
+    pred_root = work / name
+    pred_root.mkdir(parents=True, exist_ok=True)
+    infer_data_job(name, work_dir=str(pred_root), model_name=name, dataset=build_dataset(DS))
+
+
+def _preds(work: Path, name: str):
+    from vlmeval.smp import load
+
+    return load(str(work / name / f"{name}_{DS}.xlsx"))
+
+
+def test_sweep_equals_per_variant_vlmevalkit_inference(env, tmp_path):
+    from vlmeval_encred.sweep.engine import run_sweep
+    from vlmeval_encred.sweep.selection import select_entries
+
+    base = env["base"]
+    chosen = select_entries(base, "k<=1")  # full model + five single-encoder ablations
+    rep = run_sweep(base, chosen, [DS], str(tmp_path / "sweep"), progress=False)
+    d = rep.datasets[0]
+    assert d.encoder_calls == {e: 4 for e in base.encoders}  # each tower once per image, not 6x
+    assert d.decode_calls == 4  # one batched generate per sample
+    seen = set()
+    for e in chosen:
+        _per_variant(e.name, tmp_path / "ref")
+        got, want = _preds(tmp_path / "sweep", e.name), _preds(tmp_path / "ref", e.name)
+        assert list(got["prediction"]) == list(want["prediction"]), e.name
+        assert got.equals(want), f"{e.name}: frames differ beyond predictions"
+        seen.update(got["prediction"])
+    assert len(seen) > 4, "answers do not depend on image/subset: the comparison would be vacuous"
+    # a second sweep finds every file complete and computes nothing
+    again = run_sweep(base, chosen, [DS], str(tmp_path / "sweep"), progress=False).datasets[0]
+    assert again.computed_samples == 0 and len(again.skipped_variants) == len(chosen)
+
+
+def test_resume_after_kill_keeps_finished_samples(env, tmp_path):
+    from vlmeval_encred.sweep.checkpoint import checkpoint_path
+    from vlmeval_encred.sweep.engine import run_sweep
+    from vlmeval_encred.sweep.selection import select_entries
+
+    base = env["base"]
+    chosen = select_entries(base, "concat5_standin_mask_sam,concat5_standin_mask_clip_eva02")
+    work = tmp_path / "w"
+
+    def kill_after_two(_ds, idx):
+        if idx == 1:
+            raise KeyboardInterrupt  # the process dies right after sample 2 was checkpointed
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(base, chosen, [DS], str(work), progress=False, on_sample=kill_after_two)
+    ck = checkpoint_path(work, base.name, DS)
+    assert len(ck.read_text().splitlines()) == 2
+    assert not any((work / e.name).exists() for e in chosen)  # no partial prediction files
+    with open(ck, "a") as fh:
+        fh.write('{"index": "2", "preds": {"conc')  # torn line: killed mid-write
+    rep = run_sweep(base, chosen, [DS], str(work), progress=False).datasets[0]
+    assert rep.computed_samples == 2 and not ck.exists()
+    clean = tmp_path / "clean"
+    run_sweep(base, chosen, [DS], str(clean), progress=False)
+    for e in chosen:
+        assert list(_preds(work, e.name)["prediction"]) == list(_preds(clean, e.name)["prediction"])
+
+
+DRIVER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from standins import concat5
+    concat5.register()
+    from vlmeval.config import supported_VLM
+    def tripwire(**kw):
+        raise SystemExit("TRIPWIRE: VLMEvalKit tried to build the model, i.e. to re-infer")
+    supported_VLM[{name!r}] = tripwire
+    from vlmeval import run
+    sys.argv = ["run.py"] + sys.argv[1:]
+    run.main()
+""")
+
+
+def test_vlmevalkit_evaluates_sweep_predictions_without_reinferring(env, tmp_path):
+    from vlmeval_encred.sweep.engine import run_sweep
+    from vlmeval_encred.sweep.selection import select_entries
+
+    base = env["base"]
+    name = "concat5_standin_mask_convnext"
+    run_sweep(base, select_entries(base, name), [DS], str(tmp_path / "out"), progress=False)
+    pred = tmp_path / "out" / name / f"{name}_{DS}.xlsx"
+    assert pred.exists()
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER.format(tests=str(ROOT / "tests"), name=name))
+    proc = run_py([str(driver), "--model", name, "--data", DS, "--work-dir", str(tmp_path / "out"),
+                   "--judge", "exact_matching"], cwd=tmp_path, env=vlmeval_env(env["lmu"]), timeout=300)
+    assert proc.returncode == 0, explain(proc)
+    assert "TRIPWIRE" not in proc.stdout + proc.stderr, explain(proc)
+    assert (tmp_path / "out" / name / f"{name}_{DS}_acc.csv").exists(), explain(proc)

@@ -1,0 +1,185 @@
+"""Sweeps and plain per-variant VLMEvalKit runs as submitit job arrays (SLURM, or local processes).
+
+A *cell* is one job: ``sweep`` cells run :func:`.engine.run_sweep` for one
+shard of the subset lattice on one dataset (subsets inside a shard share
+encoder outputs); ``variant`` cells run VLMEvalKit itself for one variant and
+one dataset -- ``python -m vlmeval`` with one GPU, ``torchrun --nproc-per-node
+N -m vlmeval`` (VLMEvalKit's own data parallelism) with ``gpus > 1``.
+
+Every cell writes its state to ``<work_dir>/encred_jobs/<base>/<cell id>.json``
+(atomically): ``submitted`` (with submitit's job id and folder), ``running``
+(with host and pid), ``done`` or ``failed`` (with the error).  ``launch``
+skips cells whose prediction files are complete or that are still running,
+so re-running the same command resumes a sweep; :mod:`.status` reads these
+files, the prediction files and, on SLURM, submitit's view of the job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One job of an array."""
+
+    kind: str  # "sweep" | "variant"
+    base: str
+    dataset: str
+    variants: tuple[str, ...]
+    shard: int = 0
+
+    @property
+    def cell_id(self) -> str:
+        who = f"shard{self.shard}" if self.kind == "sweep" else self.variants[0]
+        return f"{self.kind}__{who}__{self.dataset}"
+
+
+def jobs_dir(work_dir: str | os.PathLike, base: str) -> Path:
+    return Path(work_dir) / "encred_jobs" / base
+
+
+def write_state(work_dir: str, cell: Cell, state: str, **extra: Any) -> None:
+    """Atomic JSON state record of a cell (tmp file + os.replace)."""
+    d = jobs_dir(work_dir, cell.base)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{cell.cell_id}.json"
+    old = read_state(path)
+    rec = {**old, **extra, "cell": asdict(cell), "state": state, "updated": time.time()}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(rec, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@dataclass
+class CellJob:
+    """The picklable callable submitit runs for one cell (in a fresh process or on a node)."""
+
+    cell: Cell
+    work_dir: str
+    subsets: str = ""
+    gpus: int = 1
+    limit: int | None = None
+    judge: str | None = None
+    extra_args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+
+    def __call__(self) -> str:
+        os.environ.update(self.env)
+        write_state(self.work_dir, self.cell, "running", host=socket.gethostname(), pid=os.getpid())
+        try:
+            if self.cell.kind == "sweep":
+                self._sweep()
+            else:
+                self._variant()
+        except BaseException as exc:
+            write_state(self.work_dir, self.cell, "failed", error=f"{type(exc).__name__}: {exc}",
+                        traceback=traceback.format_exc()[-4000:])
+            raise
+        write_state(self.work_dir, self.cell, "done")
+        return self.cell.cell_id
+
+    def _sweep(self) -> None:
+        from ..registry import get_base, parse_entry_name
+        from .engine import run_sweep
+
+        base = get_base(self.cell.base)
+        run_sweep(base, [parse_entry_name(v) for v in self.cell.variants], [self.cell.dataset], self.work_dir,
+                  limit=self.limit, progress=False)
+
+    def command(self) -> list[str]:
+        """The VLMEvalKit command line of a variant cell."""
+        args = ["-m", "vlmeval", "--model", self.cell.variants[0], "--data", self.cell.dataset,
+                "--work-dir", self.work_dir, "--reuse"]
+        if self.judge:
+            args += ["--judge", self.judge]
+        if self.limit:
+            args += ["--limit", str(self.limit)]
+        args += list(self.extra_args)
+        if self.gpus > 1:
+            return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={self.gpus}", *args]
+        return [sys.executable, *args]
+
+    def _variant(self) -> None:
+        proc = subprocess.run(self.command(), capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(self.command())} exited {proc.returncode}: {proc.stderr[-2000:]}")
+        from . import predfiles
+
+        path = predfiles.pred_file(self.work_dir, self.cell.variants[0], self.cell.dataset)
+        if not os.path.exists(path):  # run.py logs a bad model/dataset name and still exits 0
+            raise RuntimeError(f"VLMEvalKit exited 0 but wrote no {path}; see its log: {proc.stdout[-1500:]}")
+
+
+def plan_cells(base: str, variants: Sequence[str], datasets: Sequence[str], mode: str, shards: int = 1) -> list[Cell]:
+    """Cells of a launch: per dataset, one per variant (``variant``) or one per lattice shard (``sweep``)."""
+    if mode not in ("sweep", "variant"):
+        raise ValueError(f"mode must be 'sweep' or 'variant', not {mode!r}")
+    cells = []
+    for ds in datasets:
+        if mode == "variant":
+            cells += [Cell("variant", base, ds, (v,)) for v in variants]
+        else:
+            k = max(1, min(shards, len(variants)))
+            for s in range(k):
+                cells.append(Cell("sweep", base, ds, tuple(variants[s::k]), shard=s))
+    return cells
+
+
+def cell_complete(work_dir: str, cell: Cell) -> bool:
+    """Every variant of the cell has a prediction file (checked without building the dataset)."""
+    from . import predfiles
+
+    return all(os.path.exists(predfiles.pred_file(work_dir, v, cell.dataset)) for v in cell.variants)
+
+
+def make_executor(work_dir: str, cluster: str | None, gpus: int = 1, timeout_min: int = 600,
+                  partition: str | None = None, array_parallelism: int = 64, cpus_per_task: int | None = None,
+                  **extra: Any) -> Any:
+    """A submitit executor: ``slurm``, ``local`` (local processes), ``debug`` (in-process) or None (auto)."""
+    import submitit
+
+    folder = Path(work_dir) / "encred_jobs" / "submitit" / "%j"
+    ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    params: dict[str, Any] = dict(timeout_min=timeout_min, gpus_per_node=gpus, tasks_per_node=1, nodes=1)
+    if cpus_per_task:
+        params["cpus_per_task"] = cpus_per_task
+    if ex.cluster == "slurm":
+        params["slurm_array_parallelism"] = array_parallelism
+        if partition:
+            params["slurm_partition"] = partition
+    params.update(extra)
+    ex.update_parameters(**params)
+    return ex
+
+
+def launch(cells: Sequence[Cell], work_dir: str, executor: Any, **job_kw: Any) -> list[Any]:
+    """Submit the cells not already complete or running, as one array; return submitit jobs."""
+    from .status import cell_state
+
+    todo = [c for c in cells if not cell_complete(work_dir, c) and cell_state(work_dir, c)[0] not in
+            ("running", "pending")]
+    if not todo:
+        return []
+    with executor.batch():
+        jobs = [executor.submit(CellJob(c, str(work_dir), **job_kw)) for c in todo]
+    for c, j in zip(todo, jobs):
+        write_state(str(work_dir), c, "submitted", job_id=str(j.job_id), folder=str(j.paths.folder),
+                    cluster=type(executor._executor).__name__ if hasattr(executor, "_executor") else "")
+    return jobs

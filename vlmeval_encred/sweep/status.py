@@ -1,0 +1,116 @@
+"""``encred status``: what is done, running, pending or failed, per (variant, dataset).
+
+Sources, in order of authority: the prediction files on disk (complete =
+done, whoever wrote them: a sweep, a per-variant run, or VLMEvalKit by
+hand), a sweep's checkpoint (partial progress), the cell state files that
+:mod:`.cluster` jobs write, and for SLURM jobs submitit's own state query.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .cluster import Cell, jobs_dir, read_state
+
+
+_EVAL_SUFFIXES = ("_result", "_results", "_score", "_acc", "_fine", "_metrics", "_tmp", "_PREV", "_rating")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cell_state(work_dir: str, cell: Cell) -> tuple[str, dict[str, Any]]:
+    """(state, record) of a cell from its state file, checked against the live job where possible."""
+    import socket
+
+    rec = read_state(jobs_dir(work_dir, cell.base) / f"{cell.cell_id}.json")
+    state = rec.get("state", "missing")
+    if state == "running" and rec.get("host") == socket.gethostname() and rec.get("pid"):
+        if not _pid_alive(int(rec["pid"])):
+            state = "failed"  # killed without a chance to record it (OOM, SIGKILL, node loss)
+            rec.setdefault("error", "process vanished while running")
+    elif state in ("submitted", "running") and rec.get("cluster") == "SlurmExecutor" and rec.get("job_id"):
+        try:
+            import submitit
+
+            slurm = submitit.SlurmJob(folder=rec["folder"], job_id=rec["job_id"]).state
+            if slurm in ("PENDING", "REQUEUED"):
+                state = "pending"
+            elif slurm.startswith(("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_ME", "NODE_FAIL")):
+                state, rec["error"] = "failed", f"SLURM state {slurm}"
+        except Exception:  # sacct unavailable: keep what the files say
+            pass
+    elif state == "submitted":
+        state = "pending"
+    return state, rec
+
+
+def collect(work_dir: str, base: str) -> list[dict[str, Any]]:
+    """One row per (variant, dataset) known from prediction files, checkpoints or job records."""
+    from ..registry import entries
+
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    names = {e.name for e in entries(base=base)}
+    wd = Path(work_dir)
+    # job records
+    jd = jobs_dir(work_dir, base)
+    for f in sorted(jd.glob("*.json")) if jd.is_dir() else []:
+        rec = read_state(f)
+        if "cell" not in rec:
+            continue
+        c = rec["cell"]
+        cell = Cell(c["kind"], c["base"], c["dataset"], tuple(c["variants"]), c.get("shard", 0))
+        state, rec = cell_state(work_dir, cell)
+        for v in cell.variants:
+            rows[(v, cell.dataset)] = dict(variant=v, dataset=cell.dataset, state=state, via=cell.kind,
+                                           job=rec.get("job_id", ""), error=rec.get("error", ""))
+    # sweep checkpoints: partial progress of a sweep that is not (or no longer) a job
+    ck_dir = wd / base / "encred_sweep"
+    for f in sorted(ck_dir.glob(f"{base}_*.jsonl")) if ck_dir.is_dir() else []:
+        ds = f.stem[len(base) + 1:]
+        n = sum(1 for _ in open(f, encoding="utf-8"))
+        for v in names:
+            row = rows.setdefault((v, ds), dict(variant=v, dataset=ds, state="partial", via="sweep", job="",
+                                                error=""))
+            row["checkpointed_samples"] = n
+    # prediction files: done wins
+    for v in names:
+        d = wd / v
+        if not d.is_dir():
+            continue
+        for f in d.iterdir():
+            stem, ext = os.path.splitext(f.name)
+            if ext not in (".xlsx", ".tsv", ".json") or not stem.startswith(v + "_"):
+                continue
+            ds = stem[len(v) + 1:]
+            if f.name.startswith(".") or ds.endswith(_EVAL_SUFFIXES):
+                continue  # our temporary files, and VLMEvalKit's evaluation outputs
+            row = rows.setdefault((v, ds), dict(variant=v, dataset=ds, via="", job="", error=""))
+            row["state"], row["error"] = "done", ""
+    return sorted(rows.values(), key=lambda r: (r["dataset"], r["variant"]))
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "nothing found"
+    w = max(len(r["variant"]) for r in rows)
+    lines = [f"{'variant':<{w}}  {'dataset':<24} {'state':<9} {'via':<8} job/error"]
+    for r in rows:
+        extra = r.get("error") or r.get("job") or ""
+        if r.get("checkpointed_samples") and r["state"] != "done":
+            extra = f"{r['checkpointed_samples']} samples checkpointed {extra}".strip()
+        lines.append(f"{r['variant']:<{w}}  {r['dataset']:<24} {r['state']:<9} {r.get('via', ''):<8} {extra}")
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    lines.append(", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    return "\n".join(lines)
