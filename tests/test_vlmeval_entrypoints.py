@@ -58,7 +58,7 @@ def test_run_py_style_script_and_config_with_wrapper_class(tmp_path, lmu_data):
     assert proc.returncode == 0, explain(proc)
     _assert_outputs(work, "my_tiny_no_siglip", SMOKE_DATA)
     log = proc.stdout + proc.stderr
-    assert "masked=siglip" in log or "mask" in log
+    assert "masked=siglip mode=zero" in log, log[-3000:]
 
 
 def test_short_dataset_name_fails_naming_the_official_dataset(tmp_path):

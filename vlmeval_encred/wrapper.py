@@ -13,6 +13,12 @@ from typing import Any
 from .masking import EncoderAdapter, MaskReport, MaskSpec
 
 log = logging.getLogger("vlmeval_encred")
+if not log.handlers:  # one visible line per loaded variant, whatever VLMEvalKit configures
+    _h = logging.StreamHandler()
+    _h.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s - %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
+    log.addHandler(_h)
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 GREEDY: dict[str, Any] = dict(do_sample=False, temperature=None, top_p=None, num_beams=1)
 """Reproducible CUR needs deterministic decoding; entries may override any key."""

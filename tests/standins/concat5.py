@@ -125,8 +125,10 @@ class Concat5Standin(EncredMixin, BaseModel):
         from PIL import Image
 
         prompt, image_path = self.message_to_promptimg(message, dataset)
+        import numpy as np
+
         with Image.open(image_path) as im:
-            arr = torch.tensor(list(im.convert("RGB").resize((64, 64)).getdata()), dtype=torch.float32)
+            arr = torch.from_numpy(np.asarray(im.convert("RGB").resize((64, 64)), dtype=np.float32).copy())
         image = arr.reshape(64, 64, 3).permute(2, 0, 1).unsqueeze(0) / 255.0
         ids = self.tokenizer(prompt, return_tensors="pt").input_ids
         return {"image": image, "input_ids": ids}

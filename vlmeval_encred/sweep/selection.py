@@ -52,7 +52,8 @@ def select_entries(base: BaseModelSpec, subsets: str = "all") -> list[Entry]:
     if not wanted:
         raise SelectionError("--subsets: expected 'all', 'k=<n>', 'k<=<n>' or entry names, got nothing")
     order = {e.masked: i for i, e in enumerate(lattice)}
-    return sorted(dict.fromkeys(wanted), key=lambda e: order[e.masked])
+    unique = {e.masked: e for e in wanted}  # Entry holds a dict (loader): key by the mask, not the entry
+    return sorted(unique.values(), key=lambda e: order[e.masked])
 
 
 def resolve_datasets(names: Iterable[str], suite_file: str | None = None) -> list[str]:

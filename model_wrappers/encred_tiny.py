@@ -1,0 +1,153 @@
+"""The CPU demo model (``vlmeval_encred.demo.model``) as a VLMEvalKit model, with masking.
+
+Architecture: three towers (``lowres``, ``hires``, ``colour``), each brought to a
+common 4x4 token grid, concatenated along channels, ``mlp2x_gelu`` projector,
+``LlamaForCausalLM``.  The fusion point is the channel concatenation
+(``EncredTinyModel.fusion_inputs``); each tower's per-image output there is
+``(16, C_i)``.
+
+Masking modes:
+
+``zero`` (paper)
+    The masked tower is never run; zeros of shape ``(B, 16, C_i)`` take its place
+    in the concatenation.  Its module is then deleted.
+``drop``
+    The tower is removed from the concatenation and the projector's first
+    ``Linear`` loses the matching input columns.  Because those columns only
+    ever multiplied zeros under ``zero``, the outputs are the same as ``zero``
+    (up to float summation order; tests check equal answers and allclose
+    features), so ``drop_equals_zero = True``.
+
+Imports only torch and ``vlmeval.vlm.base`` at import time (it is imported while
+``vlmeval.config`` executes).
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+import torch
+from vlmeval.vlm.base import BaseModel
+
+from vlmeval_encred.masking import EncoderAdapter, EncoderInfo, MaskError, MaskSpec, count_params
+from vlmeval_encred.wrapper import EncredMixin
+
+
+def _check(model: Any) -> Any:
+    for attr in ("towers", "encoder_names", "tower_channels", "projector", "zeroed", "dropped"):
+        if not hasattr(model, attr):
+            raise MaskError(f"{type(model).__name__} is not an EncredTinyModel: no attribute {attr!r}")
+    return model
+
+
+class EncredTinyAdapter(EncoderAdapter):
+    """Encoder masking for :class:`vlmeval_encred.demo.model.EncredTinyModel`."""
+
+    family = "encred_tiny"
+    modes = ("zero", "drop")
+    drop_equals_zero = True
+
+    def encoders(self, model: Any) -> list[EncoderInfo]:
+        m = _check(model)
+        t = m.config.n_image_tokens
+        return [EncoderInfo(name, i, (t, m.tower_channels[name]),
+                            m.towers[name] if name in m.towers else None,
+                            count_params(m.towers[name]) if name in m.towers else 0)
+                for i, name in enumerate(m.encoder_names)]
+
+    def install(self, model: Any, spec: MaskSpec, infos: list[EncoderInfo]) -> None:
+        m = _check(model)
+        masked = [i for i in infos if spec.is_masked(i.name)]
+        if spec.mode == "zero":
+            m.zeroed.update(i.name for i in masked)
+            return
+        if spec.mode != "drop":
+            raise MaskError(f"encred_tiny: unsupported mask mode {spec.mode!r}")
+        # Columns of the projector's first Linear, in concatenation order.
+        first: torch.nn.Linear = m.projector[0]
+        keep_cols, start = [], 0
+        for name in m.encoder_names:
+            if name in m.dropped:
+                continue
+            width = m.tower_channels[name]
+            if not spec.is_masked(name):
+                keep_cols.extend(range(start, start + width))
+            start += width
+        if start != first.in_features:
+            raise MaskError(f"encred_tiny: projector expects {first.in_features} input channels but the "
+                            f"towers give {start}; the checkpoint is inconsistent")
+        new = torch.nn.Linear(len(keep_cols), first.out_features, bias=first.bias is not None,
+                              dtype=first.weight.dtype, device=first.weight.device)
+        with torch.no_grad():
+            new.weight.copy_(first.weight[:, keep_cols])
+            if first.bias is not None:
+                new.bias.copy_(first.bias)
+        m.projector[0] = new
+        m.dropped.update(i.name for i in masked)
+
+    def release(self, model: Any, spec: MaskSpec, infos: list[EncoderInfo]) -> int:
+        m = _check(model)
+        freed = 0
+        for info in infos:
+            if spec.is_masked(info.name) and info.name in m.towers:
+                freed += count_params(m.towers[info.name])
+                del m.towers[info.name]
+                info.module = None
+        gc.collect()
+        return freed
+
+
+class EncredTiny(EncredMixin, BaseModel):
+    """VLMEvalKit wrapper for the demo model: greedy, one image, VLMEvalKit's MCQ prompt.
+
+    ``model_path`` is ``encred-demo:default`` (the checkpoint shipped in the
+    package) or any directory holding a checkpoint of this architecture; both go
+    through :func:`vlmeval_encred.demo.model.load_pretrained`.  The prompt is the
+    dataset's own (VLMEvalKit's default ``build_prompt``), so no custom prompt.
+    """
+
+    INSTALL_REQ = False
+    INTERLEAVE = False
+    adapter = EncredTinyAdapter()
+
+    def __init__(self, model_path: str = "encred-demo:default", max_new_tokens: int = 2,
+                 threads: int | None = None, **kwargs: Any) -> None:
+        spec, base = self.pop_encred_kwargs(kwargs)
+        kwargs.pop("verbose", None)
+        kwargs.pop("retry", None)
+        super().__init__()
+        from vlmeval_encred.demo.model import load_pretrained
+
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.model_path = model_path
+        self.model, self.tokenizer = load_pretrained(model_path)
+        if base:
+            from vlmeval_encred.registry import RegistryError, get_base
+
+            try:
+                expected = get_base(base).encoders
+            except RegistryError:
+                expected = None
+            if expected is not None and tuple(expected) != tuple(self.model.encoder_names):
+                raise MaskError(f"catalog entry {base!r} lists encoders {', '.join(expected)} but {model_path} has "
+                                f"{', '.join(self.model.encoder_names)}")
+        self.apply_mask(self.model, spec, base or str(model_path))
+        gen = self.generation_kwargs(dict(max_new_tokens=max_new_tokens), kwargs)
+        unsupported = sorted(k for k, v in gen.items() if k not in ("max_new_tokens", "do_sample", "num_beams")
+                             and v is not None)
+        if gen.get("do_sample") or gen.get("num_beams", 1) != 1 or unsupported:
+            raise ValueError(f"EncredTiny decodes greedily only; unsupported generation settings: "
+                             f"{unsupported or {k: gen[k] for k in ('do_sample', 'num_beams')}}")
+        self.max_new_tokens = int(gen["max_new_tokens"])
+
+    def generate_inner(self, message: list[dict[str, Any]], dataset: str | None = None) -> str:
+        from vlmeval_encred.demo.model import pixels_from_image
+
+        images = [m["value"] for m in message if m["type"] == "image"]
+        prompt = "\n".join(m["value"] for m in message if m["type"] == "text")
+        if not images:
+            raise ValueError("EncredTiny needs an image in every message (it is a demo VLM)")
+        pixels = pixels_from_image(images[0], self.model.config.image_size)
+        return self.model.generate_answer(self.tokenizer, pixels, prompt, self.max_new_tokens)
