@@ -63,3 +63,12 @@ register_base(BaseModelSpec(
     name="eagle2_9b", family="eagle2", checkpoint="nvidia/Eagle2-9B", encoders=("siglip", "convnext"),
     wrapper="vlmeval_encred.model_wrappers.eagle2:EncredEagle2", modes=("zero",),
     description="Eagle2-9B: SigLIP and ConvNeXt channel concat, pixel shuffle, LayerNorm-first MLP"))
+
+# The CPU demo model: three towers whose roles are planted by construction (see docs/demo.md);
+# weights ship inside the package and load through the same from-directory loader as any checkpoint.
+register_base(BaseModelSpec(
+    name="encred_tiny", family="encred_tiny", checkpoint="encred-demo:default",
+    encoders=("lowres", "hires", "colour"),
+    wrapper="vlmeval_encred.model_wrappers.encred_tiny:EncredTiny",
+    loader={"max_new_tokens": 2}, modes=("zero", "drop"),
+    description="CPU demo: low-res conv, high-res ink-map patch encoder, colour histogram (trained, 2 MB)"))

@@ -25,7 +25,7 @@ Imports only torch and ``vlmeval.vlm.base`` at import time (it is imported while
 from __future__ import annotations
 
 import gc
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from vlmeval.vlm.base import BaseModel
@@ -110,6 +110,8 @@ class EncredTiny(EncredMixin, BaseModel):
     INSTALL_REQ = False
     INTERLEAVE = False
     adapter = EncredTinyAdapter()
+    on_generate: Callable[[], None] | None = None
+    """Called after every answer; ``encred demo`` sets it to advance its progress bar."""
 
     def __init__(self, model_path: str = "encred-demo:default", max_new_tokens: int = 2,
                  threads: int | None = None, **kwargs: Any) -> None:
@@ -150,4 +152,8 @@ class EncredTiny(EncredMixin, BaseModel):
         if not images:
             raise ValueError("EncredTiny needs an image in every message (it is a demo VLM)")
         pixels = pixels_from_image(images[0], self.model.config.image_size)
-        return self.model.generate_answer(self.tokenizer, pixels, prompt, self.max_new_tokens)
+        answer = self.model.generate_answer(self.tokenizer, pixels, prompt, self.max_new_tokens)
+        hook = type(self).on_generate
+        if hook is not None:
+            hook()
+        return answer

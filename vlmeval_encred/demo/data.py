@@ -4,7 +4,7 @@ Three multiple-choice datasets, one per category of the paper, each planted so
 that a particular *kind* of vision encoder is needed:
 
 ``EncredDemo_General`` (General)
-    "What colour is the large shape?"  One large coloured shape; 4 options.
+    "What colour is the large shape?"  One large coloured shape; 6 options.
     Colour is visible to a low-resolution RGB encoder and to a colour-histogram
     encoder, but not to a colour-blind (binarised) high-resolution encoder.
 ``EncredDemo_OCR`` (OCR & Chart)
@@ -15,11 +15,15 @@ that a particular *kind* of vision encoder is needed:
     "How many shapes are in the image?"  1-4 small shapes of random colours and
     sizes; 4 options.  Spatial layout, invisible to a pooled colour histogram.
 
+Options are always listed in the same order (colours, digits 0-9, counts 1-4),
+like a fixed answer sheet, and every answer is equally frequent, so the answer
+letters are balanced: a model that always gives the same letter scores chance
+(1/6, 1/10, 1/4).
+
 The TSVs follow VLMEvalKit's MCQ format (``index, image, question, A, B, ...,
 answer, category``), so VLMEvalKit builds them as custom MCQ datasets (columns
 ``A``/``B`` present) and scores them with its own evaluation
-(``--judge exact_matching`` offline).  The answer letters are exactly balanced,
-so a model that always gives the same letter scores exactly chance.
+(``--judge exact_matching`` offline).
 
 Glyphs are drawn from our own bitmap font (not a PIL font) so images are
 byte-identical on every Pillow version; the shipped weights are tested on them.
@@ -97,7 +101,7 @@ class DemoDataset:
 
 
 DATASETS: tuple[DemoDataset, ...] = (
-    DemoDataset("EncredDemo_General", "General", "General", 4),
+    DemoDataset("EncredDemo_General", "General", "General", 6),
     DemoDataset("EncredDemo_OCR", "OCR & Chart", "OCR", 10),
     DemoDataset("EncredDemo_Vision", "Vision-Centric", "Vision", 4),
 )
@@ -170,21 +174,19 @@ def _place(rng: random.Random, w: int, h: int, taken: list[tuple[int, int, int, 
 
 
 # ---------------------------------------------------------------------------------------------
-# generators: each returns (image, correct option text, option pool)
+# generators: each draws an image whose answer is ``target``
 
 
-def _gen_general(rng: random.Random) -> tuple[Image.Image, str, list[str]]:
+def _gen_general(rng: random.Random, colour: str) -> Image.Image:
     img, draw = _blank()
-    colour = rng.choice(list(COLOURS))
     size = rng.randint(26, 40)
     box = _place(rng, size, size, [], 0)
     _draw_shape(draw, rng.choice(SHAPES), box, COLOURS[colour])
-    return img, colour, list(COLOURS)
+    return img
 
 
-def _gen_ocr(rng: random.Random) -> tuple[Image.Image, str, list[str]]:
+def _gen_ocr(rng: random.Random, digit: str) -> Image.Image:
     img, draw = _blank()
-    digit = rng.choice(DIGITS)
     gw, gh = 3 * GLYPH_SCALE, 5 * GLYPH_SCALE
     glyph_box = _place(rng, gw, gh, [], 0)
     size = rng.randint(12, 20)
@@ -192,47 +194,43 @@ def _gen_ocr(rng: random.Random) -> tuple[Image.Image, str, list[str]]:
     _draw_shape(draw, rng.choice(SHAPES), shape_box, COLOURS[rng.choice(list(COLOURS))])
     # A random dark grey: total darkness then says little about which digit it is.
     _draw_digit(img, digit, glyph_box[0], glyph_box[1], rng.randint(0, 100))
-    return img, digit, list(DIGITS)
+    return img
 
 
-def _gen_vision(rng: random.Random) -> tuple[Image.Image, str, list[str]]:
+def _gen_vision(rng: random.Random, count: str) -> Image.Image:
     img, draw = _blank()
-    count = rng.randint(1, 4)
     taken: list[tuple[int, int, int, int]] = []
-    for _ in range(count):
+    for _ in range(int(count)):
         size = rng.randint(8, 14)
         box = _place(rng, size, size, taken, 6)
         taken.append(box)
         _draw_shape(draw, rng.choice(SHAPES), box, COLOURS[rng.choice(list(COLOURS))])
-    return img, str(count), list(COUNTS)
+    return img
 
 
-GENERATORS: dict[str, Callable[[random.Random], tuple[Image.Image, str, list[str]]]] = {
+GENERATORS: dict[str, Callable[[random.Random, str], Image.Image]] = {
     "General": _gen_general, "OCR": _gen_ocr, "Vision": _gen_vision,
 }
+OPTIONS: dict[str, tuple[str, ...]] = {"General": tuple(COLOURS), "OCR": tuple(DIGITS), "Vision": COUNTS}
 
 
-def generate(kind: str, n: int, seed: int = TEST_SEED, n_options: int | None = None) -> list[Sample]:
-    """``n`` samples of one kind; sample ``i``'s answer letter is ``LETTERS[i % n_options]``.
+def generate(kind: str, n: int, seed: int = TEST_SEED) -> list[Sample]:
+    """``n`` samples of one kind; sample ``i`` (before shuffling) has answer ``OPTIONS[kind][i % k]``.
 
-    The letter balance is exact by construction, which makes "always answer X"
-    score chance exactly; the seed mixes in the kind so categories are independent.
+    Every answer (and so every letter) is equally frequent up to ``n % k``, which
+    makes "always answer X" score chance; the seed mixes in the kind so
+    categories are independent.
     """
     if kind not in GENERATORS:
         raise ValueError(f"unknown demo kind {kind!r}; expected one of {', '.join(GENERATORS)}")
-    spec = next(d for d in DATASETS if d.kind == kind)
-    k = n_options or spec.n_options
+    options = list(OPTIONS[kind])
     rng = random.Random(f"{seed}:{kind}")
     out = []
     for i in range(n):
-        img, correct, pool = GENERATORS[kind](rng)
-        others = [o for o in pool if o != correct]
-        rng.shuffle(others)
-        options = others[: k - 1]
-        pos = i % k
-        options.insert(pos, correct)
-        out.append(Sample(i, img, rng.choice(QUESTIONS[kind]), options, LETTERS[pos], kind))
-    # Decouple the letter cycle from the sample order without breaking the balance.
+        pos = i % len(options)
+        img = GENERATORS[kind](rng, options[pos])
+        out.append(Sample(i, img, rng.choice(QUESTIONS[kind]), list(options), LETTERS[pos], kind))
+    # Decouple the answer cycle from the sample order without breaking the balance.
     perm = list(range(n))
     rng.shuffle(perm)
     out = [out[j] for j in perm]

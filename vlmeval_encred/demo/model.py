@@ -108,7 +108,7 @@ class EncredTinyConfig:
 
 
 def default_text_config(vocab_size: int, pad_id: int, bos_id: int, eos_id: int) -> dict[str, Any]:
-    return dict(vocab_size=vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=3,
+    return dict(vocab_size=vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=160,
                 rms_norm_eps=1e-5, tie_word_embeddings=False, pad_token_id=pad_id,
                 bos_token_id=bos_id, eos_token_id=eos_id)
@@ -129,7 +129,7 @@ def vocabulary() -> list[str]:
     text += " " + " ".join(data.DIGITS) + " " + " ".join(data.COUNTS) + " " + " ".join(data.SHAPES)
     import re
 
-    for w in re.findall(r"\w+|[^\w\s]+", text):
+    for w in re.findall(r"\w+", text):
         if w not in words:
             words.append(w)
     return words
@@ -137,12 +137,14 @@ def vocabulary() -> list[str]:
 
 def build_tokenizer():
     """Word-level tokenizer built offline (no download), as a ``PreTrainedTokenizerFast``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {w: i for i, w in enumerate(vocabulary())}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    # Punctuation carries nothing here ("A. red" -> "A red"); dropping it keeps sequences short.
+    tok.normalizer = normalizers.Replace(Regex(r"[^\w\s<>/]"), " ")
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
                                    unk_token="<unk>", pad_token="<pad>",
@@ -183,17 +185,30 @@ class LowResConv(nn.Module):
 
 
 class HiResPatch(nn.Module):
-    """Patch encoder on the full-resolution binarised ink map (colour-blind by design)."""
+    """Patch encoder on the full-resolution binarised ink map (colour-blind by design).
+
+    4x4 patches -> 16x16 map -> 3x3 convs.  Half the channels are average-pooled
+    to the 4x4 grid (where things are, how many); the other half are max-pooled over
+    the whole image and given to every token (which glyph is present), so a small
+    glyph's features are not diluted by the empty patches around it.
+    """
 
     def __init__(self, cfg: TowerConfig) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(1, 48, 4, stride=4), nn.GELU(),
-                                 nn.Conv2d(48, 64, 3, padding=1), nn.GELU(),
-                                 nn.Conv2d(64, cfg.channels, 3, stride=2, padding=1), nn.GELU())
+        if cfg.channels % 2:
+            raise CheckpointError(f"tower {cfg.name!r}: hires_patch needs an even channel count")
+        half = cfg.channels // 2
+        self.net = nn.Sequential(nn.Conv2d(1, 32, 4, stride=4), nn.GELU(),
+                                 nn.Conv2d(32, 48, 3, padding=1), nn.GELU())
+        self.local = nn.Sequential(nn.Conv2d(48, half, 1), nn.GELU())
+        self.glyph = nn.Sequential(nn.Conv2d(48, half, 3, padding=1), nn.GELU())
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         ink = (pixels.amin(dim=1, keepdim=True) < 0.5).to(pixels.dtype)
-        return self.net(ink)
+        x = self.net(ink)
+        local = F.avg_pool2d(self.local(x), 4)
+        glyph = self.glyph(x).amax(dim=(2, 3), keepdim=True).expand_as(local)
+        return torch.cat([local, glyph], dim=1)
 
 
 class ColourHist(nn.Module):
@@ -288,12 +303,7 @@ class EncredTinyModel(nn.Module):
 
     def image_embeddings(self, pixels: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         x = self.fusion_inputs(pixels, keep)
-        if x.shape[-1] == 0:
-            # Linear with zero input columns: its output is the bias alone.
-            first = self.projector[0]
-            h = first.bias.expand(x.shape[0], x.shape[1], -1)
-            return self.projector[2](self.projector[1](h))
-        return self.projector(x)
+        return self.projector(x)  # with every tower dropped, x has 0 channels: bias only
 
     # -- text -----------------------------------------------------------------------------------
     def build_inputs(self, tokenizer, prompt: str) -> list[int]:

@@ -45,7 +45,7 @@ EVAL_SEED = data.TEST_SEED
 DROP_P: dict[str, dict[str, float]] = {
     "General": {"lowres": 0.3, "hires": 0.3, "colour": 0.3},
     "OCR": {"lowres": 0.3, "hires": 0.1, "colour": 0.3},
-    "Vision": {"lowres": 0.3, "hires": 0.3, "colour": 1.0},
+    "Vision": {"lowres": 0.3, "hires": 0.3, "colour": 0.8},
 }
 KINDS = tuple(d.kind for d in data.DATASETS)
 
@@ -155,7 +155,7 @@ def train(out: Path | None, steps: int = 1500, batch_size: int = 64, n_train: in
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        running = 0.9 * running + 0.1 * float(loss) if step > 1 else float(loss)
+        running = 0.9 * running + 0.1 * loss.item() if step > 1 else loss.item()
         if log_every and step % log_every == 0:
             say(f"step {step:5d}/{steps}  loss {running:.4f}  lr {sched.get_last_lr()[0]:.2e}  "
                 f"{time.perf_counter() - t0:6.1f}s")

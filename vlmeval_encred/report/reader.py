@@ -15,6 +15,7 @@ score file makes the cell *stale* (the number shown is older than the newest pre
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -117,7 +118,7 @@ class ModelResults:
                 if judge is not None:
                     names = [filled.replace("{judge}", judge)]
                 else:
-                    rx = re.compile("^" + re.escape(filled).replace(re.escape("{judge}"), _JUDGE) + "$")
+                    rx = _judge_rx(filled)
                     names = [n for n in entries if (m := rx.match(n)) and "vanilla" not in m.group("judge")]
             else:
                 names = [filled]
@@ -141,7 +142,7 @@ class ModelResults:
                 chosen = hits[0]
                 j = None
                 if "{judge}" in filled:
-                    rx = re.compile("^" + re.escape(filled).replace(re.escape("{judge}"), _JUDGE) + "$")
+                    rx = _judge_rx(filled)
                     m = rx.match(chosen.name)
                     j = m.group("judge") if m else judge
                     if len(hits) > 1:
@@ -197,6 +198,11 @@ class ModelResults:
                 if best is None or t > best[0]:
                     best = (t, p)
         return best
+
+
+@functools.lru_cache(maxsize=4096)
+def _judge_rx(filled: str) -> re.Pattern:
+    return re.compile("^" + re.escape(filled).replace(re.escape("{judge}"), _JUDGE) + "$")
 
 
 def _safe_mtime(p: Path) -> float:

@@ -224,9 +224,8 @@ def list_suites(suite_file: str | Path | None = None) -> list[str]:
 def load_suite(name: str = "paper15", suite_file: str | Path | None = None) -> Suite:
     """Load and validate suite ``name`` from ``suite_file`` (default: the packaged benchmarks.yaml).
 
-    Only the benchmarks the suite uses are validated strictly, so one broken entry in
-    a shared file does not block an unrelated suite... except that it is still
-    reported if the suite itself names it.
+    Only the benchmarks (and presets) the suite uses are validated, so a broken entry of
+    another suite in a shared file does not block this one.
     """
     src = str(suite_file) if suite_file else str(DEFAULT_FILE)
     raw = load_raw(str(suite_file) if suite_file else None)

@@ -21,6 +21,7 @@ data *inconsistent* (reported, and left out of the bootstrap) instead of silentl
 from __future__ import annotations
 
 import ast
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,17 @@ def _to_float(v: Any, path: Path, col: str) -> float:
         raise ScoreError(f"{path}: column {col!r} holds {v!r}, expected a number or True/False") from None
 
 
+def _floats(col: list[Any], path: Path, name: str) -> np.ndarray:
+    try:
+        x = np.array(col, dtype=np.float64)  # numbers and bools: the common case
+    except (TypeError, ValueError):
+        x = np.array([_to_float(v, path, name) for v in col])
+    if np.isnan(x).any():
+        raise ScoreError(f"{path}: column {name!r} has {int(np.isnan(x).sum())} empty cell(s), "
+                         "expected a number per sample")
+    return x
+
+
 def _ids(vals: list[Any]) -> np.ndarray:
     return np.array([str(int(v)) if isinstance(v, float) and v.is_integer() else str(v) for v in vals], dtype=object)
 
@@ -145,14 +157,15 @@ def per_sample(path: Path, spec: PerSampleSpec, headline_spec: HeadlineSpec) -> 
     except TableError as exc:
         raise ScoreError(str(exc)) from None
     n = len(cols[spec.column])
-    keep = [all(_match(cols[c][i], w) for c, w in spec.filter) for i in range(n)]
-    cols = {k: [v for v, k2 in zip(vals, keep) if k2] for k, vals in cols.items()}
-    n = len(cols[spec.column])
+    if spec.filter:
+        keep = [all(_match(cols[c][i], w) for c, w in spec.filter) for i in range(n)]
+        cols = {k: [v for v, k2 in zip(vals, keep) if k2] for k, vals in cols.items()}
+        n = len(cols[spec.column])
     if n == 0:
         raise ScoreError(f"{path}: no rows left after filter {dict(spec.filter)}")
     col = cols[spec.column]
     if rule == "column":
-        x = np.array([_to_float(v, path, spec.column) for v in col])
+        x = _floats(col, path, spec.column)
         ids = _ids(cols[spec.id])
         w = np.ones(n)
         if spec.group_mean:
@@ -184,7 +197,7 @@ def per_sample(path: Path, spec: PerSampleSpec, headline_spec: HeadlineSpec) -> 
         if not groups:
             raise ScoreError(f"{path}: no {spec.super_category} rows (categories {sorted(tasks)})")
         keys = list(groups)
-        x = np.array([np.mean(groups[k]) + float(np.prod(groups[k])) for k in keys])
+        x = np.array([sum(g) / len(g) + math.prod(g) for g in groups.values()])
         cats = np.array([k[0] for k in keys], dtype=object)
         _, inv, counts = np.unique(cats, return_inverse=True, return_counts=True)
         n_tasks = len(counts)
@@ -206,6 +219,11 @@ def _parse_list(v: Any, path: Path, col: str) -> list[float]:
     s = str(v).strip()
     if s.startswith("[") and s.endswith("]"):
         inner = s[1:-1].strip()
+        if "," not in inner:
+            try:
+                return [float(inner)]
+            except ValueError:
+                pass
         if not inner:
             raise ScoreError(f"{path}: column {col!r} holds an empty list")
         out = []
@@ -231,7 +249,7 @@ def _reduce(m: list[float], reducer: str) -> float:
     if reducer == "anls":  # match values are normalised edit distances
         v = 1.0 - min(m)
         return 0.0 if v < 0.5 else v
-    return float(np.mean(m))
+    return sum(m) / len(m)
 
 
 def _ocrbench_hit(pred: str, answer: Any, category: str, path: Path) -> float:

@@ -10,6 +10,7 @@ reference), resolve shared strings, and return plain lists.  Anything unexpected
 from __future__ import annotations
 
 import csv
+import functools
 import html
 import io
 import json
@@ -28,17 +29,7 @@ class TableError(ValueError):
 _CELL = re.compile(rb'<c r="([A-Z]+)(\d+)"([^>]*?)(?:/>|>(.*?)</c>)', re.S)
 _V = re.compile(rb"<v>(.*?)</v>", re.S)
 _T = re.compile(rb"<t(?: [^>]*)?>(.*?)</t>", re.S)
-_SI = re.compile(rb"<si>(.*?)</si>", re.S)
 _TYPE = re.compile(rb'\bt="(\w+)"')
-
-
-def _col_letters(i: int) -> str:
-    s = ""
-    i += 1
-    while i:
-        i, r = divmod(i - 1, 26)
-        s = chr(65 + r) + s
-    return s
 
 
 def _unesc(b: bytes) -> str:
@@ -56,6 +47,15 @@ def _sheet_path(z: zipfile.ZipFile) -> str:
     return sheets[0]
 
 
+_SI_ANY = re.compile(rb"<si>(?:<t(?: [^>]*)?>([^<]*)</t>|(.*?))</si>", re.S)
+
+
+@functools.lru_cache(maxsize=256)
+def _col_regex(letters: bytes) -> re.Pattern:
+    return re.compile(rb'<c r="' + letters + rb'(\d+)"([^>]*?)(?:/>|>(?:<f>[^<]*</f>)?(?:<v>([^<]*)</v>|<is>(.*?)</is>)?</c>)',
+                      re.S)
+
+
 def read_xlsx(path: Path, columns: list[str] | None = None) -> dict[str, list[Any]]:
     """Columns of the first sheet (row 1 = header) -> lists of str/float/bool/None."""
     try:
@@ -64,58 +64,64 @@ def read_xlsx(path: Path, columns: list[str] | None = None) -> dict[str, list[An
             shared_raw = z.read("xl/sharedStrings.xml") if "xl/sharedStrings.xml" in z.namelist() else b""
     except (zipfile.BadZipFile, KeyError, OSError, EOFError) as exc:
         raise TableError(f"{path}: not a readable .xlsx ({type(exc).__name__}: {exc})") from None
-    shared: list[str] | None = None
+    shared: list[Any] | None = None
 
-    def strings() -> list[str]:
+    def sst() -> list[Any]:
+        # raw bytes per shared string (plain <t>) or a tuple marking rich text; decoded on use
         nonlocal shared
         if shared is None:
-            shared = [_unesc(b"".join(_T.findall(si))) for si in _SI.findall(shared_raw)]
+            shared = [a if not b else (b,) for a, b in _SI_ANY.findall(shared_raw)]
         return shared
 
-    def value(attrs: bytes, body: bytes | None) -> Any:
-        if body is None:
-            return None
-        t = _TYPE.search(attrs)
-        typ = t.group(1) if t else b"n"
-        if typ == b"inlineStr":
-            return _unesc(b"".join(_T.findall(body)))
-        m = _V.search(body)
-        if m is None:
-            return None
-        v = m.group(1)
-        if typ == b"s":
-            return strings()[int(v)]
-        if typ == b"b":
-            return v == b"1"
-        if typ in (b"str", b"e"):
-            return _unesc(v)
-        return float(v)
+    def sstr(i: int) -> str:
+        v = sst()[i]
+        if isinstance(v, tuple):
+            return _unesc(b"".join(_T.findall(v[0])))
+        return _unesc(v)
 
-    # Header: cells of row 1.
-    header: dict[str, str] = {}
+    def value(attrs: bytes, v: bytes, inline: bytes) -> Any:
+        if b't="' not in attrs:
+            return float(v) if v else None
+        t = _TYPE.search(attrs).group(1)  # type: ignore[union-attr]
+        if t == b"s":
+            return sstr(int(v))
+        if t == b"b":
+            return v == b"1"
+        if t == b"inlineStr":
+            return _unesc(b"".join(_T.findall(inline)))
+        if t in (b"str", b"e"):
+            return _unesc(v)
+        return float(v) if v else None
+
     end_row1 = sheet.find(b"</row>")
     if end_row1 < 0:
         raise TableError(f"{path}: the sheet has no rows")
+    header: dict[str, str] = {}
     for m in _CELL.finditer(sheet, 0, end_row1):
         if m.group(2) == b"1":
-            header[m.group(1).decode()] = str(value(m.group(3), m.group(4)))
+            body = m.group(4) or b""
+            vm = _V.search(body)
+            header[m.group(1).decode()] = str(value(m.group(3), vm.group(1) if vm else b"", body))
     name_to_col = {v: k for k, v in header.items()}
     wanted = list(header.values()) if columns is None else columns
     missing = [c for c in wanted if c not in name_to_col]
     if missing:
         raise TableError(f"{path}: no column {', '.join(map(repr, missing))}; "
                          f"columns: {', '.join(header.values())}")
-    n_rows = max((int(r) for r in re.findall(rb'<row r="(\d+)"', sheet)), default=1) - 1
+    last = sheet.rfind(b'<row r="')
+    n_rows = int(re.match(rb'<row r="(\d+)"', sheet[last:]).group(1)) - 1 if last > end_row1 else 0  # type: ignore[union-attr]
+    body = sheet[end_row1:]
     out: dict[str, list[Any]] = {}
-    for c in wanted:
-        letters = name_to_col[c].encode()
-        col = [None] * n_rows
-        rx = re.compile(rb'<c r="' + letters + rb'(\d+)"([^>]*?)(?:/>|>(.*?)</c>)', re.S)
-        for m in rx.finditer(sheet, end_row1):
-            r = int(m.group(1)) - 2
-            if 0 <= r < n_rows:
-                col[r] = value(m.group(2), m.group(3))
-        out[c] = col
+    try:
+        for c in wanted:
+            col: list[Any] = [None] * n_rows
+            for r, attrs, v, inline in _col_regex(name_to_col[c].encode()).findall(body):
+                i = int(r) - 2
+                if 0 <= i < n_rows:
+                    col[i] = value(attrs, v, inline)
+            out[c] = col
+    except (ValueError, IndexError, AttributeError) as exc:
+        raise TableError(f"{path}: malformed cell data ({type(exc).__name__}: {exc})") from None
     return out
 
 

@@ -52,6 +52,8 @@ _EXTRA: dict[str, SweepSupport] = {}
 _BUILTIN: dict[str, str] = {
     "vlmeval_encred.model_wrappers.deepseek_vl_hf:EncredDeepseekVLHybrid":
         "vlmeval_encred.sweep.support_deepseek_vl_hf:DeepseekVLHybridSweep",
+    "vlmeval_encred.model_wrappers.encred_tiny:EncredTiny":
+        "vlmeval_encred.sweep.support_encred_tiny:EncredTinySweep",
 }
 
 

@@ -1,0 +1,171 @@
+"""The CPU demo: data format, the planted structure of the shipped weights, masking, training.
+
+Nothing is mocked: the shipped checkpoint (vlmeval_encred/demo/checkpoint) is loaded
+through the same from-directory loader a user's checkpoint takes, masked through
+the family adapter, and asked real questions.  The last test is a subprocess of
+VLMEvalKit's own entry point (``python -m vlmeval``, ~20 s: it imports vlmeval).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import explain, run_py, vlmeval_env
+from vlmeval_encred.demo import data, planted
+from vlmeval_encred.demo.model import (PACKAGE_CHECKPOINT, CheckpointError, load_pretrained, mcq_prompt,
+                                       pixels_from_image)
+from vlmeval_encred.masking import MaskSpec, forward_call_recorder
+
+N_PER_KIND = 90  # a subset of the demo's 300 questions per category (same seed, same images)
+CATEGORY = {d.kind: d.category for d in data.DATASETS}
+
+
+def test_tsvs_follow_vlmevalkit_mcq_format_and_are_idempotent(tmp_path):
+    written = data.write_datasets(tmp_path, samples_per_category=24)
+    assert [w.name for w in written] == list(data.DATASET_NAMES) and all(w.rewritten for w in written)
+    for spec, w in zip(data.DATASETS, written):
+        df = pd.read_csv(w.path, sep="\t", dtype=str)
+        letters = list(data.LETTERS[:spec.n_options])
+        assert list(df.columns) == ["index", "image", "question", *letters, "answer", "category"]
+        assert len(df) == 24 and df["index"].tolist() == [str(i) for i in range(24)]
+        assert set(df["answer"]) <= set(letters) and (df["category"] == spec.category).all()
+        counts = df["answer"].value_counts()
+        assert counts.max() - counts.min() <= 1, f"{spec.name}: answers not balanced: {counts.to_dict()}"
+        assert hashlib.sha256(w.path.read_bytes()).hexdigest() == w.sha256
+    # Same content: nothing rewritten.  Changed content: rewritten and the image cache dropped.
+    stale = tmp_path / "images" / "EncredDemo_OCR"
+    stale.mkdir(parents=True)
+    (stale / "0.png").write_bytes(b"old")
+    assert not any(w.rewritten for w in data.write_datasets(tmp_path, samples_per_category=24))
+    assert stale.exists()
+    again = data.write_datasets(tmp_path, samples_per_category=30)
+    assert all(w.rewritten for w in again) and not stale.exists()
+
+
+def test_generation_is_deterministic_and_kinds_differ():
+    a = data.generate("OCR", 5)
+    b = data.generate("OCR", 5)
+    assert [data.png_b64(s.image) for s in a] == [data.png_b64(s.image) for s in b]
+    assert [s.answer for s in a] == [s.answer for s in b]
+    assert data.png_b64(data.generate("General", 1)[0].image) != data.png_b64(a[0].image)
+    with pytest.raises(ValueError, match="unknown demo kind 'Chart'"):
+        data.generate("Chart", 1)
+
+
+def _model(masked: tuple[str, ...] = (), mode: str = "zero"):
+    from vlmeval_encred.model_wrappers.encred_tiny import EncredTinyAdapter
+
+    model, tok = load_pretrained("encred-demo:default")
+    report = EncredTinyAdapter().apply(model, MaskSpec(masked, mode), "encred_tiny")
+    return model, tok, report
+
+
+@pytest.fixture(scope="module")
+def questions() -> dict[str, list[tuple[torch.Tensor, str, str]]]:
+    out = {}
+    for spec in data.DATASETS:
+        out[spec.kind] = [(pixels_from_image(s.image), mcq_prompt(s.question, s.options), s.answer)
+                          for s in data.generate(spec.kind, N_PER_KIND)]
+    return out
+
+
+def _accuracy(model, tok, qs) -> float:
+    return 100.0 * sum(model.generate_answer(tok, px, p) == ans for px, p, ans in qs) / len(qs)
+
+
+def test_shipped_checkpoint_is_small_and_loads_through_the_directory_loader():
+    files = [f for f in PACKAGE_CHECKPOINT.iterdir() if f.is_file()]
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {f.name for f in files}
+    assert sum(f.stat().st_size for f in files) <= 20 * 2**20
+    same, _ = load_pretrained(PACKAGE_CHECKPOINT)  # a plain directory path: the user's route
+    model, _ = load_pretrained("encred-demo:default")
+    for (k, a), (_, b) in zip(same.state_dict().items(), model.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert model.encoder_names == list(planted.ENCODERS)
+    with pytest.raises(CheckpointError, match="lacks config.json"):
+        load_pretrained(Path(PACKAGE_CHECKPOINT).parent)
+
+
+def test_planted_structure_from_shipped_weights(questions):
+    """The demo's ground truth, on a subset of its questions, with masks applied by the adapter."""
+    needed = [(), ("lowres",), ("hires",), ("colour",), ("lowres", "colour")]
+    scores: dict[tuple[str, ...], dict[str, float]] = {}
+    for masked in needed:
+        model, tok, _ = _model(masked)
+        scores[masked] = {CATEGORY[k]: _accuracy(model, tok, qs) for k, qs in questions.items()}
+    failed = [f"{c.text}: {v:.1f} (expected {c.bound})" for c, v, ok in planted.check_all(scores) if not ok]
+    assert not failed, f"planted structure not recovered: {failed}; scores: {scores}"
+
+
+def test_masked_towers_are_not_run_and_are_released(questions):
+    px, prompt, _ = questions["OCR"][0]
+    model, tok, report = _model(("colour",))
+    assert report.spec.masked == ("colour",) and report.released_params > 0
+    assert "colour" not in model.towers
+    calls, handles = forward_call_recorder(dict(model.towers.items()))
+    model.generate_answer(tok, px, prompt)
+    for h in handles:
+        h.remove()
+    assert calls == {"lowres": 2, "hires": 2}  # two decoding steps; the masked tower never
+
+
+@pytest.mark.parametrize("masked", [("colour",), ("lowres", "hires"), ("lowres", "hires", "colour")])
+def test_drop_mode_gives_the_same_outputs_as_zero(questions, masked):
+    zero, tok, _ = _model(masked, "zero")
+    drop, _, rep = _model(masked, "drop")
+    width = sum(zero.tower_channels[n] for n in zero.encoder_names if n not in masked)
+    assert drop.projector[0].in_features == width
+    assert rep.released_params > 0
+    for kind in ("General", "OCR", "Vision"):
+        px = torch.cat([q[0] for q in questions[kind][:8]])
+        torch.testing.assert_close(drop.image_embeddings(px), zero.image_embeddings(px), rtol=1e-5, atol=1e-6)
+        for px1, prompt, _ in questions[kind][:8]:
+            assert drop.generate_answer(tok, px1, prompt) == zero.generate_answer(tok, px1, prompt)
+
+
+def test_unknown_encoder_is_refused_with_the_valid_names():
+    from vlmeval_encred.masking import MaskError
+
+    with pytest.raises(MaskError, match="no encoder named 'clip'.*lowres, hires, colour"):
+        _model(("clip",))
+
+
+def test_training_script_runs_a_few_steps_and_saves_a_loadable_checkpoint(tmp_path):
+    from vlmeval_encred.demo import train
+
+    out = tmp_path / "ckpt"
+    assert train.main(["--out", str(out), "--steps", "3", "--batch-size", "8", "--n-train", "12",
+                       "--n-eval", "4"]) == 0
+    model, tok = load_pretrained(out)
+    shipped, _ = load_pretrained("encred-demo:default")
+    assert model.config.to_dict() == shipped.config.to_dict()
+    assert tok.get_vocab() == _.get_vocab()
+    px = pixels_from_image(data.generate("General", 1)[0].image)
+    assert isinstance(model.generate_answer(tok, px, "Question: What colour is it?"), str)
+
+
+def test_demo_model_through_vlmevalkit_entry_point(tmp_path):
+    """``python -m vlmeval`` (VLMEvalKit's own CLI) on a small demo dataset: two registered
+    variants, prediction and score files under each model name, and accuracies that show
+    the prompt VLMEvalKit builds is the one the model was trained on."""
+    lmu = tmp_path / "LMUData"
+    data.write_datasets(lmu, samples_per_category=40)
+    work = tmp_path / "out"
+    models = ["encred_tiny", "encred_tiny_mask_hires"]
+    proc = run_py(["-m", "vlmeval", "--model", *models, "--data", "EncredDemo_OCR", "--judge", "exact_matching",
+                   "--work-dir", str(work)], tmp_path, vlmeval_env(lmu))
+    assert proc.returncode == 0, explain(proc)
+    acc = {}
+    for m in models:
+        files = {p.name: p for p in (work / m).rglob("*") if p.is_file()}
+        assert f"{m}_EncredDemo_OCR.xlsx" in files and f"{m}_EncredDemo_OCR_acc.csv" in files, \
+            f"{m}: {sorted(files)}\n{explain(proc)}"
+        pred = pd.read_excel(files[f"{m}_EncredDemo_OCR.xlsx"])
+        assert len(pred) == 40 and pred["prediction"].astype(str).str.fullmatch(r"[A-J]").mean() > 0.9
+        acc[m] = float(pd.read_csv(files[f"{m}_EncredDemo_OCR_acc.csv"])["Overall"].iloc[0])
+    assert acc["encred_tiny"] >= 0.8 and acc["encred_tiny_mask_hires"] <= 0.3, acc

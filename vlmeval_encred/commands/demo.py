@@ -1,0 +1,255 @@
+"""``encred demo``: the whole tool on the CPU in a few minutes, with known right answers.
+
+1. Writes the three synthetic demo datasets into VLMEvalKit's data root
+   (``$LMUData``; unchanged files are left alone).
+2. Runs every subset of the demo model's encoders (``encred_tiny`` and its
+   ``_mask_`` variants: 2^3 = 8 models) through VLMEvalKit's own entry point
+   (``vlmeval.run.main``, exactly what ``python -m vlmeval`` runs, with
+   ``--judge exact_matching``), in this one process, so VLMEvalKit is imported
+   once instead of eight times.  VLMEvalKit's console output goes to
+   ``<work-dir>/logs/encred_demo_vlmeval.log``; a progress bar with an ETA counts
+   the questions answered.
+3. Builds the report (``vlmeval_encred.report.api.build_report``, suite
+   ``encred_demo``), then prints the scores, the CURs, whether the planted
+   structure was recovered, and where the report and figures are.
+
+Predictions are reused when the data and the checkpoint are unchanged since
+the last run in the same work directory (VLMEvalKit reuses a complete
+prediction file); otherwise the variants' old outputs are removed first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+BASE = "encred_tiny"
+SUITE = "encred_demo"
+QUICK_SAMPLES = 60
+STATE_FILE = ".encred_demo_state.json"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..demo.data import DEFAULT_SAMPLES
+
+    p = sub.add_parser(
+        "demo", help="run the CPU demo end to end (data, all 8 masked variants via VLMEvalKit, report)",
+        description="Generate the synthetic demo benchmark, run every encoder subset of the tiny "
+                    "trained demo model through VLMEvalKit's own inference and evaluation, and build "
+                    "the report. Needs no GPU and no downloads; a few minutes on 2 CPU cores.")
+    p.add_argument("--work-dir", default="./encred_demo_out",
+                   help="VLMEvalKit --work-dir for the variants' results and the report (default: %(default)s)")
+    p.add_argument("--samples-per-category", type=int, default=None,
+                   help=f"questions per demo dataset (default {DEFAULT_SAMPLES}; {QUICK_SAMPLES} with --quick)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"{QUICK_SAMPLES} questions per dataset and a smaller bootstrap (about a minute)")
+    p.add_argument("--n-boot", type=int, default=None, help="bootstrap resamples (default 1000; 200 with --quick)")
+    p.set_defaults(func=run)
+
+
+def _fingerprint(written: list[Any], checkpoint: Path) -> dict[str, Any]:
+    h = hashlib.sha256()
+    for f in sorted(checkpoint.iterdir()):
+        if f.is_file():
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return {"datasets": {w.name: w.sha256 for w in written}, "checkpoint": h.hexdigest()}
+
+
+def _prepare_work_dir(work: Path, variants: list[str], state: dict[str, Any]) -> bool:
+    """Remove the variants' old outputs unless they were made from the same data and weights."""
+    work.mkdir(parents=True, exist_ok=True)
+    f = work / STATE_FILE
+    old = json.loads(f.read_text()) if f.exists() else None
+    if old == state:
+        return True
+    for v in variants:
+        shutil.rmtree(work / v, ignore_errors=True)
+    tmp = f.with_name(f.name + ".tmp")
+    tmp.write_text(json.dumps(state, indent=1))
+    os.replace(tmp, f)
+    return False
+
+
+def _silence_vlmeval(log_file: Path) -> None:
+    """Send VLMEvalKit's logger to our log file only (its setup_logger keeps existing handlers)."""
+    try:
+        from vlmeval.smp.log import setup_logger
+    except ImportError:  # other VLMEvalKit versions: their console output simply stays visible
+        return
+    import logging
+
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    logger = setup_logger(log_file=str(log_file), console=False)
+    for h in list(logger.handlers):
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+            logger.removeHandler(h)
+
+
+def _run_vlmeval(argv: list[str]) -> None:
+    from vlmeval import run as vrun
+
+    saved = sys.argv
+    sys.argv = ["vlmeval", *argv]
+    try:
+        vrun.main()
+    finally:
+        sys.argv = saved
+
+
+def _outputs_ok(work: Path, model: str, datasets: list[str]) -> list[str]:
+    missing = []
+    for d in datasets:
+        for suffix in (".xlsx", "_acc.csv"):
+            pattern = f"{model}_{d}{suffix}"
+            if not any(True for _ in (work / model).rglob(pattern)):
+                missing.append(pattern)
+    return missing
+
+
+def _read_acc(work: Path, model: str, dataset: str) -> float | None:
+    import pandas as pd
+
+    files = sorted((work / model).rglob(f"{model}_{dataset}_acc.csv"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        return None
+    return 100.0 * float(pd.read_csv(files[-1])["Overall"].iloc[0])
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..demo import data as demo_data
+    from ..demo import planted
+    from ..demo.model import PACKAGE_CHECKPOINT
+    from ..registry import entries
+
+    t_start = time.perf_counter()
+    n = args.samples_per_category or (QUICK_SAMPLES if args.quick else demo_data.DEFAULT_SAMPLES)
+    n_boot = args.n_boot if args.n_boot is not None else (200 if args.quick else 1000)
+    work = Path(args.work_dir).expanduser().resolve()
+    err = sys.stderr
+
+    # 1. data -------------------------------------------------------------------------------
+    written = demo_data.write_datasets(samples_per_category=n)
+    datasets = [w.name for w in written]
+    root = written[0].path.parent
+    print(f"[1/3] demo data: {len(datasets)} datasets x {n} questions in {root} "
+          f"({sum(w.rewritten for w in written)} written, {sum(not w.rewritten for w in written)} unchanged)")
+    if not (PACKAGE_CHECKPOINT / "model.safetensors").is_file():
+        raise SystemExit(f"encred demo: the packaged checkpoint is missing from {PACKAGE_CHECKPOINT}; "
+                         "train it with `python -m vlmeval_encred.demo.train --out "
+                         f"{PACKAGE_CHECKPOINT}`")
+    variants = [e.name for e in entries(base=BASE)]
+    reused = _prepare_work_dir(work, variants, _fingerprint(written, PACKAGE_CHECKPOINT))
+
+    # 2. VLMEvalKit -------------------------------------------------------------------------
+    print(f"[2/3] {len(variants)} variants x {len(datasets)} datasets through VLMEvalKit "
+          f"(--judge exact_matching, --work-dir {work}); loading VLMEvalKit ...", flush=True)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    log_file = work / "logs" / "encred_demo_vlmeval.log"
+    t_import = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import vlmeval.run  # noqa: F401  (the import is the slow part: ~15 s)
+
+        from vlmeval_encred.model_wrappers.encred_tiny import EncredTiny
+    t_import = time.perf_counter() - t_import
+    _silence_vlmeval(log_file)
+
+    from tqdm import tqdm
+
+    total = len(variants) * len(datasets) * n
+    bar = tqdm(total=total, unit="q", desc="answering", file=err, disable=False, dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]")
+    EncredTiny.on_generate = lambda: bar.update(1)
+    old_tqdm_disable = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # VLMEvalKit's own per-dataset bars; ours is explicit
+    t_runs = time.perf_counter()
+    try:
+        with open(log_file, "a") as logf, contextlib.redirect_stdout(logf), contextlib.redirect_stderr(logf), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for i, v in enumerate(variants):
+                bar.set_postfix_str(v.replace(BASE, "") or "full", refresh=False)
+                _run_vlmeval(["--model", v, "--data", *datasets, "--judge", "exact_matching",
+                              "--work-dir", str(work), "--api-nproc", "1"])
+                missing = _outputs_ok(work, v, datasets)
+                if missing:
+                    raise SystemExit(f"encred demo: VLMEvalKit did not produce {', '.join(missing)} for {v}; "
+                                     f"see {log_file}")
+                bar.update((i + 1) * len(datasets) * n - bar.n)  # reused predictions count as done
+    finally:
+        EncredTiny.on_generate = None
+        bar.close()
+        if old_tqdm_disable is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = old_tqdm_disable
+    t_runs = time.perf_counter() - t_runs
+
+    # 3. report -----------------------------------------------------------------------------
+    print(f"[3/3] report (suite {SUITE}, {n_boot} bootstrap resamples) ...", flush=True)
+    t_report = time.perf_counter()
+    from ..report.api import build_report
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = build_report(work, BASE, suite=SUITE, n_boot=n_boot)
+    t_report = time.perf_counter() - t_report
+
+    scores = _scores_from_files(work, variants, datasets)
+    _print_summary(scores, variants)
+    print()
+    print("Planted structure (docs/demo.md):")
+    all_ok = True
+    for claim, value, ok in planted.check_all(scores):
+        all_ok &= ok
+        print(f"  {'ok  ' if ok else 'MISS'} {claim.text}: {value:.1f} (expected {claim.bound})")
+    total_s = time.perf_counter() - t_start
+    print()
+    print(f"Timings: VLMEvalKit import {t_import:.0f}s, {len(variants) * len(datasets)} runs {t_runs:.0f}s"
+          f"{' (predictions reused)' if reused else ''}, report {t_report:.0f}s, total {total_s:.0f}s")
+    print(f"VLMEvalKit results: {work}/<model>/ (log: {log_file})")
+    if result.out_dir is not None:
+        print(f"Report: {result.out_dir}")
+        for kind, path in sorted(result.files.items()):
+            print(f"  {kind:<12} {path}")
+    return 0 if all_ok else 1
+
+
+def _scores_from_files(work: Path, variants: list[str], datasets: list[str]) -> dict[tuple[str, ...], dict[str, float]]:
+    """Accuracy per masked-subset and category, read back from VLMEvalKit's own _acc.csv files."""
+    from ..demo.data import DATASETS
+    from ..registry import parse_entry_name
+
+    cat = {d.name: d.category for d in DATASETS}
+    out: dict[tuple[str, ...], dict[str, float]] = {}
+    for v in variants:
+        masked = parse_entry_name(v).masked
+        out[masked] = {cat[d]: _read_acc(work, v, d) for d in datasets}
+    return out
+
+
+def _print_summary(scores: dict[tuple[str, ...], dict[str, float]], variants: list[str]) -> None:
+    from ..demo import planted
+
+    cats = planted.CATEGORIES
+    print()
+    print("Accuracy (%) per masked subset, from VLMEvalKit's score files:")
+    print(f"  {'masked':<22}" + "".join(f"{c:>16}" for c in cats))
+    for masked, row in scores.items():
+        print(f"  {','.join(masked) or '- (full model)':<22}"
+              + "".join(f"{row[c]:16.1f}" if row.get(c) is not None else f"{'n/a':>16}" for c in cats))
+    print()
+    print("CUR (%) = (full - without E) / full:")
+    print(f"  {'encoder':<22}" + "".join(f"{c:>16}" for c in cats))
+    for enc in planted.ENCODERS:
+        print(f"  {enc:<22}" + "".join(f"{planted.cur(scores, enc, c):16.1f}" for c in cats))
