@@ -300,4 +300,4 @@ class EncredEagle(EncredMixin, Eagle):
         super().__init__(model_path=model_path, **kwargs)
         self.kwargs = self.generation_kwargs(self.kwargs, overrides)
         self.apply_mask(self.model, spec, base or model_path)
-        log.info("vlmeval-encred: %s generation settings %s", base or model_path, self.kwargs)
+        log.debug("vlmeval-encred: %s generation settings %s", base or model_path, self.kwargs)

@@ -138,3 +138,35 @@ def test_vlmevalkit_evaluates_sweep_predictions_without_reinferring(env, tmp_pat
     assert proc.returncode == 0, explain(proc)
     assert "TRIPWIRE" not in proc.stdout + proc.stderr, explain(proc)
     assert (tmp_path / "out" / name / f"{name}_{DS}_acc.csv").exists(), explain(proc)
+
+
+def test_encred_tiny_sweep_support_matches_its_generate_inner(tmp_path):
+    """The demo family's SweepSupport, on a randomly initialised demo model saved like a checkpoint
+    (the shipped trained weights are not needed for an equality test): every subset's batched answer
+    equals what the masked variant's own generate_inner answers."""
+    import itertools
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from vlmeval_encred.demo.model import build_model
+    from vlmeval_encred.model_wrappers.encred_tiny import EncredTiny
+    from vlmeval_encred.sweep.protocol import support_for
+
+    model, tok = build_model(0)
+    model.save_pretrained(tmp_path / "ck", tok, dtype=torch.float32)
+    names = model.encoder_names
+    path = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+    msg = [{"type": "image", "value": str(path)}, {"type": "text", "value": "Which option? A. red B. blue"}]
+    subsets = [c for k in range(len(names) + 1) for c in itertools.combinations(names, k)]
+    full = EncredTiny(model_path=str(tmp_path / "ck"), max_new_tokens=3)
+    support = support_for(full)
+    inputs = support.prepare(full, msg, None)
+    feats = support.encode(full, inputs, names)
+    got = support.fuse_and_generate(full, inputs, [{n: None if n in s else feats[n] for n in names}
+                                                   for s in subsets], "zero")
+    want = [EncredTiny(model_path=str(tmp_path / "ck"), max_new_tokens=3, mask=s).generate_inner(msg)
+            for s in subsets]
+    assert got == want

@@ -104,6 +104,7 @@ def _deferred_class(wrapper: str):
 
     build.__name__ = build.__qualname__ = attr
     build._deferred = True
+    build.encred_wrapper = wrapper
     return build
 
 

@@ -353,6 +353,7 @@ class EncredTinyModel(nn.Module):
         state = {k: v.detach().to(dtype).contiguous() for k, v in self.state_dict().items()}
         tmp = path / f".{WEIGHTS_NAME}.tmp"
         save_file(state, str(tmp), metadata={"format": FORMAT})
+        os.chmod(tmp, 0o644)  # safetensors creates it private; it is package data
         os.replace(tmp, path / WEIGHTS_NAME)
         tmp = path / f".{CONFIG_NAME}.tmp"
         tmp.write_text(json.dumps(self.config.to_dict(), indent=1) + "\n")

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from . import data
 from .model import EncredTinyModel, build_model, mcq_prompt
@@ -48,6 +49,8 @@ DROP_P: dict[str, dict[str, float]] = {
     "Vision": {"lowres": 0.3, "hires": 0.3, "colour": 0.8},
 }
 KINDS = tuple(d.kind for d in data.DATASETS)
+AUX_FRACTION = 0.5
+"""Share of the steps with the auxiliary probe loss (its weight decays linearly to 0)."""
 
 
 @dataclass
@@ -137,19 +140,37 @@ def train(out: Path | None, steps: int = 1500, batch_size: int = 64, n_train: in
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     say(f"data ready in {time.perf_counter() - t0:.1f}s: {len(train_b.ids)} train, {len(eval_b.ids)} eval")
 
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    # Auxiliary probe (training only, not saved): answer letter from the mean visual embedding.
+    # It gives the towers a direct gradient from step one; without it the random LM passes
+    # almost no signal back and the glyph features take thousands of steps to appear.
+    width = int(model.config.text_config["hidden_size"])
+    probe = torch.nn.Linear(width, len(data.LETTERS))
+    letter_index = {tok.convert_tokens_to_ids(c): i for i, c in enumerate(data.LETTERS)}
+    opt = torch.optim.AdamW([*model.parameters(), *probe.parameters()], lr=lr, betas=(0.9, 0.98),
+                            weight_decay=0.01)
     warm = max(1, min(100, steps // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
+    aux_steps = max(1, int(steps * AUX_FRACTION))
     model.train()
     running = 0.0
     for step in range(1, steps + 1):
         idx = rng.choice(len(train_b.ids), size=batch_size, replace=False)
         ids, mask, labels, _, pixels = collate(train_b, idx, tok.pad_token_id, tok.eos_token_id, True)
         keep = dropout_keep(train_b.kind[idx], model.encoder_names, gen)
-        loss = model(ids, pixels, attention_mask=mask, labels=labels, keep=keep).loss
+        if step <= aux_steps:
+            visual = model.image_embeddings(pixels, keep)
+            embeds = model.language_model.get_input_embeddings()(ids)
+            t = model.config.n_image_tokens
+            embeds = torch.cat([embeds[:, :1], visual, embeds[:, 1 + t:]], dim=1)
+            loss = model.language_model(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+            target = torch.tensor([letter_index[int(a)] for a in train_b.answer_ids[idx]])
+            weight = 1.0 - (step - 1) / aux_steps
+            loss = loss + weight * F.cross_entropy(probe(visual.mean(1)), target)
+        else:
+            loss = model(ids, pixels, attention_mask=mask, labels=labels, keep=keep).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
