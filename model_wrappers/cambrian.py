@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from vlmeval_encred.masking import EncoderAdapter, EncoderInfo, MaskError, MaskReport, MaskSpec, count_params
+from vlmeval_encred.wrapper import lazy_wrapper_getattr
 
 FAMILY = "cambrian"
 
@@ -273,13 +274,4 @@ def _build_wrapper() -> type:
     return EncredCambrian
 
 
-_WRAPPER: type | None = None
-
-
-def __getattr__(name: str) -> Any:
-    global _WRAPPER
-    if name == "EncredCambrian":
-        if _WRAPPER is None:
-            _WRAPPER = _build_wrapper()
-        return _WRAPPER
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_wrapper_getattr(__name__, "EncredCambrian", _build_wrapper)

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from vlmeval_encred.masking import EncoderAdapter, EncoderInfo, MaskError, MaskSpec, count_params
+from vlmeval_encred.wrapper import lazy_wrapper_getattr
 
 FAMILY = "eagle2"
 
@@ -212,13 +213,4 @@ def _build_wrapper() -> type:
     return EncredEagle2
 
 
-_WRAPPER: type | None = None
-
-
-def __getattr__(name: str) -> Any:
-    global _WRAPPER
-    if name == "EncredEagle2":
-        if _WRAPPER is None:
-            _WRAPPER = _build_wrapper()
-        return _WRAPPER
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_wrapper_getattr(__name__, "EncredEagle2", _build_wrapper)

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from vlmeval_encred.masking import EncoderAdapter, EncoderInfo, MaskError, MaskSpec, count_params
+from vlmeval_encred.wrapper import lazy_wrapper_getattr
 
 FAMILY = "imof"
 ENV_DINOV2_PATH = "ENCRED_DINOV2_PATH"
@@ -307,13 +308,4 @@ def _build_wrapper() -> type:
     return EncredIMoF
 
 
-_WRAPPER: type | None = None
-
-
-def __getattr__(name: str) -> Any:
-    global _WRAPPER
-    if name == "EncredIMoF":
-        if _WRAPPER is None:
-            _WRAPPER = _build_wrapper()
-        return _WRAPPER
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_wrapper_getattr(__name__, "EncredIMoF", _build_wrapper)

@@ -8,7 +8,7 @@ greedy decoding and bookkeeping are the same for all families.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from .masking import EncoderAdapter, MaskReport, MaskSpec
 
@@ -56,3 +56,22 @@ class EncredMixin:
         log.info("vlmeval-encred: %s masked=%s mode=%s freed=%d params resident=%d",
                  name, ",".join(r.spec.masked) or "-", r.spec.mode, r.released_params, r.resident_params)
         return r
+
+
+def lazy_wrapper_getattr(module_name: str, class_name: str, build: Callable[[], type]) -> Callable[[str], Any]:
+    """A module-level ``__getattr__`` that builds the wrapper class on first access.
+
+    Families whose VLMEvalKit base class must not be imported when their module is
+    (so that ``encred`` tools and tests can use the adapter without vlmeval) define
+    the wrapper inside ``build`` and expose it through this (PEP 562).
+    """
+    cache: dict[str, type] = {}
+
+    def __getattr__(name: str) -> Any:
+        if name != class_name:
+            raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
+        if name not in cache:
+            cache[name] = build()
+        return cache[name]
+
+    return __getattr__
