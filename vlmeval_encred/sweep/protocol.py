@@ -50,8 +50,6 @@ _EXTRA: dict[str, SweepSupport] = {}
 # Supports shipped with this package for wrappers that do not carry a ``sweep_support``
 # attribute themselves: wrapper "module:Class" -> support "module:Class" (imported lazily).
 _BUILTIN: dict[str, str] = {
-    "vlmeval_encred.model_wrappers.deepseek_vl_hf:EncredDeepseekVLHybrid":
-        "vlmeval_encred.sweep.support_deepseek_vl_hf:DeepseekVLHybridSweep",
     "vlmeval_encred.model_wrappers.encred_tiny:EncredTiny":
         "vlmeval_encred.sweep.support_encred_tiny:EncredTinySweep",
 }
