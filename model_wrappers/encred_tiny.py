@@ -25,6 +25,7 @@ Imports only torch and ``vlmeval.vlm.base`` at import time (it is imported while
 from __future__ import annotations
 
 import gc
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -77,8 +78,10 @@ class EncredTinyAdapter(EncoderAdapter):
         if start != first.in_features:
             raise MaskError(f"encred_tiny: projector expects {first.in_features} input channels but the "
                             f"towers give {start}; the checkpoint is inconsistent")
-        new = torch.nn.Linear(len(keep_cols), first.out_features, bias=first.bias is not None,
-                              dtype=first.weight.dtype, device=first.weight.device)
+        with warnings.catch_warnings():  # every tower dropped: a 0-column Linear (bias only) is intended
+            warnings.simplefilter("ignore", UserWarning)
+            new = torch.nn.Linear(len(keep_cols), first.out_features, bias=first.bias is not None,
+                                  dtype=first.weight.dtype, device=first.weight.device)
         with torch.no_grad():
             new.weight.copy_(first.weight[:, keep_cols])
             if first.bias is not None:

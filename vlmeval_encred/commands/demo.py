@@ -95,6 +95,27 @@ def _silence_vlmeval(log_file: Path) -> None:
             logger.removeHandler(h)
 
 
+@contextlib.contextmanager
+def _redirect_fds(target):
+    """Point file descriptors 1 and 2 at ``target`` (restored afterwards)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = []
+    try:
+        for fd in (1, 2):
+            try:
+                saved.append((fd, os.dup(fd)))
+                os.dup2(target.fileno(), fd)
+            except OSError:  # no real descriptor (e.g. an embedding host): Python-level only
+                pass
+        yield
+    finally:
+        target.flush()
+        for fd, copy in saved:
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
 def _run_vlmeval(argv: list[str]) -> None:
     from vlmeval import run as vrun
 
@@ -156,7 +177,9 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     log_file = work / "logs" / "encred_demo_vlmeval.log"
     t_import = time.perf_counter()
-    with warnings.catch_warnings():
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a") as logf, _redirect_fds(logf), contextlib.redirect_stdout(logf), \
+            contextlib.redirect_stderr(logf), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import vlmeval.run  # noqa: F401  (the import is the slow part: ~15 s)
 
@@ -167,15 +190,24 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     total = len(variants) * len(datasets) * n
-    bar = tqdm(total=total, unit="q", desc="answering", file=err, disable=False, dynamic_ncols=True,
-               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]")
+    # The bar writes to a duplicate of the terminal's stderr; fd 1 and 2 themselves go to the
+    # log while VLMEvalKit runs (it also prints from subprocesses such as `git rev-parse`).
+    err.flush()
+    bar_stream = os.fdopen(os.dup(err.fileno()), "w", buffering=1) if hasattr(err, "fileno") else err
+    bar = tqdm(total=total, unit="q", desc="answering", file=bar_stream, disable=False, dynamic_ncols=True,
+               mininterval=0.5, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]")
     EncredTiny.on_generate = lambda: bar.update(1)
     old_tqdm_disable = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"  # VLMEvalKit's own per-dataset bars; ours is explicit
+    import logging
+
+    ours = logging.getLogger("vlmeval_encred")
+    old_level = ours.level
+    ours.setLevel(logging.WARNING)  # one mask line per variant would break the bar
     t_runs = time.perf_counter()
     try:
-        with open(log_file, "a") as logf, contextlib.redirect_stdout(logf), contextlib.redirect_stderr(logf), \
-                warnings.catch_warnings():
+        with open(log_file, "a") as logf, _redirect_fds(logf), contextlib.redirect_stdout(logf), \
+                contextlib.redirect_stderr(logf), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for i, v in enumerate(variants):
                 bar.set_postfix_str(v.replace(BASE, "") or "full", refresh=False)
@@ -188,7 +220,10 @@ def run(args: argparse.Namespace) -> int:
                 bar.update((i + 1) * len(datasets) * n - bar.n)  # reused predictions count as done
     finally:
         EncredTiny.on_generate = None
+        ours.setLevel(old_level)
         bar.close()
+        if bar_stream is not err:
+            bar_stream.close()
         if old_tqdm_disable is None:
             os.environ.pop("TQDM_DISABLE", None)
         else:

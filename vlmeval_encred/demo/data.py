@@ -12,8 +12,9 @@ that a particular *kind* of vision encoder is needed:
     3x5 bitmap font in a random dark grey, plus a coloured distractor shape;
     10 options (chance = 10 %).  Only a full-resolution encoder can read it.
 ``EncredDemo_Vision`` (Vision-Centric)
-    "How many shapes are in the image?"  1-4 small shapes of random colours and
-    sizes; 4 options.  Spatial layout, invisible to a pooled colour histogram.
+    "How many shapes are in the image?"  1-4 small shapes of random sizes, all in
+    one random colour; 4 options.  Spatial layout, invisible to a pooled colour
+    histogram.
 
 Options are always listed in the same order (colours, digits 0-9, counts 1-4),
 like a fixed answer sheet, and every answer is equally frequent, so the answer
@@ -197,30 +198,40 @@ def _gen_ocr(rng: random.Random, digit: str) -> Image.Image:
     return img
 
 
-def _gen_vision(rng: random.Random, count: str) -> Image.Image:
+SPURIOUS_COLOUR: dict[str, str] = {"1": "red", "2": "green", "3": "blue", "4": "yellow"}
+"""Training-only shortcut for counting questions (see ``generate(spurious=...)``)."""
+
+
+def _gen_vision(rng: random.Random, count: str, spurious: float = 0.0) -> Image.Image:
     img, draw = _blank()
+    # One colour per image, so a colour histogram says nothing about how many shapes there are.
+    colour = SPURIOUS_COLOUR[count] if rng.random() < spurious else rng.choice(list(COLOURS))
     taken: list[tuple[int, int, int, int]] = []
     for _ in range(int(count)):
         size = rng.randint(8, 14)
         box = _place(rng, size, size, taken, 6)
         taken.append(box)
-        _draw_shape(draw, rng.choice(SHAPES), box, COLOURS[rng.choice(list(COLOURS))])
+        _draw_shape(draw, rng.choice(SHAPES), box, COLOURS[colour])
     return img
 
 
-GENERATORS: dict[str, Callable[[random.Random, str], Image.Image]] = {
+GENERATORS: dict[str, Callable[..., Image.Image]] = {
     "General": _gen_general, "OCR": _gen_ocr, "Vision": _gen_vision,
 }
 OPTIONS: dict[str, tuple[str, ...]] = {"General": tuple(COLOURS), "OCR": tuple(DIGITS), "Vision": COUNTS}
 
 
-def generate(kind: str, n: int, seed: int = TEST_SEED) -> list[Sample]:
+def generate(kind: str, n: int, seed: int = TEST_SEED, spurious: float = 0.0) -> list[Sample]:
     """``n`` samples of one kind; sample ``i`` (before shuffling) has answer ``OPTIONS[kind][i % k]``.
 
     Every answer (and so every letter) is equally frequent up to ``n % k``, which
     makes "always answer X" score chance; the seed mixes in the kind so
-    categories are independent.
+    categories are independent.  ``spurious`` (Vision only, training data only):
+    the share of images whose colour is :data:`SPURIOUS_COLOUR` of their count, a
+    shortcut that the benchmark (``spurious=0``) does not have.
     """
+    if spurious and kind != "Vision":
+        raise ValueError(f"spurious colour applies to Vision questions only, not {kind!r}")
     if kind not in GENERATORS:
         raise ValueError(f"unknown demo kind {kind!r}; expected one of {', '.join(GENERATORS)}")
     options = list(OPTIONS[kind])
@@ -228,7 +239,7 @@ def generate(kind: str, n: int, seed: int = TEST_SEED) -> list[Sample]:
     out = []
     for i in range(n):
         pos = i % len(options)
-        img = GENERATORS[kind](rng, options[pos])
+        img = GENERATORS[kind](rng, options[pos], spurious) if spurious else GENERATORS[kind](rng, options[pos])
         out.append(Sample(i, img, rng.choice(QUESTIONS[kind]), list(options), LETTERS[pos], kind))
     # Decouple the answer cycle from the sample order without breaking the balance.
     perm = list(range(n))

@@ -212,12 +212,12 @@ class HiResPatch(nn.Module):
 
 
 class ColourHist(nn.Module):
-    """Saturation-weighted hue histogram, pooled over the whole image: a (B, C, 1, 1) map."""
+    """Saturation-weighted, normalised hue histogram of the whole image: a (B, C, 1, 1) map."""
 
     def __init__(self, cfg: TowerConfig) -> None:
         super().__init__()
         self.bins = cfg.bins
-        self.mlp = nn.Sequential(nn.Linear(cfg.bins + 1, 64), nn.GELU(), nn.Linear(64, cfg.channels),
+        self.mlp = nn.Sequential(nn.Linear(cfg.bins, 64), nn.GELU(), nn.Linear(64, cfg.channels),
                                  nn.GELU())
 
     def hue_histogram(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -232,8 +232,8 @@ class ColourHist(nn.Module):
         dist = torch.minimum(dist, 1 - dist) * self.bins
         w = (1 - dist).clamp_min(0) * sat.unsqueeze(1)  # (B, bins, H, W)
         hist = w.sum(dim=(2, 3))
-        total = sat.sum(dim=(1, 2))
-        return torch.cat([hist / (total.unsqueeze(1) + 1e-3), (total / sat[0].numel()).unsqueeze(1)], 1)
+        # Normalised: which hues, not how much coloured area (area would be a count cue).
+        return hist / (sat.sum(dim=(1, 2)).unsqueeze(1) + 1e-3)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.hue_histogram(pixels))[:, :, None, None]

@@ -18,14 +18,16 @@ ENCODERS = ("lowres", "hires", "colour")
 Scores = Mapping[tuple[str, ...], Mapping[str, float]]
 
 
-def cur(scores: Scores, encoder: str, category: str) -> float:
-    full = scores[()][category]
-    return 100.0 * (full - scores[(encoder,)][category]) / full
-
-
 def relative_drop(scores: Scores, masked: tuple[str, ...], category: str) -> float:
+    """``(full - masked) / full`` in %; NaN when the full model scores 0 (undefined)."""
     full = scores[()][category]
+    if not full:
+        return float("nan")
     return 100.0 * (full - scores[masked][category]) / full
+
+
+def cur(scores: Scores, encoder: str, category: str) -> float:
+    return relative_drop(scores, (encoder,), category)
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,20 @@ with the same zero semantics that masking uses at evaluation:
   masking both leaves no colour information at all (chance).
 * OCR samples zero ``lowres`` and ``colour`` (p = 0.3) and ``hires`` rarely
   (p = 0.1), so nothing but ``hires`` is ever a route to the digit.
-* Vision samples are always trained with ``colour`` zeroed: the fusion never
-  learns what colour features mean next to a counting question, so at
-  evaluation they are an unfamiliar input for that category and can only
-  disturb it; masking ``colour`` restores exactly the training condition
-  (the planted "useless or harmful" encoder, CUR <= 0).
+* Counting questions come in two training pools.  In one, ``colour`` is always
+  zeroed and the images have random colours: the model must count from
+  ``lowres``/``hires``.  In the other, ``colour`` is always present and 60 % of
+  the images carry a shortcut: their colour follows their count
+  (``data.SPURIOUS_COLOUR``).  ``colour`` cannot see where or how many shapes
+  there are (a normalised hue histogram of one-colour images), but it sees the
+  shortcut, so whenever it is present the model leans on it.  The benchmark's
+  images have random colours: there the shortcut only misleads, and masking
+  ``colour`` helps (the planted harmful encoder, CUR(colour, Vision) < 0).
+
+An auxiliary linear probe (answer letter from the mean visual embedding, weight
+decaying to 0 over the first half of the steps, not saved) gives the towers a
+gradient from the first step; without it the digit features take far longer to
+appear, because a random LM passes almost no signal back.
 
 Training data come from the same generators as the benchmark, with other seeds.
 Deterministic: one seed fixes data, initialisation, dropout draws and batches.
@@ -43,12 +52,18 @@ from .model import EncredTinyModel, build_model, mcq_prompt
 TRAIN_SEED = 1
 EVAL_SEED = data.TEST_SEED
 
+KINDS = tuple(d.kind for d in data.DATASETS)
+SHORTCUT = "VisionShortcut"
+"""Training-only pool of counting questions that are always seen *with* ``colour``."""
 DROP_P: dict[str, dict[str, float]] = {
     "General": {"lowres": 0.3, "hires": 0.3, "colour": 0.3},
     "OCR": {"lowres": 0.3, "hires": 0.1, "colour": 0.3},
-    "Vision": {"lowres": 0.3, "hires": 0.3, "colour": 0.8},
+    "Vision": {"lowres": 0.3, "hires": 0.3, "colour": 1.0},
+    SHORTCUT: {"lowres": 0.3, "hires": 0.3, "colour": 0.0},
 }
-KINDS = tuple(d.kind for d in data.DATASETS)
+
+SHORTCUT_RATE = 0.6
+"""Share of the shortcut pool's images whose colour follows their count (``data.SPURIOUS_COLOUR``)."""
 AUX_FRACTION = 0.5
 """Share of the steps with the auxiliary probe loss (its weight decays linearly to 0)."""
 
@@ -126,16 +141,28 @@ def format_table(res: dict[tuple[str, ...], dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def train(out: Path | None, steps: int = 1500, batch_size: int = 64, n_train: int = 2000,
-          n_eval: int = 200, lr: float = 2e-3, seed: int = 0, threads: int = 2, log_every: int = 100,
+def train(out: Path | None, steps: int = 1500, batch_size: int = 48, n_train: int = 2000,
+          n_eval: int = 200, lr: float = 3e-3, seed: int = 0, threads: int = 2, log_every: int = 100,
           quiet: bool = False) -> tuple[EncredTinyModel, object, dict]:
     """Train and (if ``out``) save; returns the model, tokenizer and the eval table."""
+    # Importing VLMEvalKit switches autograd off process-wide; training must not depend on
+    # whether something imported it first.
+    with torch.enable_grad():
+        return _train(out, steps, batch_size, n_train, n_eval, lr, seed, threads, log_every, quiet)
+
+
+def _train(out: Path | None, steps: int, batch_size: int, n_train: int, n_eval: int, lr: float, seed: int,
+           threads: int, log_every: int, quiet: bool) -> tuple[EncredTinyModel, object, dict]:
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     random.seed(seed)
     np.random.seed(seed)
     model, tok = build_model(seed)
-    train_b = encode(model, tok, [s for kind in KINDS for s in data.generate(kind, n_train, TRAIN_SEED + seed)])
+    samples = [s for kind in KINDS for s in data.generate(kind, n_train, TRAIN_SEED + seed)]
+    shortcut = data.generate("Vision", n_train, TRAIN_SEED + seed + 10_000, spurious=SHORTCUT_RATE)
+    for s in shortcut:
+        s.kind = SHORTCUT
+    train_b = encode(model, tok, samples + shortcut)
     eval_b = encode(model, tok, [s for kind in KINDS for s in data.generate(kind, n_eval, EVAL_SEED)])
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     say(f"data ready in {time.perf_counter() - t0:.1f}s: {len(train_b.ids)} train, {len(eval_b.ids)} eval")
@@ -194,10 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vlmeval_encred.demo.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="checkpoint directory to write")
     p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=48)
     p.add_argument("--n-train", type=int, default=2000, help="training samples per category")
     p.add_argument("--n-eval", type=int, default=200, help="held-out samples per category for the table")
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
