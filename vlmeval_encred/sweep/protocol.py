@@ -49,10 +49,9 @@ _EXTRA: dict[str, SweepSupport] = {}
 
 # Supports shipped with this package for wrappers that do not carry a ``sweep_support``
 # attribute themselves: wrapper "module:Class" -> support "module:Class" (imported lazily).
-_BUILTIN: dict[str, str] = {
-    "vlmeval_encred.model_wrappers.encred_tiny:EncredTiny":
-        "vlmeval_encred.sweep.support_encred_tiny:EncredTinySweep",
-}
+_BUILTIN: dict[str, str] = {}
+"""Optional ``"module:Class" -> "module:Support"`` table for wrappers that cannot carry
+a ``sweep_support`` attribute themselves; the shipped families set the attribute."""
 
 
 def _class_path(cls: type) -> str:
