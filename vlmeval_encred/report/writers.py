@@ -223,6 +223,11 @@ def fig_cur_heatmap(path: Path, levels: list[str], encoders: list[str],
             ax.text(j, i, "n/a" if not np.isfinite(data[i, j]) else f"{data[i, j]:.1f}",
                     ha="center", va="center", fontsize=8)
     fig.colorbar(im, ax=ax, label="CUR (%)")
+    _save(plt, fig, ax, path, title)
+
+
+def _save(plt, fig, ax, path: Path, title: str) -> None:
+    """Title, layout, PNG, and free the figure: the common ending of every report figure."""
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120, format="png")
@@ -242,10 +247,7 @@ def fig_k_curve(path: Path, rows: list[dict], title: str) -> None:
     ax.set_ylabel("Overall score (0-100)")
     ax.set_xticks([r["k"] for r in rows])
     ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, format="png")
-    plt.close(fig)
+    _save(plt, fig, ax, path, title)
 
 
 def fig_intervals(path: Path, rows: list[dict], title: str) -> None:
@@ -259,8 +261,5 @@ def fig_intervals(path: Path, rows: list[dict], title: str) -> None:
     ax.axvline(0, color="grey", lw=1)
     ax.set_yticks(range(len(rows)), [f"{r['subject']} ({r['level']})" for r in rows], fontsize=8)
     ax.set_xlabel("CUR (%) with 95% paired-bootstrap interval (red: excludes 0)")
-    ax.set_title(title, fontsize=10)
     ax.invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, format="png")
-    plt.close(fig)
+    _save(plt, fig, ax, path, title)
