@@ -42,8 +42,8 @@ from vlmeval.vlm.base import BaseModel
 from vlmeval.vlm.deepseek_vl import DeepSeekVL
 
 from vlmeval_encred.masking import EncoderAdapter, EncoderInfo, MaskError, MaskSpec, count_params
-from vlmeval_encred.model_wrappers.deepseek_vl_hf import _resolve_dtype, check_catalog_order
-from vlmeval_encred.wrapper import EncredMixin
+from vlmeval_encred.model_wrappers.deepseek_vl_hf import check_catalog_order
+from vlmeval_encred.wrapper import EncredMixin, resolve_dtype
 
 _TOWERS = {"low": "vision_tower_low", "high": "vision_tower_high"}
 
@@ -178,7 +178,7 @@ class EncredDeepSeekVL(EncredMixin, DeepSeekVL):
         self.apply_mask(model, spec, base or model_path)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = model.to(device=device, dtype=_resolve_dtype(torch_dtype)).eval()
+        self.model = model.to(device=device, dtype=resolve_dtype(torch_dtype)).eval()
         self.kwargs = self.generation_kwargs(dict(max_new_tokens=max_new_tokens, use_cache=True), gen_kwargs)
 
     def generate_inner(self, message: list[dict[str, Any]], dataset: str | None = None) -> str:

@@ -44,7 +44,7 @@ import torch
 from vlmeval.vlm.base import BaseModel
 
 from vlmeval_encred.masking import EncoderAdapter, EncoderInfo, MaskError, MaskSpec, count_params
-from vlmeval_encred.wrapper import EncredMixin
+from vlmeval_encred.wrapper import EncredMixin, resolve_dtype
 
 # Module attributes of DeepseekVLHybridModel that make up each branch (modules or parameters).
 _BRANCH_PARTS: dict[str, tuple[str, ...]] = {
@@ -183,15 +183,6 @@ class DeepseekVLHybridAdapter(EncoderAdapter):
         return freed
 
 
-def _resolve_dtype(torch_dtype: Any) -> torch.dtype:
-    if isinstance(torch_dtype, torch.dtype):
-        return torch_dtype
-    dtype = getattr(torch, str(torch_dtype), None)
-    if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"torch_dtype={torch_dtype!r} is not a torch dtype name (e.g. 'bfloat16', 'float32')")
-    return dtype
-
-
 def check_catalog_order(base: str, found: list[str]) -> None:
     """The catalog's encoder names for ``base`` must be the ones the loaded model has, in its order."""
     if not base:
@@ -233,7 +224,7 @@ class EncredDeepseekVLHybrid(EncredMixin, BaseModel):
         path = resolve_model_path(model_path)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        load_kw: dict[str, Any] = dict(dtype=_resolve_dtype(torch_dtype))
+        load_kw: dict[str, Any] = dict(dtype=resolve_dtype(torch_dtype))
         if device != "cpu":
             load_kw["device_map"] = device  # 'auto' or an explicit device: weights go straight there
         self.processor = AutoProcessor.from_pretrained(path)

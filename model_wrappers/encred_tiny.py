@@ -32,7 +32,7 @@ import torch
 from vlmeval.vlm.base import BaseModel
 
 from vlmeval_encred.masking import EncoderAdapter, EncoderInfo, MaskError, MaskSpec, count_params
-from vlmeval_encred.wrapper import EncredMixin
+from vlmeval_encred.wrapper import EncredMixin, resolve_dtype
 
 
 def _check(model: Any) -> Any:
@@ -117,7 +117,8 @@ class EncredTiny(EncredMixin, BaseModel):
     """Called after every answer; ``encred demo`` sets it to advance its progress bar."""
 
     def __init__(self, model_path: str = "encred-demo:default", max_new_tokens: int = 2,
-                 threads: int | None = None, **kwargs: Any) -> None:
+                 threads: int | None = None, torch_dtype: Any = "float32", device: str = "cpu",
+                 **kwargs: Any) -> None:
         spec, base = self.pop_encred_kwargs(kwargs)
         kwargs.pop("verbose", None)
         kwargs.pop("retry", None)
@@ -127,7 +128,7 @@ class EncredTiny(EncredMixin, BaseModel):
         if threads:
             torch.set_num_threads(int(threads))
         self.model_path = model_path
-        self.model, self.tokenizer = load_pretrained(model_path)
+        self.model, self.tokenizer = load_pretrained(model_path, resolve_dtype(torch_dtype), device)
         if base:
             from vlmeval_encred.registry import RegistryError, get_base
 
@@ -147,14 +148,20 @@ class EncredTiny(EncredMixin, BaseModel):
                              f"{unsupported or {k: gen[k] for k in ('do_sample', 'num_beams')}}")
         self.max_new_tokens = int(gen["max_new_tokens"])
 
-    def generate_inner(self, message: list[dict[str, Any]], dataset: str | None = None) -> str:
+    @staticmethod
+    def model_pixels(model: Any, image: Any) -> torch.Tensor:
+        """The image as the model's input tensor, in the model's dtype and on its device."""
         from vlmeval_encred.demo.model import pixels_from_image
 
+        p = next(model.parameters())
+        return pixels_from_image(image, model.config.image_size).to(device=p.device, dtype=p.dtype)
+
+    def generate_inner(self, message: list[dict[str, Any]], dataset: str | None = None) -> str:
         images = [m["value"] for m in message if m["type"] == "image"]
         prompt = "\n".join(m["value"] for m in message if m["type"] == "text")
         if not images:
             raise ValueError("EncredTiny needs an image in every message (it is a demo VLM)")
-        pixels = pixels_from_image(images[0], self.model.config.image_size)
+        pixels = self.model_pixels(self.model, images[0])
         answer = self.model.generate_answer(self.tokenizer, pixels, prompt, self.max_new_tokens)
         hook = type(self).on_generate
         if hook is not None:
@@ -177,14 +184,12 @@ class EncredTinySweep:
     """SweepSupport of the demo family (see the module docstring)."""
 
     def prepare(self, wrapper: Any, message: list[dict[str, Any]], dataset: str | None) -> Any:
-        from vlmeval_encred.demo.model import pixels_from_image
-
         images = [m["value"] for m in message if m["type"] == "image"]
         if not images:
             raise ValueError("EncredTiny needs an image in every message (it is a demo VLM)")
         prompt = "\n".join(m["value"] for m in message if m["type"] == "text")
         m = wrapper.model
-        pixels = pixels_from_image(images[0], m.config.image_size)
+        pixels = EncredTiny.model_pixels(m, images[0])
         ids = torch.tensor([m.build_inputs(wrapper.tokenizer, prompt)], device=pixels.device)
         return {"pixels": pixels, "input_ids": ids}
 

@@ -75,3 +75,18 @@ def lazy_wrapper_getattr(module_name: str, class_name: str, build: Callable[[], 
         return cache[name]
 
     return __getattr__
+
+
+def resolve_dtype(torch_dtype: Any) -> Any:
+    """``"bfloat16"`` / ``torch.bfloat16`` -> ``torch.bfloat16``; a clear error for anything else.
+
+    Catalog loader settings are plain data (strings), so every family resolves them the same way.
+    """
+    import torch
+
+    if isinstance(torch_dtype, torch.dtype):
+        return torch_dtype
+    dtype = getattr(torch, str(torch_dtype), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"torch_dtype={torch_dtype!r} is not a torch dtype name (e.g. 'bfloat16', 'float32')")
+    return dtype

@@ -248,6 +248,10 @@ def run(args: argparse.Namespace) -> int:
     for claim, value, ok in planted.check_all(scores):
         all_ok &= ok
         print(f"  {'ok  ' if ok else 'MISS'} {claim.text}: {value:.1f} (expected {claim.bound})")
+    print(f"95% paired-bootstrap intervals of CUR ({n_boot} resamples; only the planted effects may exclude 0):")
+    for check in planted.check_intervals(result.bootstrap):
+        all_ok &= check.ok
+        print(f"  {'ok  ' if check.ok else 'MISS'} {check.describe()}")
     total_s = time.perf_counter() - t_start
     print()
     print(f"Timings: VLMEvalKit import {t_import:.0f}s, {len(variants) * len(datasets)} runs {t_runs:.0f}s"

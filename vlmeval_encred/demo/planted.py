@@ -63,3 +63,63 @@ CLAIMS: tuple[Claim, ...] = (
 def check_all(scores: Scores) -> list[tuple[Claim, float, bool]]:
     """Every claim with its measured value and whether it holds."""
     return [(c, *c.check(scores)) for c in CLAIMS]
+
+
+SEPARATED: dict[tuple[str, str], int] = {
+    ("hires", OCR): +1,      # the only encoder that resolves the digits
+    ("hires", VISION): +1,   # the sharp view of small shapes; lowres alone counts far worse
+    ("lowres", VISION): +1,  # second witness of the count against colour's shortcut (conditional)
+    ("colour", VISION): -1,  # the planted shortcut: masking it helps
+}
+"""The CURs whose 95 % bootstrap interval must exclude zero, with the sign of the effect.
+
+Every other (encoder, category) CUR is planted as zero -- an encoder that cannot see
+the information (``hires`` is colour-blind, ``lowres``/``colour`` cannot read a
+6x10-pixel digit) or one whose information another encoder carries too (``lowres``
+and ``colour`` for colour) -- so its interval must contain zero.  "Exactly the values
+that should be separated" means both.  ``lowres`` on counting is the instructive
+case: with ``colour`` masked it adds nothing (``hires`` counts alone), but in the full
+model it holds the count against the shortcut, and CUR is conditional on the others.
+"""
+
+
+@dataclass(frozen=True)
+class IntervalCheck:
+    encoder: str
+    category: str
+    estimate: float
+    lo: float | None
+    hi: float | None
+    expected: int
+    """+1 / -1: interval entirely above / below zero; 0: interval contains zero."""
+
+    @property
+    def observed(self) -> int | None:
+        if self.lo is None or self.hi is None:
+            return None
+        return 1 if self.lo > 0 else -1 if self.hi < 0 else 0
+
+    @property
+    def ok(self) -> bool:
+        return self.observed == self.expected
+
+    def describe(self) -> str:
+        want = {1: "above 0", -1: "below 0", 0: "containing 0"}[self.expected]
+        ci = "no interval" if self.lo is None else f"[{self.lo:.1f}, {self.hi:.1f}]"
+        return f"CUR({self.encoder}) on {self.category}: {self.estimate:.1f} {ci} (expected {want})"
+
+
+def check_intervals(bootstrap_rows: list[Mapping]) -> list[IntervalCheck]:
+    """Every (encoder, category) CUR of a report's bootstrap rows against :data:`SEPARATED`.
+
+    ``bootstrap_rows`` are ``ReportResult.bootstrap`` (``quantity, subject, level,
+    estimate, lo, hi``); a missing row is reported as a failed check, not skipped.
+    """
+    found = {(r["subject"], r["level"]): r for r in bootstrap_rows if r.get("quantity") == "CUR"}
+    out = []
+    for enc in ENCODERS:
+        for cat in CATEGORIES:
+            r = found.get((enc, cat), {})
+            out.append(IntervalCheck(enc, cat, float(r.get("estimate", float("nan"))), r.get("lo"), r.get("hi"),
+                                     SEPARATED.get((enc, cat), 0)))
+    return out

@@ -14,13 +14,21 @@ with the same zero semantics that masking uses at evaluation:
   (p = 0.1), so nothing but ``hires`` is ever a route to the digit.
 * Counting questions come in two training pools.  In one, ``colour`` is always
   zeroed and the images have random colours: the model must count from
-  ``lowres``/``hires``.  In the other, ``colour`` is always present and 60 % of
-  the images carry a shortcut: their colour follows their count
-  (``data.SPURIOUS_COLOUR``).  ``colour`` cannot see where or how many shapes
-  there are (a normalised hue histogram of one-colour images), but it sees the
-  shortcut, so whenever it is present the model leans on it.  The benchmark's
-  images have random colours: there the shortcut only misleads, and masking
-  ``colour`` helps (the planted harmful encoder, CUR(colour, Vision) < 0).
+  ``lowres``/``hires``.  In the other, ``colour`` and ``lowres`` are always
+  present and 90 % of the images carry a shortcut: their colour follows their
+  count (``data.SPURIOUS_COLOUR``).  ``colour`` cannot see where or how many
+  shapes there are (a normalised hue histogram of one-colour images), but it
+  sees the shortcut, so whenever it is present the model leans on it.  The
+  benchmark's images have random colours: there the shortcut only misleads, and
+  masking ``colour`` helps (the planted harmful encoder, CUR(colour, Vision) < 0).
+  With the shortcut active, ``lowres`` is a second witness of the count next to
+  ``hires``: masking it lets the shortcut win more often, so its CUR on counting
+  is positive although, with ``colour`` masked, it adds nothing (a conditional
+  effect, which is what CUR measures; see docs/demo.md).
+
+  The shortcut rate sets the size of the harm, steeply: at 0.6 it was -2.5 %
+  (interval not clear of zero), at 0.9 -9 %, at 1.0 (no conflicting training
+  images at all) -38 %, which pulls the full model under 80 % on counting.
 
 An auxiliary linear probe (answer letter from the mean visual embedding, weight
 decaying to 0 over the first half of the steps, not saved) gives the towers a
@@ -59,10 +67,10 @@ DROP_P: dict[str, dict[str, float]] = {
     "General": {"lowres": 0.3, "hires": 0.3, "colour": 0.3},
     "OCR": {"lowres": 0.3, "hires": 0.1, "colour": 0.3},
     "Vision": {"lowres": 0.3, "hires": 0.3, "colour": 1.0},
-    SHORTCUT: {"lowres": 0.3, "hires": 0.3, "colour": 0.0},
+    SHORTCUT: {"lowres": 0.0, "hires": 0.3, "colour": 0.0},
 }
 
-SHORTCUT_RATE = 0.6
+SHORTCUT_RATE = 0.9
 """Share of the shortcut pool's images whose colour follows their count (``data.SPURIOUS_COLOUR``)."""
 AUX_FRACTION = 0.5
 """Share of the steps with the auxiliary probe loss (its weight decays linearly to 0)."""
