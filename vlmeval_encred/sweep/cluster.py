@@ -171,10 +171,10 @@ def make_executor(work_dir: str, cluster: str | None, gpus: int = 1, timeout_min
 
 def launch(cells: Sequence[Cell], work_dir: str, executor: Any, **job_kw: Any) -> list[Any]:
     """Submit the cells not already complete or running, as one array; return submitit jobs."""
-    from .status import cell_state
+    from .status import cell_states
 
-    todo = [c for c in cells if not cell_complete(work_dir, c) and cell_state(work_dir, c)[0] not in
-            ("running", "pending")]
+    todo = [c for c in cells if not cell_complete(work_dir, c)]
+    todo = [c for c, (state, _) in zip(todo, cell_states(work_dir, todo)) if state not in ("running", "pending")]
     if not todo:
         return []
     with executor.batch():

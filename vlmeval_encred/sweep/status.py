@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 from .cluster import Cell, jobs_dir, read_state
 
@@ -28,30 +28,66 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def cell_state(work_dir: str, cell: Cell) -> tuple[str, dict[str, Any]]:
-    """(state, record) of a cell from its state file, checked against the live job where possible."""
+def _asks_slurm(rec: dict[str, Any]) -> bool:
+    return (rec.get("state") in ("submitted", "running") and rec.get("cluster") == "SlurmExecutor"
+            and bool(rec.get("job_id")))
+
+
+def slurm_states(job_ids: Iterable[str]) -> dict[str, str]:
+    """SLURM's state of each job id, from ONE ``sacct`` call (``UNKNOWN`` where it cannot say).
+
+    Goes through submitit's shared watcher (its sacct command and parser), but registers
+    every id first and updates once: building one ``SlurmJob`` per cell would force one
+    sacct call per cell (submitit resets its cache timer on each registration), i.e. 480
+    calls for a 32-variant x 15-benchmark per-variant launch.
+    """
+    ids = sorted(set(job_ids))
+    if not ids:
+        return {}
+    try:
+        import submitit
+
+        watcher = submitit.SlurmJob.watcher
+        for j in ids:
+            watcher.register_job(j)
+        watcher.update()  # logs and skips a failing sacct: states stay UNKNOWN
+        return {j: watcher.get_state(j, mode="cache") for j in ids}
+    except Exception:  # submitit missing or its parser failed: the files decide
+        return {j: "UNKNOWN" for j in ids}
+
+
+def _resolve(rec: dict[str, Any], slurm: dict[str, str]) -> str:
     import socket
 
-    rec = read_state(jobs_dir(work_dir, cell.base) / f"{cell.cell_id}.json")
     state = rec.get("state", "missing")
     if state == "running" and rec.get("host") == socket.gethostname() and rec.get("pid"):
         if not _pid_alive(int(rec["pid"])):
             state = "failed"  # killed without a chance to record it (OOM, SIGKILL, node loss)
             rec.setdefault("error", "process vanished while running")
-    elif state in ("submitted", "running") and rec.get("cluster") == "SlurmExecutor" and rec.get("job_id"):
-        try:
-            import submitit
-
-            slurm = submitit.SlurmJob(folder=rec["folder"], job_id=rec["job_id"]).state
-            if slurm in ("PENDING", "REQUEUED"):
-                state = "pending"
-            elif slurm.startswith(("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_ME", "NODE_FAIL")):
-                state, rec["error"] = "failed", f"SLURM state {slurm}"
-        except Exception:  # sacct unavailable: keep what the files say
-            pass
+    elif _asks_slurm(rec):
+        s = slurm.get(str(rec["job_id"]), "UNKNOWN")
+        if s in ("PENDING", "REQUEUED"):
+            state = "pending"
+        elif s.startswith(("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_ME", "NODE_FAIL")):
+            state, rec["error"] = "failed", f"SLURM state {s}"
+        elif state == "submitted":  # started, but its process has not written "running" yet; or sacct unsure
+            state = "running" if s in ("RUNNING", "COMPLETING") else "pending"
     elif state == "submitted":
         state = "pending"
-    return state, rec
+    return state
+
+
+def cell_states(work_dir: str, cells: Sequence[Cell]) -> list[tuple[str, dict[str, Any]]]:
+    """(state, record) per cell from its state file, checked against the live job where possible
+    (a local pid, or SLURM through one sacct call for all cells)."""
+    recs = [read_state(jobs_dir(work_dir, c.base) / f"{c.cell_id}.json") for c in cells]
+    slurm = slurm_states(str(r["job_id"]) for r in recs if _asks_slurm(r))
+    return [(_resolve(r, slurm), r) for r in recs]
+
+
+def cell_state(work_dir: str, cell: Cell) -> tuple[str, dict[str, Any]]:
+    """:func:`cell_states` of one cell."""
+    return cell_states(work_dir, [cell])[0]
 
 
 def collect(work_dir: str, base: str) -> list[dict[str, Any]]:
@@ -63,13 +99,12 @@ def collect(work_dir: str, base: str) -> list[dict[str, Any]]:
     wd = Path(work_dir)
     # job records
     jd = jobs_dir(work_dir, base)
+    cells = []
     for f in sorted(jd.glob("*.json")) if jd.is_dir() else []:
-        rec = read_state(f)
-        if "cell" not in rec:
-            continue
-        c = rec["cell"]
-        cell = Cell(c["kind"], c["base"], c["dataset"], tuple(c["variants"]), c.get("shard", 0))
-        state, rec = cell_state(work_dir, cell)
+        c = read_state(f).get("cell")
+        if c:
+            cells.append(Cell(c["kind"], c["base"], c["dataset"], tuple(c["variants"]), c.get("shard", 0)))
+    for cell, (state, rec) in zip(cells, cell_states(work_dir, cells)):
         for v in cell.variants:
             rows[(v, cell.dataset)] = dict(variant=v, dataset=cell.dataset, state=state, via=cell.kind,
                                            job=rec.get("job_id", ""), error=rec.get("error", ""))
