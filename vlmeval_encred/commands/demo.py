@@ -248,10 +248,15 @@ def run(args: argparse.Namespace) -> int:
     for claim, value, ok in planted.check_all(scores):
         all_ok &= ok
         print(f"  {'ok  ' if ok else 'MISS'} {claim.text}: {value:.1f} (expected {claim.bound})")
-    print(f"95% paired-bootstrap intervals of CUR ({n_boot} resamples; only the planted effects may exclude 0):")
+    # The planted effects are sized for the full benchmark; at fewer questions an interval may
+    # be too wide to exclude zero, which says nothing about the model or the report.
+    strict = n >= demo_data.DEFAULT_SAMPLES
+    print(f"95% paired-bootstrap intervals of CUR ({n_boot} resamples; only the planted effects may exclude 0"
+          f"{'' if strict else f'; informational at {n} questions, checked at {demo_data.DEFAULT_SAMPLES}+'}):")
     for check in planted.check_intervals(result.bootstrap):
-        all_ok &= check.ok
-        print(f"  {'ok  ' if check.ok else 'MISS'} {check.describe()}")
+        all_ok &= check.ok or not strict
+        mark = "ok  " if check.ok else "MISS" if strict else "wide"
+        print(f"  {mark} {check.describe()}")
     total_s = time.perf_counter() - t_start
     print()
     print(f"Timings: VLMEvalKit import {t_import:.0f}s, {len(variants) * len(datasets)} runs {t_runs:.0f}s"
