@@ -182,3 +182,23 @@ def test_cli_sweep_cluster_slurm_then_status(slurm, tmp_path):
     p = _encred("status", "--model", BASE, "--work-dir", work)
     assert p.returncode == 1, p.stdout + p.stderr  # failed cells: exit status 1
     assert "failed: 4" in p.stdout and "SLURM state CANCELLED" in p.stdout
+
+
+def test_running_record_from_another_node_is_checked_through_sacct(slurm, tmp_path):
+    """On a real cluster the job records ``running`` with the compute node's host name, so the
+    login node cannot check the pid and must ask SLURM.  The fake runs jobs here, so the record
+    is rewritten as a node would have written it."""
+    from vlmeval_encred.registry import entries
+    from vlmeval_encred.sweep import cluster
+    from vlmeval_encred.sweep.status import cell_state
+
+    work = str(tmp_path / "node")
+    [cell] = cluster.plan_cells(BASE, [e.name for e in entries(base=BASE)][:1], ["EncredClusterOK"], "sweep")
+    (slurm / "hold").touch()
+    [job] = cluster.launch([cell], work, cluster.make_executor(work, "slurm", gpus=0, timeout_min=5))
+    cluster.write_state(work, cell, "running", host="gpu-node-042", pid=1)
+    state, rec = cell_state(work, cell)
+    assert state == "pending", rec  # SLURM has it back in the queue (as after a requeue), whatever the file says
+    subprocess.run(["scancel", job.job_id], check=True)
+    state, rec = cell_state(work, cell)
+    assert state == "failed" and rec["error"].startswith("SLURM state CANCELLED"), rec
