@@ -149,19 +149,19 @@ class EncredTiny(EncredMixin, BaseModel):
         self.max_new_tokens = int(gen["max_new_tokens"])
 
     @staticmethod
-    def model_pixels(model: Any, image: Any) -> torch.Tensor:
-        """The image as the model's input tensor, in the model's dtype and on its device."""
+    def model_inputs(model: Any, message: list[dict[str, Any]]) -> tuple[torch.Tensor, str]:
+        """(pixels of the first image, in the model's dtype and on its device; the joined text)."""
         from vlmeval_encred.demo.model import pixels_from_image
 
-        p = next(model.parameters())
-        return pixels_from_image(image, model.config.image_size).to(device=p.device, dtype=p.dtype)
-
-    def generate_inner(self, message: list[dict[str, Any]], dataset: str | None = None) -> str:
         images = [m["value"] for m in message if m["type"] == "image"]
-        prompt = "\n".join(m["value"] for m in message if m["type"] == "text")
         if not images:
             raise ValueError("EncredTiny needs an image in every message (it is a demo VLM)")
-        pixels = self.model_pixels(self.model, images[0])
+        prompt = "\n".join(m["value"] for m in message if m["type"] == "text")
+        p = next(model.parameters())
+        return pixels_from_image(images[0], model.config.image_size).to(device=p.device, dtype=p.dtype), prompt
+
+    def generate_inner(self, message: list[dict[str, Any]], dataset: str | None = None) -> str:
+        pixels, prompt = self.model_inputs(self.model, message)
         answer = self.model.generate_answer(self.tokenizer, pixels, prompt, self.max_new_tokens)
         hook = type(self).on_generate
         if hook is not None:
@@ -184,12 +184,8 @@ class EncredTinySweep:
     """SweepSupport of the demo family (see the module docstring)."""
 
     def prepare(self, wrapper: Any, message: list[dict[str, Any]], dataset: str | None) -> Any:
-        images = [m["value"] for m in message if m["type"] == "image"]
-        if not images:
-            raise ValueError("EncredTiny needs an image in every message (it is a demo VLM)")
-        prompt = "\n".join(m["value"] for m in message if m["type"] == "text")
         m = wrapper.model
-        pixels = EncredTiny.model_pixels(m, images[0])
+        pixels, prompt = EncredTiny.model_inputs(m, message)
         ids = torch.tensor([m.build_inputs(wrapper.tokenizer, prompt)], device=pixels.device)
         return {"pixels": pixels, "input_ids": ids}
 

@@ -181,7 +181,7 @@ def test_encred_demo_end_to_end_recovers_the_planted_structure_with_intervals(tm
     proc = run_py(["-m", "vlmeval_encred.cli", "demo", "--work-dir", str(work)], tmp_path, vlmeval_env(lmu))
     assert proc.returncode == 0, explain(proc)
     out = proc.stdout
-    assert "MISS" not in out and out.count("ok  ") == len(planted.CLAIMS) + 9, out
+    assert "MISS" not in out and out.count("ok  ") == len(planted.CLAIMS) + len(planted.ENCODERS) * len(planted.CATEGORIES), out
     report = Path(out.split("Report: ", 1)[1].splitlines()[0])
     assert {p.suffix for p in report.iterdir()} >= {".xlsx", ".md", ".json", ".png"}, sorted(report.iterdir())
     import json

@@ -9,6 +9,7 @@ hand), a sweep's checkpoint (partial progress), the cell state files that
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -57,8 +58,6 @@ def slurm_states(job_ids: Iterable[str]) -> dict[str, str]:
 
 
 def _resolve(rec: dict[str, Any], slurm: dict[str, str]) -> str:
-    import socket
-
     state = rec.get("state", "missing")
     if state == "running" and rec.get("host") == socket.gethostname() and rec.get("pid"):
         if not _pid_alive(int(rec["pid"])):
@@ -81,8 +80,14 @@ def cell_states(work_dir: str, cells: Sequence[Cell]) -> list[tuple[str, dict[st
     """(state, record) per cell from its state file, checked against the live job where possible
     (a local pid, or SLURM through one sacct call for all cells)."""
     recs = [read_state(jobs_dir(work_dir, c.base) / f"{c.cell_id}.json") for c in cells]
+    return list(zip(record_states(recs), recs))
+
+
+def record_states(recs: Sequence[dict[str, Any]]) -> list[str]:
+    """The state of each already-read cell record (one sacct call for all SLURM ones);
+    records may gain an ``error``."""
     slurm = slurm_states(str(r["job_id"]) for r in recs if _asks_slurm(r))
-    return [(_resolve(r, slurm), r) for r in recs]
+    return [_resolve(r, slurm) for r in recs]
 
 
 def cell_state(work_dir: str, cell: Cell) -> tuple[str, dict[str, Any]]:
@@ -99,14 +104,11 @@ def collect(work_dir: str, base: str) -> list[dict[str, Any]]:
     wd = Path(work_dir)
     # job records
     jd = jobs_dir(work_dir, base)
-    cells = []
-    for f in sorted(jd.glob("*.json")) if jd.is_dir() else []:
-        c = read_state(f).get("cell")
-        if c:
-            cells.append(Cell(c["kind"], c["base"], c["dataset"], tuple(c["variants"]), c.get("shard", 0)))
-    for cell, (state, rec) in zip(cells, cell_states(work_dir, cells)):
-        for v in cell.variants:
-            rows[(v, cell.dataset)] = dict(variant=v, dataset=cell.dataset, state=state, via=cell.kind,
+    recs = [r for r in map(read_state, sorted(jd.glob("*.json")) if jd.is_dir() else []) if r.get("cell")]
+    for rec, state in zip(recs, record_states(recs)):
+        c = rec["cell"]
+        for v in c["variants"]:
+            rows[(v, c["dataset"])] = dict(variant=v, dataset=c["dataset"], state=state, via=c["kind"],
                                            job=rec.get("job_id", ""), error=rec.get("error", ""))
     # sweep checkpoints: partial progress of a sweep that is not (or no longer) a job
     ck_dir = wd / base / "encred_sweep"
