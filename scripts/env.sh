@@ -3,12 +3,20 @@
 #
 #   bash scripts/env.sh encred demo
 #   bash scripts/env.sh python -m pytest -q tests
+#   bash scripts/env.sh --env eagle1 python -m pytest -q tests -m eagle1   # a family's overlay
 #
-# The virtual environment is cached outside the checkout, keyed by the sha256 of
-# requirements/env.txt, so a second run (or CI on the same machine) reuses it and
-# a changed dependency list builds a fresh one.  The first build installs
-# ms-vlmeval and with it the CUDA build of torch (~6.8 GB, ~5 min).  This project
-# is then installed editable from *this* checkout (seconds).
+# Base: a virtual environment cached outside the checkout, keyed by the sha256 of
+# requirements/env.txt; the first build installs ms-vlmeval and with it the CUDA
+# build of torch (~6.8 GB, ~5 min).
+#
+# Overlays (--env NAME or ENCRED_ENV=NAME): the pins a family's real upstream code
+# needs (vlmeval_encred/recipes/NAME.txt, e.g. transformers 4.44 for EAGLE) installed into
+# a small venv of their own that sees the base's packages *behind* its own (a .pth
+# file appends the base's site-packages).  Keyed by the sha256 of the base and
+# overlay files (and env-NAME.post, an optional install script run with the
+# overlay's python), so a second run reuses it in seconds and the 7 GB base is
+# never copied or changed.  This checkout is installed editable into whichever
+# environment runs (seconds).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -17,6 +25,8 @@ REQ="$ROOT/requirements/env.txt"
 KEY=$(sha256sum "$REQ" | cut -c1-12)
 VENV="$CACHE/venv-$KEY"
 PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
+ENV_NAME=${ENCRED_ENV:-}
+if [ "${1:-}" = "--env" ]; then ENV_NAME=$2; shift 2; fi
 
 mkdir -p "$CACHE"
 exec 9>"$CACHE/.lock-$KEY"
@@ -30,18 +40,44 @@ if [ ! -f "$VENV/.complete" ]; then
   "$VENV/bin/python" -m pip install -q -r "$REQ" >&2
   touch "$VENV/.complete"
 fi
+RUN="$VENV"
+
+if [ -n "$ENV_NAME" ] && [ "$ENV_NAME" != base ]; then
+  OREQ="$ROOT/vlmeval_encred/recipes/$ENV_NAME.txt"
+  OPOST="$ROOT/vlmeval_encred/recipes/$ENV_NAME.post"
+  if [ ! -f "$OREQ" ]; then
+    echo "[env.sh] unknown environment '$ENV_NAME': no $OREQ (have: base $(cd "$ROOT/vlmeval_encred/recipes" && ls *.txt 2>/dev/null | sed 's/\.txt$//' | tr '\n' ' '))" >&2
+    exit 2
+  fi
+  OKEY=$( (cat "$REQ" "$OREQ"; [ -f "$OPOST" ] && cat "$OPOST" || true) | sha256sum | cut -c1-12)
+  OV="$CACHE/overlay-$ENV_NAME-$OKEY"
+  if [ ! -f "$OV/.complete" ]; then
+    echo "[env.sh] building overlay $OV from $OREQ on $VENV" >&2
+    rm -rf "$OV"
+    "$VENV/bin/python" -m venv --without-pip "$OV"
+    BASE_SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    OV_SITE=$("$OV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    # zz_: .pth files run in name order, so the base comes after anything the overlay adds.
+    echo "$BASE_SITE" > "$OV_SITE/zz_encred_base_env.pth"
+    "$OV/bin/python" -m pip install -q -r "$OREQ" >&2
+    if [ -f "$OPOST" ]; then ENCRED_ROOT="$ROOT" PYTHON="$OV/bin/python" bash "$OPOST" >&2; fi
+    touch "$OV/.complete"
+  fi
+  RUN="$OV"
+fi
 
 # (Re)install this checkout editable when the environment points elsewhere or setup.py changed.
-STAMP="$VENV/.encred-source"
+STAMP="$RUN/.encred-source"
 WANT="$ROOT $(sha256sum "$ROOT/setup.py" | cut -c1-12)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
-  "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$ROOT" >&2
+  "$RUN/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$ROOT" >&2
   printf '%s' "$WANT" > "$STAMP"
 fi
 flock -u 9
 
-ln -sfn "$VENV" "$ROOT/.venv" 2>/dev/null || true
-export PATH="$VENV/bin:$PATH"
-export VIRTUAL_ENV="$VENV"
+[ "$RUN" = "$VENV" ] && { ln -sfn "$VENV" "$ROOT/.venv" 2>/dev/null || true; }
+export PATH="$RUN/bin:$PATH"
+export VIRTUAL_ENV="$RUN"
+export ENCRED_ENV_NAME="${ENV_NAME:-base}"
 cd "$ROOT"
 exec "$@"
