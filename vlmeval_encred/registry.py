@@ -49,6 +49,11 @@ class BaseModelSpec:
     modes: tuple[str, ...] = ("zero",)
     """Mask modes the family supports; the first is the default."""
     description: str = ""
+    requires: Mapping[str, str] = field(default_factory=dict)
+    """Package -> version specifier the family's upstream code needs (e.g. ``{"transformers":
+    ">=4.37,<4.45"}``); checked when an entry is built, before any weights load."""
+    recipe: str = ""
+    """The tested environment recipe (``vlmeval_encred/recipes/<recipe>.txt``) named in errors."""
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.name) or MASK_SEP in self.name:
@@ -111,6 +116,8 @@ class Entry:
         kw = dict(self.base.loader)
         kw.update(model_path=self.base.checkpoint, encred_base=self.base.name,
                   mask=self.masked, mask_mode=self.base.modes[0])
+        if self.base.requires:
+            kw.update(encred_requires=dict(self.base.requires), encred_recipe=self.base.recipe)
         return kw
 
 

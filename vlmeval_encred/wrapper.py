@@ -32,7 +32,17 @@ class EncredMixin:
 
     @staticmethod
     def pop_encred_kwargs(kwargs: dict[str, Any]) -> tuple[MaskSpec, str]:
-        """Remove our keywords from ``kwargs`` (the rest go to the family's loader)."""
+        """Remove our keywords from ``kwargs`` (the rest go to the family's loader).
+
+        Every family wrapper calls this first in ``__init__``, so an environment whose
+        packages the family's upstream code cannot run under fails here, before any
+        weights are downloaded or loaded."""
+        from .recipes import check_requires
+
+        requires = kwargs.pop("encred_requires", None)
+        recipe = kwargs.pop("encred_recipe", "")
+        if requires:
+            check_requires(requires, what=kwargs.get("encred_base") or "this model", recipe=recipe)
         mask = kwargs.pop("mask", ()) or ()
         mode = kwargs.pop("mask_mode", "zero")
         base = kwargs.pop("encred_base", "")

@@ -11,7 +11,14 @@ from __future__ import annotations
 import importlib.metadata as md
 from importlib import resources
 
+from typing import Mapping
+
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import SpecifierSet
+
+
+class EnvironmentMismatch(RuntimeError):
+    """The installed packages cannot run a family's upstream code."""
 
 
 def names() -> list[str]:
@@ -49,3 +56,23 @@ def mismatches(name: str) -> list[str]:
         if req.specifier and not req.specifier.contains(have, prereleases=True):
             bad.append(f"{req.name} {have} installed, recipe wants {req}")
     return bad
+
+
+def check_requires(requires: Mapping[str, str], what: str, recipe: str = "") -> None:
+    """Raise :class:`EnvironmentMismatch` naming each package whose version does not fit.
+
+    Called before a model loads, so a wrong environment costs seconds, not a download."""
+    bad = []
+    for pkg, spec in requires.items():
+        try:
+            have = md.version(pkg)
+        except md.PackageNotFoundError:
+            bad.append(f"{pkg} is not installed (needs {pkg}{spec})")
+            continue
+        if not SpecifierSet(spec).contains(have, prereleases=True):
+            bad.append(f"{pkg} {have} is installed, {what} needs {pkg}{spec}")
+    if bad:
+        hint = (f" Use the tested environment: pip install -r {resources.files(__name__) / (recipe + '.txt')}"
+                f" (or bash scripts/env.sh --env {recipe} ...); see docs/masking.md.") if recipe else ""
+        raise EnvironmentMismatch(f"{what}: this environment cannot run its upstream code: "
+                                  + "; ".join(bad) + "." + hint)
