@@ -65,9 +65,13 @@ setup(
     include_package_data=False,
     install_requires=[
         # vlmeval itself comes from the user's VLMEvalKit (a checkout or ms-vlmeval);
-        # it is not listed so that installing here never replaces it.
-        "torch>=2.1",
-        "transformers>=4.57",
+        # it is not listed so that installing here never replaces it.  torch and
+        # transformers get lower bounds that admit every family's own pins (the MMVP
+        # fork's transformers 4.31 and torch 2.0.1 are the oldest), so installing us
+        # never upgrades them; each family checks the versions it needs when a model
+        # loads (BaseModelSpec.requires) and `encred doctor` reports them.
+        "torch>=2.0",
+        "transformers>=4.31",
         "pandas>=2.0",
         "openpyxl>=3.1",
         "matplotlib>=3.7",

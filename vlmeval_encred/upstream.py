@@ -166,6 +166,25 @@ def on_sys_path(name: str, *, forget: bool = True) -> Iterator[Path]:
             forget_modules(package)
 
 
+def ensure_importable(name: str) -> Path | None:
+    """Make upstream ``name`` importable: our located copy first (put on ``sys.path``), else an
+    installed package (a user's ``pip install -e EAGLE``); returns the path used, None if installed.
+
+    Raises :class:`UpstreamNotFound` when neither exists."""
+    import importlib.util
+
+    try:
+        root = import_root(name)
+    except UpstreamNotFound:
+        if importlib.util.find_spec(REPOS[name].package) is not None:
+            return None
+        raise
+    if str(root) not in sys.path:
+        forget_modules(REPOS[name].package)
+        sys.path.insert(0, str(root))
+    return root
+
+
 def describe() -> dict[str, str]:
     """Where each repository would come from, or why it cannot (for ``encred doctor``)."""
     out = {}
