@@ -336,3 +336,39 @@ def test_sweep_equals_per_variant_runs(layout, tmp_path):
         assert swept == direct
         answers.extend(direct)
     assert len(set(answers)) > 1  # the masks change the answers: equality above is not vacuous
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_engine_sweep_equals_vlmevalkit_inference(layout, tmp_path, monkeypatch):
+    """`run_sweep` (prediction files for all four variants in one pass) against VLMEvalKit's own
+    ``infer_data_job`` run per variant, on a local MCQ dataset: same prediction files."""
+    from conftest import write_mcq_tsv
+    from vlmeval.dataset import build_dataset
+    from vlmeval.inference import infer_data_job
+    from vlmeval.smp import load
+
+    from vlmeval_encred.registry import entries, get_base
+    from vlmeval_encred.sweep.engine import run_sweep
+
+    ds = "EncredEagle2_MCQ"
+    lmu = tmp_path / "LMUData"
+    lmu.mkdir()
+    write_mcq_tsv(lmu / f"{ds}.tsv", n=3)
+    monkeypatch.setenv("LMUData", str(lmu))
+    monkeypatch.setenv("PRED_FORMAT", "xlsx")
+    cls = wrapper_class(layout)
+    base, chosen = get_base("eagle2_9b"), entries(base="eagle2_9b")
+    rep = run_sweep(base, chosen, [ds], str(tmp_path / "sweep"), progress=False, model=cls(encred_base=base.name, **GEN))
+    d = rep.datasets[0]
+    assert d.encoder_calls == {"siglip": 3, "convnext": 3} and d.decode_calls == 3
+    seen = set()
+    for e in chosen:
+        work = tmp_path / "ref" / e.name
+        work.mkdir(parents=True)
+        infer_data_job(cls(mask=e.masked, encred_base=base.name, **GEN), work_dir=str(work), model_name=e.name,
+                       dataset=build_dataset(ds))
+        got = load(str(tmp_path / "sweep" / e.name / f"{e.name}_{ds}.xlsx"))
+        want = load(str(work / f"{e.name}_{ds}.xlsx"))
+        assert list(got["prediction"]) == list(want["prediction"]), e.name
+        seen.update(got["prediction"])
+    assert len(seen) > 1
