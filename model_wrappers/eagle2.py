@@ -161,11 +161,11 @@ class Eagle2Adapter(EncoderAdapter):
         shuffled = int(round(grid * r)) ** 2
         widths = {k: int(t.hidden_size) for k, t in zip(keys, tower.vision_towers)}
         expect = widths["convnext"] + widths["siglip"] * int(round(1 / r)) ** 2
-        ln = getattr(getattr(model, "mlp1", None), "__getitem__", None)
-        width = tuple(getattr(ln(0), "normalized_shape", ())) if ln else ()
+        mlp1 = getattr(model, "mlp1", None)
+        width = getattr(mlp1[0], "normalized_shape", None) if isinstance(mlp1, nn.Sequential) and len(mlp1) else None
         if width and width[-1] != expect:
-            raise MaskError(f"Eagle2 {CONVNEXT_512_SIGLIP_448}: mlp1's LayerNorm spans {width[-1]} channels, the towers "
-                            f"give convnext {widths['convnext']} + 4 x siglip {widths['siglip']} = {expect}")
+            raise MaskError(f"Eagle2 {CONVNEXT_512_SIGLIP_448}: mlp1's LayerNorm spans {width[-1]} channels, "
+                            f"the towers give convnext {widths['convnext']} + 4 x siglip {widths['siglip']} = {expect}")
         for i, (k, t) in enumerate(zip(keys, tower.vision_towers)):
             tokens = grid * grid if k == "siglip" else shuffled
             infos.append(EncoderInfo(k, i, (tokens, widths[k]), t, count_params(t)))
@@ -260,7 +260,8 @@ def dynamic_tiles(image: Any, tile: int = 448, min_num: int = 1, max_num: int = 
         image = image.resize((image.width * 2, image.height * 2), Image.BILINEAR)
     cols, rows = choose_grid(image.width, image.height, tile, min_num, max_num, rule)
     resized = image.resize((tile * cols, tile * rows), Image.BICUBIC)
-    tiles = [resized.crop((c * tile, r * tile, (c + 1) * tile, (r + 1) * tile)) for r in range(rows) for c in range(cols)]
+    tiles = [resized.crop((c * tile, r * tile, (c + 1) * tile, (r + 1) * tile))
+             for r in range(rows) for c in range(cols)]
     if thumbnail and len(tiles) > 1:
         tiles.append(image.resize((tile, tile), Image.BICUBIC))
     return tiles

@@ -14,7 +14,6 @@ Runs under the base environment (transformers 5.x) and the ``eagle2`` recipe
 from __future__ import annotations
 
 import copy
-import itertools
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +64,13 @@ def test_other_layouts_and_models_rejected(standin):
     _, model, _ = standin
     m = copy.deepcopy(model)
     m.vision_model.vision_model.moe_version_type = "seq_concat"
-    with pytest.raises(MaskError, match="supported fusion layouts are None / 'all_tiling' and 'convnext_512_siglip_448'"):
+    with pytest.raises(MaskError, match="fusion layouts are None / 'all_tiling' and 'convnext_512_siglip_448'"):
         ADAPTER.encoders(m)
+    if layout_of(model) == "convnext_512_siglip_448":
+        wrong = copy.deepcopy(model)
+        wrong.mlp1[0] = torch.nn.LayerNorm(40)
+        with pytest.raises(MaskError, match=r"LayerNorm spans 40 channels, the towers give convnext 10 \+ 4 x siglip 6"):
+            ADAPTER.encoders(wrong)
     single = copy.deepcopy(model)
     single.vision_model = torch.nn.Linear(2, 2)
     with pytest.raises(MaskError, match="only the multi-backbone"):
@@ -169,7 +173,8 @@ def test_zero_is_at_the_layernorm_input_not_removal(standin, pixels, name):
     expected = (-mean / torch.sqrt(var + ln.eps)) * ln.weight[cols] + ln.bias[cols]
     assert torch.allclose(captured["out"][..., cols], expected, atol=1e-5)
     assert (captured["out"][..., cols].abs() > 0).any()
-    kept = torch.nn.functional.layer_norm(x[..., ~cols], (int((~cols).sum()),), ln.weight[~cols], ln.bias[~cols], ln.eps)
+    kept = torch.nn.functional.layer_norm(x[..., ~cols], (int((~cols).sum()),), ln.weight[~cols], ln.bias[~cols],
+                                          ln.eps)
     assert not torch.allclose(captured["out"][..., ~cols], kept, atol=1e-3)
 
 
@@ -358,7 +363,8 @@ def test_engine_sweep_equals_vlmevalkit_inference(layout, tmp_path, monkeypatch)
     monkeypatch.setenv("PRED_FORMAT", "xlsx")
     cls = wrapper_class(layout)
     base, chosen = get_base("eagle2_9b"), entries(base="eagle2_9b")
-    rep = run_sweep(base, chosen, [ds], str(tmp_path / "sweep"), progress=False, model=cls(encred_base=base.name, **GEN))
+    rep = run_sweep(base, chosen, [ds], str(tmp_path / "sweep"), progress=False,
+                    model=cls(encred_base=base.name, **GEN))
     d = rep.datasets[0]
     assert d.encoder_calls == {"siglip": 3, "convnext": 3} and d.decode_calls == 3
     seen = set()
