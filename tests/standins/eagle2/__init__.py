@@ -16,5 +16,5 @@ names, class names, attributes and forward contracts, for both fusion layouts of
 Sizes are tiny (28-pixel tiles, SigLIP patch 7 -> grid 4, one token grid of 2 x 2
 after the shuffle), the weights random, the language model a real
 ``transformers`` ``Qwen2ForCausalLM`` of two small layers.  What differs from the
-real files is listed in ``tiny.py``.
+real files is listed in ``tiny.py`` (sizes) and ``modeling_eagle_chat.py`` (behaviour).
 """
