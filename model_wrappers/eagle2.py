@@ -1,24 +1,47 @@
-"""Eagle2-9B: encoder masking for the channel-concatenated SigLIP + ConvNeXt vision model.
+"""Eagle2-9B: encoder masking, NVIDIA's tiling and sweep support for the SigLIP + ConvNeXt model.
 
-Upstream (nvidia/Eagle2-9B remote code): ``model.vision_model.vision_model`` is a
-``MultiBackboneChannelConcatenationVisionTower`` (same class pattern as Eagle-1)
-whose ``vision_towers`` ModuleList follows ``config.vision_config.vision_tower``
-(names joined by ``;``).  Each tile is resized per tower; outputs are brought to
-a ``grid_size`` x ``grid_size`` map (bilinear) and concatenated on channels;
-``extract_feature`` then pixel-shuffles (0.5) and applies ``mlp1`` =
-LayerNorm, Linear, GELU, Linear.
+Upstream (nvidia/Eagle2-9B remote code, ``trust_remote_code``): ``model.vision_model``
+(``MultiBackboneChannelConcatenationVisionModel``) holds ``.vision_model``, a
+``MultiBackboneChannelConcatenationVisionTower`` whose ``vision_towers`` ModuleList
+follows ``config.vision_config.vision_tower`` (names joined by ``;``).  Each tile is
+resized to every tower's ``input_image_size``.  What happens next depends on
+``vision_config.moe_version_type`` -- NVIDIA's code knows two fusion layouts and
+this adapter accepts both:
 
-Hook point: a masked tower in ``vision_towers`` is replaced by :class:`ZeroTower`,
-which returns zeros of shape (tiles, grid**2, hidden_size) without running
-anything.  Upstream uses such an output as is (no interpolation), and
-interpolating zeros would give the same zeros, so the concatenation is exactly
-the zero-fill of the paper.  The tower ModuleList sees every tile of the
-dynamic tiling *and* the thumbnail in one batch, so the mask applies to all of
-them by construction.
+``None`` / ``"all_tiling"``
+    every tower's tokens are brought to one ``grid_size`` x ``grid_size`` map
+    (a ``(b, grid**2, c)`` output as is, others by bilinear interpolation) and
+    concatenated on channels; ``extract_feature`` pixel-shuffles the result
+    (0.5: 4 neighbouring tokens -> one token of 4x the channels) and applies
+    ``mlp1`` = LayerNorm, Linear, GELU, Linear.
+``"convnext_512_siglip_448"`` (the default of NVIDIA's Eagle2 vision config, named
+after Eagle2-9B's towers)
+    the tower returns ``{tower.name: tokens}``; only SigLIP (448 px, 32x32 tokens)
+    is pixel-shuffled, then ``torch.cat([siglip, convnext], -1)`` with ConvNeXt's
+    16x16 tokens at 512 px, and ``mlp1`` whose LayerNorm spans
+    ``convnext + 4 * siglip`` channels.
 
-Only ``zero`` is offered.  ``drop`` is not: the first layer after the
-concatenation is a LayerNorm over all (pixel-shuffled) channels, so zero
-channels still enter its mean and variance; no reweighting of the following
+Masking (mode ``zero``, both layouts): a masked tower's slot in ``vision_towers``
+holds a :class:`ZeroTower` -- no weights, never runs the tower -- that returns
+zeros of the tower's own output shape at the fusion point (``(tiles, grid**2, c)``
+in ``all_tiling``; ``(tiles, grid**2, c_siglip)`` for SigLIP and
+``(tiles, (grid/2)**2, c_convnext)`` for ConvNeXt in ``convnext_512_siglip_448``).
+Upstream interpolation and pixel shuffle only move or average values, so the
+zeros reach the concatenation as zeros: the result equals running the tower and
+zeroing its output (the paper's zero-fill; checked in tests/test_eagle2.py).
+Every tile and the thumbnail go through ``vision_towers`` in one batch, so the
+mask applies to all of them.
+
+What "zero" means after the LayerNorm-first ``mlp1`` (both layouts): the masked
+tower's channels are zero at the LayerNorm's *input*.  The LayerNorm's mean and
+variance are then taken over all channels, zeros included, so (i) the kept
+tower's normalised values change (they are divided by a different standard
+deviation and shifted by a different mean), and (ii) the masked tower's
+channels leave the LayerNorm as ``-mean/std * gamma + beta``, not zero.  In
+``convnext_512_siglip_448`` a masked SigLIP is 4 x 1152 = 4608 zero channels per
+token (all four shuffled neighbours), a masked ConvNeXt 3072; in ``all_tiling``
+each is 4 x its channels.  This is zero-fill *at the fusion point*, not
+removal: ``drop`` is not offered because no reweighting of the following
 Linear removes a tower exactly, and normalising over the kept channels only
 would feed ``mlp1`` statistics it was never trained on.
 
@@ -28,10 +51,9 @@ Importing this module imports neither the remote code nor ``vlmeval``.
 from __future__ import annotations
 
 import gc
-import json
-import os
+import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -40,6 +62,9 @@ from vlmeval_encred.masking import EncoderAdapter, EncoderInfo, MaskError, MaskS
 from vlmeval_encred.wrapper import lazy_wrapper_getattr
 
 FAMILY = "eagle2"
+ALL_TILING = "all_tiling"
+CONVNEXT_512_SIGLIP_448 = "convnext_512_siglip_448"
+LAYOUTS = (ALL_TILING, CONVNEXT_512_SIGLIP_448)
 
 
 def short_name(raw: str) -> str:
@@ -52,9 +77,13 @@ def short_name(raw: str) -> str:
 
 
 class ZeroTower(nn.Module):
-    """A masked tower's slot: zeros of its fused shape, no weights, nothing run."""
+    """A masked tower's slot: zeros of its output shape, no weights, nothing run.
 
-    def __init__(self, name: str, hidden_size: int, input_image_size: int, num_tokens: int, dtype: torch.dtype) -> None:
+    Keeps the attributes the channel-concatenation tower reads (``name`` -- the key
+    of the ``convnext_512_siglip_448`` dict --, ``input_image_size``, ``hidden_size``)."""
+
+    def __init__(self, name: str, hidden_size: int, input_image_size: int, num_tokens: int,
+                 dtype: torch.dtype) -> None:
         super().__init__()
         self.name, self._hidden, self.input_image_size = name, hidden_size, input_image_size
         self.num_tokens, self.dtype = num_tokens, dtype
@@ -70,6 +99,7 @@ class ZeroTower(nn.Module):
 @dataclass
 class _State:
     masked: tuple[str, ...]
+    layout: str
     freed: int = 0
 
 
@@ -82,6 +112,27 @@ def _concat_tower(model: Any) -> Any:
     return inner
 
 
+def layout_of(model: Any) -> str:
+    """The fusion layout of a loaded Eagle2 model: ``all_tiling`` or ``convnext_512_siglip_448``."""
+    tower = _concat_tower(model)
+    cfg = getattr(getattr(model, "config", None), "vision_config", None)
+    kind = getattr(tower, "moe_version_type", getattr(cfg, "moe_version_type", None))
+    if kind in (None, ALL_TILING):
+        return ALL_TILING
+    if kind == CONVNEXT_512_SIGLIP_448:
+        return kind
+    raise MaskError(f"Eagle2 vision_config.moe_version_type={kind!r}: supported fusion layouts are None / "
+                    f"'{ALL_TILING}' and '{CONVNEXT_512_SIGLIP_448}' (NVIDIA's code raises NotImplementedError "
+                    "for 'seq_concat' and 'feat_concat' at inference)")
+
+
+def _downsample(model: Any) -> float:
+    r = getattr(model, "downsample_ratio", None)
+    if r is None:
+        r = getattr(getattr(model, "config", None), "downsample_ratio", 0.5)
+    return float(r)
+
+
 class Eagle2Adapter(EncoderAdapter):
     family = FAMILY
     modes = ("zero",)
@@ -89,32 +140,48 @@ class Eagle2Adapter(EncoderAdapter):
 
     def encoders(self, model: Any) -> list[EncoderInfo]:
         tower = _concat_tower(model)
-        if getattr(tower, "moe_version_type", None) not in (None, "all_tiling"):
-            raise MaskError(f"Eagle2 moe_version_type={tower.moe_version_type!r}: only the default channel "
-                            "concatenation (None / 'all_tiling') is supported")
+        layout = layout_of(model)
         raw = getattr(getattr(getattr(model, "config", None), "vision_config", None), "vision_tower", None)
         names_raw = raw.split(";") if isinstance(raw, str) else [getattr(t, "name", "") for t in tower.vision_towers]
         if len(names_raw) != len(tower.vision_towers):
             raise MaskError(f"Eagle2 config vision_tower={raw!r} names {len(names_raw)} towers but the model has "
                             f"{len(tower.vision_towers)}")
-        grid = int(tower.grid_size) ** 2
-        return [EncoderInfo(short_name(r), i, (grid, int(t.hidden_size)), t, count_params(t))
-                for i, (r, t) in enumerate(zip(names_raw, tower.vision_towers))]
+        grid = int(tower.grid_size)
+        infos = []
+        if layout == ALL_TILING:
+            for i, (r, t) in enumerate(zip(names_raw, tower.vision_towers)):
+                infos.append(EncoderInfo(short_name(r), i, (grid * grid, int(t.hidden_size)), t, count_params(t)))
+            return infos
+        # convnext_512_siglip_448: extract_feature reads the dict by the towers' own names.
+        keys = [getattr(t, "name", None) for t in tower.vision_towers]
+        if sorted(keys) != ["convnext", "siglip"]:
+            raise MaskError(f"Eagle2 layout {CONVNEXT_512_SIGLIP_448!r} needs exactly the towers named 'siglip' and "
+                            f"'convnext' (extract_feature reads them by name); this model has {keys}")
+        r = _downsample(model)
+        shuffled = int(round(grid * r)) ** 2
+        widths = {k: int(t.hidden_size) for k, t in zip(keys, tower.vision_towers)}
+        expect = widths["convnext"] + widths["siglip"] * int(round(1 / r)) ** 2
+        mlp1 = getattr(model, "mlp1", None)
+        width = getattr(mlp1[0], "normalized_shape", None) if isinstance(mlp1, nn.Sequential) and len(mlp1) else None
+        if width and width[-1] != expect:
+            raise MaskError(f"Eagle2 {CONVNEXT_512_SIGLIP_448}: mlp1's LayerNorm spans {width[-1]} channels, "
+                            f"the towers give convnext {widths['convnext']} + 4 x siglip {widths['siglip']} = {expect}")
+        for i, (k, t) in enumerate(zip(keys, tower.vision_towers)):
+            tokens = grid * grid if k == "siglip" else shuffled
+            infos.append(EncoderInfo(k, i, (tokens, widths[k]), t, count_params(t)))
+        return infos
 
     def install(self, model: Any, spec: MaskSpec, infos: list[EncoderInfo]) -> None:
         if getattr(model, "_encred_eagle2", None) is not None:
             raise MaskError("a mask is already installed on this Eagle2 model")
         tower = _concat_tower(model)
-        st = _State(spec.masked)
+        st = _State(spec.masked, layout_of(model))
         for e in infos:
             if not spec.is_masked(e.name):
                 continue
             old = tower.vision_towers[e.index]
-            p = next(iter(old.parameters()), None)
-            dtype = p.dtype if p is not None else torch.float32
             st.freed += count_params(old)
-            tower.vision_towers[e.index] = ZeroTower(e.name, e.output_shape[1], int(old.input_image_size),
-                                                     e.output_shape[0], dtype)
+            tower.vision_towers[e.index] = zero_tower_for(old, e)
             e.module = None
             del old
         model._encred_eagle2 = st
@@ -126,58 +193,171 @@ class Eagle2Adapter(EncoderAdapter):
         return model._encred_eagle2.freed
 
 
+def zero_tower_for(tower: nn.Module, info: EncoderInfo) -> ZeroTower:
+    """The :class:`ZeroTower` that stands in for ``tower`` (same name, input size, output shape, dtype)."""
+    p = next(iter(tower.parameters()), None)
+    dtype = p.dtype if p is not None else getattr(tower, "dtype", torch.float32)
+    return ZeroTower(getattr(tower, "name", info.name), info.output_shape[1], int(tower.input_image_size),
+                     info.output_shape[0], dtype)
+
+
 ADAPTER = Eagle2Adapter()
 
 
-def dynamic_tiles(image: Any, tile: int = 448, min_num: int = 1, max_num: int = 12, thumbnail: bool = True) -> list:
-    """Split a PIL image into the grid of ``tile`` squares whose aspect ratio is closest to the image's
-    (ties: the larger grid if the image has the pixels for it), plus a thumbnail when more than one tile."""
-    w, h = image.size
-    ratio = w / h
-    grids = sorted({(i, j) for n in range(min_num, max_num + 1) for i in range(1, n + 1) for j in range(1, n + 1)
-                    if min_num <= i * j <= max_num}, key=lambda g: g[0] * g[1])
-    best, best_diff = (1, 1), float("inf")
-    for g in grids:
-        diff = abs(ratio - g[0] / g[1])
-        if diff < best_diff or (diff == best_diff and w * h > 0.5 * tile * tile * g[0] * g[1]):
-            best, best_diff = g, diff
-    cols, rows = best
-    resized = image.resize((tile * cols, tile * rows))
-    tiles = [resized.crop((c * tile, r * tile, (c + 1) * tile, (r + 1) * tile)) for r in range(rows) for c in range(cols)]
+# --- tiling: NVIDIA's evaluation rule (default) and the InternVL rule ----------------------------------
+
+TILING_RULES = ("nvidia", "internvl")
+
+
+def _grids(min_num: int, max_num: int) -> list[tuple[int, int]]:
+    """(columns, rows) with min_num <= columns * rows <= max_num, fewest tiles first."""
+    found = {(c, r) for n in range(min_num, max_num + 1) for c in range(1, n + 1) for r in range(1, n + 1)
+             if min_num <= c * r <= max_num}
+    return sorted(found, key=lambda g: g[0] * g[1])
+
+
+def choose_grid(width: int, height: int, tile: int = 448, min_num: int = 1, max_num: int = 6,
+                rule: str = "nvidia") -> tuple[int, int]:
+    """The (columns, rows) tile grid for an image of ``width`` x ``height`` pixels.
+
+    ``nvidia`` (Eagle2's evaluation code): score each grid by
+    ``min(grid area / image area, 0.6) * min(r_grid / r_image, r_image / r_grid)`` --
+    covering 60 % of the image's pixels counts as enough, beyond that only the aspect
+    ratio matters -- and keep the first best (grids in order of tile count).
+    ``internvl``: the grid whose aspect ratio is closest; on a tie the larger grid if
+    the image has more than half its pixels.
+    """
+    ratio = width / height
+    area = width * height
+    best = (1, 1)
+    if rule == "nvidia":
+        best_score = float("-inf")
+        for c, r in _grids(min_num, max_num):
+            score = min(c * r * tile * tile / area, 0.6) * min((c / r) / ratio, ratio / (c / r))
+            if score > best_score:
+                best, best_score = (c, r), score
+        return best
+    if rule == "internvl":
+        best_diff = float("inf")
+        for c, r in _grids(min_num, max_num):
+            diff = abs(ratio - c / r)
+            if diff < best_diff or (diff == best_diff and area > 0.5 * tile * tile * c * r):
+                best, best_diff = (c, r), diff
+        return best
+    raise ValueError(f"tiling rule {rule!r}: expected one of {', '.join(TILING_RULES)}")
+
+
+def dynamic_tiles(image: Any, tile: int = 448, min_num: int = 1, max_num: int = 6, thumbnail: bool = True,
+                  rule: str = "nvidia", upscale: bool = False) -> list:
+    """Split a PIL image into ``tile`` squares on the grid :func:`choose_grid` picks, plus a
+    thumbnail of the whole image when there is more than one tile.
+
+    Resizing is bicubic (what NVIDIA's evaluation and InternVL use); ``upscale`` first
+    doubles the image (bilinear), as NVIDIA's Eagle2 evaluation does for most datasets."""
+    from PIL import Image
+
+    if upscale:
+        image = image.resize((image.width * 2, image.height * 2), Image.BILINEAR)
+    cols, rows = choose_grid(image.width, image.height, tile, min_num, max_num, rule)
+    resized = image.resize((tile * cols, tile * rows), Image.BICUBIC)
+    tiles = [resized.crop((c * tile, r * tile, (c + 1) * tile, (r + 1) * tile))
+             for r in range(rows) for c in range(cols)]
     if thumbnail and len(tiles) > 1:
-        tiles.append(image.resize((tile, tile)))
+        tiles.append(image.resize((tile, tile), Image.BICUBIC))
     return tiles
+
+
+@dataclass(frozen=True)
+class TilePolicy:
+    """How one dataset's images are tiled (see :func:`tile_policy`)."""
+
+    rule: str = "nvidia"
+    max_num: int = 6
+    upscale: bool = False
+
+
+def _matches(dataset: str | None, names: Iterable[str]) -> bool:
+    return dataset is not None and any(n in dataset for n in names)  # substring match, as VLMEvalKit's listinstr
+
+
+def tile_policy(dataset: str | None, *, tiling: str = "nvidia", max_num: int | None = None,
+                max_num_by_dataset: Sequence[Sequence[Any]] = (), upscale: bool | None = None,
+                no_upscale_datasets: Iterable[str] = ()) -> TilePolicy:
+    """The tiling of ``dataset``'s images.
+
+    ``tiling="nvidia"``: the area-aware rule; ``max_num`` from the first row of
+    ``max_num_by_dataset`` (``[[max_num, [dataset name parts...]], ...]``) whose names
+    occur in the dataset name, else ``max_num`` (default 6); images doubled first
+    unless the dataset is in ``no_upscale_datasets`` (``upscale`` forces either way).
+    ``tiling="internvl"``: the InternVL aspect-ratio rule with ``max_num`` (default 12),
+    no table, no upscaling -- this package's tiling before NVIDIA's became the default.
+    """
+    if tiling == "internvl":
+        return TilePolicy("internvl", int(max_num or 12), bool(upscale))
+    if tiling != "nvidia":
+        raise ValueError(f"Eagle2 tiling={tiling!r}: expected one of {', '.join(TILING_RULES)}")
+    n = None
+    for row in max_num_by_dataset:
+        if len(row) != 2 or not isinstance(row[1], (list, tuple)):
+            raise ValueError(f"Eagle2 max_num_by_dataset row {row!r}: expected [max_num, [dataset names]]")
+        if _matches(dataset, row[1]):
+            n = int(row[0])
+            break
+    if n is None:
+        n = int(max_num or 6)
+    up = (not _matches(dataset, no_upscale_datasets)) if upscale is None else bool(upscale)
+    return TilePolicy("nvidia", n, up)
+
+
+def pixel_values(tiles: list, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(tiles, 3, H, W) float32: pixels / 255, then (x - mean) / std per channel (torchvision's ToTensor+Normalize)."""
+    import numpy as np
+
+    m = torch.tensor(list(mean), dtype=torch.float32).view(3, 1, 1)
+    s = torch.tensor(list(std), dtype=torch.float32).view(3, 1, 1)
+    return torch.stack([(torch.from_numpy(np.asarray(t.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+                         - m) / s for t in tiles])
 
 
 def _build_wrapper() -> type:
     from PIL import Image
     from vlmeval.vlm.base import BaseModel
 
-    from vlmeval_encred.wrapper import EncredMixin
+    from vlmeval_encred.wrapper import EncredMixin, resolve_dtype
 
     class EncredEagle2(EncredMixin, BaseModel):
         """Eagle2-9B through its remote code's ``chat``; greedy by default.
 
-        Keywords: ``max_num`` tiles (12), ``image_mean``/``image_std`` (else the checkpoint's
-        preprocessor_config.json, else 0.5), generation settings.
+        Preprocessing keywords (defaults follow NVIDIA's Eagle2 VLMEvalKit wrapper):
+        ``tiling`` (``"nvidia"``: area-aware tile choice; ``"internvl"``: the older
+        aspect-ratio rule with ``max_num`` 12), ``max_num`` (default when no table row
+        matches), ``max_num_by_dataset`` (``[[n, [names]], ...]``, first match wins),
+        ``upscale`` / ``no_upscale_datasets``, ``image_size`` (tile side; else the
+        config's ``force_image_size``, else 448), ``image_mean``/``image_std`` (0.5:
+        SigLIP normalisation, what NVIDIA uses for the MOB vision model).
+        Loading: ``torch_dtype`` (bfloat16), ``device`` (cuda when available).
         """
 
         INSTALL_REQ = False
         INTERLEAVE = False
         adapter = ADAPTER
 
-        def __init__(self, model_path: str = "nvidia/Eagle2-9B", **kwargs: Any) -> None:
-            from transformers import AutoModel, AutoTokenizer
-
+        def __init__(self, model_path: str = "nvidia/Eagle2-9B", torch_dtype: Any = "bfloat16",
+                     device: str | None = None, tiling: str = "nvidia", max_num: int | None = None,
+                     max_num_by_dataset: Sequence[Sequence[Any]] = (), upscale: bool | None = None,
+                     no_upscale_datasets: Sequence[str] = (), image_size: int | None = None,
+                     image_mean: Sequence[float] = (0.5, 0.5, 0.5), image_std: Sequence[float] = (0.5, 0.5, 0.5),
+                     **kwargs: Any) -> None:
             spec, base = self.pop_encred_kwargs(kwargs)
-            self.max_num = int(kwargs.pop("max_num", 12))
-            mean, std = kwargs.pop("image_mean", None), kwargs.pop("image_std", None)
-            self.model = AutoModel.from_pretrained(model_path, torch_dtype=torch.bfloat16, trust_remote_code=True,
-                                                   low_cpu_mem_usage=True).eval().cuda()
-            self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=True, use_fast=False)
-            if mean is None or std is None:
-                mean, std = self._norm_from_checkpoint(model_path)
-            self.mean, self.std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+            super().__init__()
+            self.tiling = dict(tiling=tiling, max_num=max_num, max_num_by_dataset=[list(r) for r in max_num_by_dataset],
+                               upscale=upscale, no_upscale_datasets=list(no_upscale_datasets))
+            tile_policy(None, **self.tiling)  # a bad table fails now, not at the first sample
+            if device is None:
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            self.model, self.tokenizer = self.load_checkpoint(model_path, resolve_dtype(torch_dtype), device)
+            self.tile = int(image_size or getattr(getattr(self.model, "config", None), "force_image_size", None) or 448)
+            self.mean, self.std = tuple(image_mean), tuple(image_std)
             self.gen_kwargs = self.generation_kwargs({"max_new_tokens": 1024}, kwargs)
             if base:
                 from vlmeval_encred.registry import get_base
@@ -188,29 +368,191 @@ def _build_wrapper() -> type:
             self.apply_mask(self.model, spec, base or model_path)
 
         @staticmethod
-        def _norm_from_checkpoint(model_path: str) -> tuple[list[float], list[float]]:
-            try:
-                from huggingface_hub import hf_hub_download
+        def load_checkpoint(model_path: str, dtype: torch.dtype, device: str) -> tuple[Any, Any]:
+            """(model, tokenizer) from the checkpoint and its remote code."""
+            from transformers import AutoModel, AutoTokenizer
 
-                path = model_path if os.path.isdir(model_path) else os.path.dirname(
-                    hf_hub_download(model_path, "preprocessor_config.json"))
-                with open(os.path.join(path, "preprocessor_config.json")) as f:
-                    cfg = json.load(f)
-                return list(cfg["image_mean"]), list(cfg["image_std"])
-            except Exception:
-                return [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+            model = AutoModel.from_pretrained(model_path, torch_dtype=dtype, trust_remote_code=True,
+                                              low_cpu_mem_usage=True).eval().to(device)
+            tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=True, use_fast=False)
+            return model, tokenizer
+
+        def tile_policy(self, dataset: str | None) -> TilePolicy:
+            return tile_policy(dataset, **self.tiling)
+
+        def build_inputs(self, message: list[dict[str, Any]], dataset: str | None = None) -> tuple[torch.Tensor, str]:
+            """(pixel values of every tile and the thumbnail, prompt) -- what ``chat`` receives."""
+            prompt, image_path = self.message_to_promptimg(message, dataset=dataset)
+            pol = self.tile_policy(dataset)
+            with Image.open(image_path) as im:
+                tiles = dynamic_tiles(im.convert("RGB"), tile=self.tile, max_num=pol.max_num, rule=pol.rule,
+                                      upscale=pol.upscale)
+            p = self.model.mlp1[1].weight
+            return pixel_values(tiles, self.mean, self.std).to(device=p.device, dtype=p.dtype), prompt
 
         def generate_inner(self, message, dataset=None):
-            import numpy as np
-
-            prompt, image_path = self.message_to_promptimg(message, dataset=dataset)
-            tiles = dynamic_tiles(Image.open(image_path).convert("RGB"), max_num=self.max_num)
-            px = torch.stack([(torch.from_numpy(np.asarray(t, dtype=np.float32) / 255.0).permute(2, 0, 1)
-                               - self.mean) / self.std for t in tiles]).to(torch.bfloat16).cuda()
+            px, prompt = self.build_inputs(message, dataset)
             return self.model.chat(self.tokenizer, px, prompt, dict(self.gen_kwargs)).strip()
 
     EncredEagle2.__module__ = __name__
+    EncredEagle2.sweep_support = Eagle2Sweep()
     return EncredEagle2
+
+
+# --- encred sweep support: share encoder outputs across every subset of a sample ---------------------
+# :class:`~vlmeval_encred.sweep.protocol.SweepSupport` for ``EncredEagle2`` (both fusion layouts).
+#
+# * ``prepare``: the wrapper's ``build_inputs`` (tiles, pixel values, prompt: what
+#   ``generate_inner`` hands to ``chat``).
+# * ``encode``: the upstream vision tower's own ``forward`` on those pixels, with the
+#   towers not asked for replaced by :class:`ZeroTower` and forward hooks keeping
+#   each asked tower's output (the tensor masking replaces by zeros).
+# * ``fuse_and_generate``: per subset, the towers are swapped for replays of the kept
+#   outputs and :class:`ZeroTower` for the masked ones, and the model's own
+#   ``extract_feature`` runs (resize, interpolation, concatenation, pixel shuffle,
+#   ``mlp1`` exactly as in a per-variant run, same batch); the prompt is built as
+#   ``chat`` builds it; then one ``generate`` over all subsets with the features
+#   given as ``visual_features`` (the remote code's own entry for pre-computed
+#   features) -- or, with ``Eagle2Sweep(batched_decode=False)``, one ``generate``
+#   per subset.  Rows are cut after their first end-of-sequence token: in a batch a
+#   row that finished early goes on with padding where a batch of one stops.
+
+
+class _Replay(nn.Module):
+    """A tower slot that returns a recorded output (for the sweep's per-subset fusion)."""
+
+    def __init__(self, tower: nn.Module, output: torch.Tensor) -> None:
+        super().__init__()
+        self.name, self.input_image_size = getattr(tower, "name", ""), tower.input_image_size
+        self._hidden, self.output = tower.hidden_size, output
+
+    @property
+    def hidden_size(self) -> int:
+        return self._hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != self.output.shape[0]:
+            raise RuntimeError(f"sweep replay: {x.shape[0]} tiles in, {self.output.shape[0]} recorded")
+        return self.output
+
+
+class _Swapped:
+    """Context manager: put other modules in ``vision_towers`` slots, restore them afterwards."""
+
+    def __init__(self, towers: nn.ModuleList, replace: Mapping[int, nn.Module]) -> None:
+        self.towers, self.replace, self.saved = towers, replace, {}
+
+    def __enter__(self) -> None:
+        for i, m in self.replace.items():
+            self.saved[i] = self.towers[i]
+            self.towers[i] = m
+
+    def __exit__(self, *exc: Any) -> None:
+        for i, m in self.saved.items():
+            self.towers[i] = m
+
+
+def _eos_cut(row: torch.Tensor, eos: int | None) -> torch.Tensor:
+    if eos is not None:
+        hits = (row == eos).nonzero()
+        if len(hits):
+            return row[: int(hits[0]) + 1]
+    return row
+
+
+class Eagle2Sweep:
+    """SweepSupport of the Eagle2 family (see the comment block above)."""
+
+    def __init__(self, batched_decode: bool = True) -> None:
+        self.batched_decode = batched_decode
+
+    def prepare(self, wrapper: Any, message: list[dict[str, Any]], dataset: str | None) -> Any:
+        px, prompt = wrapper.build_inputs(message, dataset)
+        return {"pixel_values": px, "prompt": prompt}
+
+    @staticmethod
+    def _infos(wrapper: Any) -> dict[str, EncoderInfo]:
+        return {e.name: e for e in ADAPTER.encoders(wrapper.model)}
+
+    def encode(self, wrapper: Any, inputs: Any, encoders: Sequence[str]) -> dict[str, torch.Tensor]:
+        tower = _concat_tower(wrapper.model)
+        infos = self._infos(wrapper)
+        unknown = [n for n in encoders if n not in infos]
+        if unknown:
+            raise ValueError(f"Eagle2 sweep: no encoder {unknown}; have {list(infos)}")
+        out: dict[str, torch.Tensor] = {}
+        handles = []
+        for n in encoders:
+            t = tower.vision_towers[infos[n].index]
+            if isinstance(t, ZeroTower):
+                raise ValueError(f"Eagle2 sweep: encoder {n!r} was masked when the model was loaded")
+            handles.append(t.register_forward_hook(lambda _m, _i, o, _n=n: out.__setitem__(_n, o)))
+        skip = {e.index: zero_tower_for(tower.vision_towers[e.index], e) for n, e in infos.items()
+                if n not in encoders and not isinstance(tower.vision_towers[e.index], ZeroTower)}
+        try:
+            with _Swapped(tower.vision_towers, skip), torch.inference_mode():
+                wrapper.model.vision_model(pixel_values=inputs["pixel_values"])
+        finally:
+            for h in handles:
+                h.remove()
+        return out
+
+    def fuse_and_generate(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]],
+                          mask_mode: str) -> list[str]:
+        if mask_mode != "zero":
+            raise ValueError(f"Eagle2 supports mask mode 'zero' only, not {mask_mode!r}")
+        model, tok = wrapper.model, wrapper.tokenizer
+        tower = _concat_tower(model)
+        infos = self._infos(wrapper)
+        px = inputs["pixel_values"]
+        feats = []
+        with torch.inference_mode():
+            for subset in features_per_subset:
+                slots = {}
+                for n, e in infos.items():
+                    t = tower.vision_towers[e.index]
+                    f = subset.get(n)
+                    slots[e.index] = _Replay(t, f) if f is not None else (
+                        t if isinstance(t, ZeroTower) else zero_tower_for(t, e))
+                with _Swapped(tower.vision_towers, slots):
+                    feats.append(model.extract_feature(px))
+        ids, mask, sep, eos = self._query(model, tok, inputs["prompt"], px.shape[0])
+        gen = dict(wrapper.gen_kwargs, eos_token_id=eos)
+        rows: list[torch.Tensor] = []
+        with torch.inference_mode():
+            if self.batched_decode:
+                s = len(feats)
+                out = model.generate(pixel_values=px, input_ids=ids.repeat(s, 1), attention_mask=mask.repeat(s, 1),
+                                     visual_features=torch.cat(feats, 0), **gen)
+                rows = list(out)
+            else:
+                for f in feats:
+                    rows.append(model.generate(pixel_values=px, input_ids=ids, attention_mask=mask,
+                                               visual_features=f, **gen)[0])
+        return [tok.decode(_eos_cut(r, eos), skip_special_tokens=True).split(sep)[0].strip() for r in rows]
+
+    @staticmethod
+    def _query(model: Any, tok: Any, prompt: str, tiles: int) -> tuple[torch.Tensor, torch.Tensor, str, int]:
+        """Token ids of the prompt ``chat`` would build for one image of ``tiles`` tiles, and its separator.
+
+        Uses the remote code's own ``get_conv_template`` (imported into the module that
+        defines the model class) and the same image-token layout as ``chat``."""
+        get_conv_template = getattr(sys.modules.get(type(model).__module__), "get_conv_template", None)
+        if get_conv_template is None:
+            raise MaskError(f"Eagle2 sweep: {type(model).__module__} has no get_conv_template; cannot build the "
+                            "prompt exactly as the model's chat() does")
+        model.img_context_token_id = tok.convert_tokens_to_ids("<IMG_CONTEXT>")
+        question = prompt if "<image>" in prompt else "<image>\n" + prompt
+        template = get_conv_template(model.template)
+        template.system_message = model.system_message
+        template.append_message(template.roles[0], question)
+        template.append_message(template.roles[1], None)
+        query = template.get_prompt().replace(
+            "<image>", "<img>" + "<IMG_CONTEXT>" * model.num_image_token * tiles + "</img>", 1)
+        enc = tok(query, return_tensors="pt")
+        dev = model.mlp1[1].weight.device
+        return (enc["input_ids"].to(dev), enc["attention_mask"].to(dev), template.sep,
+                tok.convert_tokens_to_ids(template.sep))
 
 
 __getattr__ = lazy_wrapper_getattr(__name__, "EncredEagle2", _build_wrapper)
