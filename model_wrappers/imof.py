@@ -17,7 +17,10 @@ Hook points (instance attributes; no upstream file edited):
 ``drop``  ``prepare_inputs_labels_for_multimodal_withdino`` becomes the fork's
           own single-tower ``prepare_inputs_labels_for_multimodal`` with
           ``encode_images`` bound to the kept tower and its projector: the
-          masked tower's tokens are removed (576 stay; 0 with both masked).
+          masked tower's tokens are removed (576 stay).  With both masked the
+          image placeholder is removed from the prompt and the fork's text-only
+          path runs (see :func:`_without_image_tokens`; the fork itself crashes
+          on zero image tokens).
 
 A masked tower is never run; it is replaced by :class:`ReleasedTower`
 (no parameters) and its weights are freed.  In ``drop`` its projector is
@@ -148,11 +151,13 @@ class IMoFAdapter(EncoderAdapter):
             llm_hidden = int(m.config.hidden_size)
             if kept:
                 model.encode_images = getattr(model, kept[0][3])
+                model.prepare_inputs_labels_for_multimodal_withdino = model.prepare_inputs_labels_for_multimodal
             else:
                 def no_tokens(self_: Any, images: torch.Tensor) -> torch.Tensor:
                     return images.new_zeros(images.shape[0], 0, llm_hidden)
                 model.encode_images = types.MethodType(no_tokens, model)
-            model.prepare_inputs_labels_for_multimodal_withdino = model.prepare_inputs_labels_for_multimodal
+                model.prepare_inputs_labels_for_multimodal_withdino = types.MethodType(
+                    _without_image_tokens(model.prepare_inputs_labels_for_multimodal), model)
             for name, _attr, proj_attr, _enc in _TOWERS:
                 if name in spec.masked:
                     st.freed_projector_params += count_params(getattr(m, proj_attr))
@@ -181,6 +186,47 @@ class IMoFAdapter(EncoderAdapter):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         return freed
+
+
+def _without_image_tokens(fork_prepare: Any) -> Any:
+    """``drop`` with every tower masked: the prompt loses its image placeholder(s) and runs as text.
+
+    The fork's single-tower ``prepare_inputs_labels_for_multimodal`` cannot express
+    zero image tokens: each placeholder is replaced by nothing, the sequence is one
+    token shorter than ``input_ids``, and its attention-mask padding (``new_len -
+    len(input_ids)`` positions) becomes negative (``negative dimension -1``).  Here the
+    placeholders are removed from ``input_ids``, ``attention_mask`` and ``labels``
+    first and the fork's own code runs on the result with ``images=None`` (its
+    text-only path).  Cached decode steps (one new token) still go through the
+    fork's code with the images, which sizes the attention mask from the cache."""
+    def prepare(self_: Any, input_ids: torch.Tensor, attention_mask: Any, past_key_values: Any, labels: Any,
+                images: Any) -> Any:
+        from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
+        if images is None or input_ids.shape[1] == 1:
+            return fork_prepare(input_ids, attention_mask, past_key_values, labels, images)
+        keep = input_ids != IMAGE_TOKEN_INDEX
+        if bool(keep.all()):
+            return fork_prepare(input_ids, attention_mask, past_key_values, labels, images)
+        rows = [input_ids[i][keep[i]] for i in range(input_ids.shape[0])]
+        width = max(r.shape[0] for r in rows)
+
+        def cut(t: Any, fill: Any) -> Any:
+            if t is None:
+                return None
+            out = t.new_full((t.shape[0], width), fill)
+            for i in range(t.shape[0]):  # right padding, as the fork pads rows of unequal length
+                kept = t[i][keep[i]]
+                out[i, :kept.shape[0]] = kept
+            return out
+
+        ids = cut(input_ids, 0)
+        mask = cut(attention_mask, 0)
+        if mask is not None:
+            for i, r in enumerate(rows):
+                mask[i, r.shape[0]:] = 0
+        return fork_prepare(ids, mask, past_key_values, cut(labels, IGNORE_INDEX), None)
+    return prepare
 
 
 def _zero_encoder(proj_attr: str, shape: tuple[int, int]):
