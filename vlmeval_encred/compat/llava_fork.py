@@ -58,7 +58,8 @@ def _tolerate_llava_config_name() -> Iterator[None]:
         if model_type == "llava" and model_type in CONFIG_MAPPING and CONFIG_MAPPING[model_type] is not config:
             skipped_registrations.append(f"AutoConfig.register('llava', {config.__module__}.{config.__qualname__})")
             return
-        original(model_type, config, exist_ok=exist_ok)
+        # transformers < 4.34 has no exist_ok keyword (the fork's pinned 4.31)
+        original(model_type, config, **({"exist_ok": True} if exist_ok else {}))
 
     AutoConfig.register = staticmethod(register)
     try:
