@@ -182,24 +182,33 @@ def test_vlmevalkit_entry_loads_masked_on_cpu(ck, hub, image):
     assert isinstance(answer, str)
 
 
-def _variants(ck, mode, new_tokens):
-    names = ("clip", "dinov2")
-    subsets = [c for k in range(3) for c in itertools.combinations(names, k)]
+SUBSETS = [(), ("clip",), ("dinov2",), ("clip", "dinov2")]
+NEW_TOKENS = 6
+
+
+@pytest.fixture(scope="module")
+def variants(ck, hub):
+    """mode -> the four entries of imof_13b loaded through supported_VLM (fp32, CPU), loaded once."""
     from vlmeval_encred.registry import get_base
 
     base = get_base("imof_13b")
-    return subsets, [_load(base.entry_name(s), ck, dtype="float32", mask_mode=mode, max_new_tokens=new_tokens,
-                           min_new_tokens=new_tokens) for s in subsets]
+    loaded: dict[str, list] = {}
+
+    def get(mode: str) -> list:
+        if mode not in loaded:
+            loaded[mode] = [_load(base.entry_name(s), ck, dtype="float32", mask_mode=mode,
+                                  max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS) for s in SUBSETS]
+        return loaded[mode]
+    return get
 
 
 @pytest.mark.parametrize("mode", ["zero", "drop"])
-def test_sweep_support_equals_per_variant_generate(ck, hub, image, mode):
+def test_sweep_support_equals_per_variant_generate(variants, image, mode):
     """Greedy, fp32, CPU: the sweep's batched answers equal each masked variant's generate_inner."""
     from vlmeval_encred.sweep.protocol import support_for
 
-    new = 6
-    subsets, variants = _variants(ck, mode, new)
-    full = variants[0]
+    loaded = variants(mode)
+    full = loaded[0]
     support = support_for(full)
     answers = []
     for q in ("Which option? A. cat B. dog", "What colour is the page?"):
@@ -207,14 +216,14 @@ def test_sweep_support_equals_per_variant_generate(ck, hub, image, mode):
         inputs = support.prepare(full, msg, None)
         feats = support.encode(full, inputs, ["clip", "dinov2"])
         got = support.fuse_and_generate(full, inputs, [{n: None if n in s else feats[n] for n in ("clip", "dinov2")}
-                                                       for s in subsets], mode)
-        want = [v.generate_inner(msg) for v in variants]
+                                                       for s in SUBSETS], mode)
+        want = [v.generate_inner(msg) for v in loaded]
         assert got == want, (mode, q)
         answers += got
     assert len(set(answers)) > 1, "answers do not depend on subset/prompt: the comparison would be vacuous"
 
 
-def test_sweep_engine_equals_vlmevalkit_inference(ck, hub, tmp_path, monkeypatch):
+def test_sweep_engine_equals_vlmevalkit_inference(variants, tmp_path, monkeypatch):
     """`encred sweep`'s engine on a VLMEvalKit dataset vs VLMEvalKit's own infer_data_job per variant."""
     from conftest import write_mcq_tsv
     from vlmeval.dataset import build_dataset
@@ -232,10 +241,10 @@ def test_sweep_engine_equals_vlmevalkit_inference(ck, hub, tmp_path, monkeypatch
     monkeypatch.setenv("PRED_FORMAT", "xlsx")
     base = get_base("imof_13b")
     chosen = entries(base="imof_13b")
-    _, variants = _variants(ck, "zero", 4)
-    rep = run_sweep(base, chosen, [ds], str(tmp_path / "sweep"), progress=False, model=variants[0])
+    loaded = variants("zero")
+    rep = run_sweep(base, chosen, [ds], str(tmp_path / "sweep"), progress=False, model=loaded[0])
     assert rep.datasets[0].encoder_calls == {"clip": 2, "dinov2": 2}
-    by_name = {base.entry_name(s): v for s, v in zip([(), ("clip",), ("dinov2",), ("clip", "dinov2")], variants)}
+    by_name = {base.entry_name(s): v for s, v in zip(SUBSETS, loaded)}
     for e in chosen:
         work = tmp_path / "ref" / e.name
         work.mkdir(parents=True)

@@ -111,7 +111,8 @@ def _source_on_path() -> str:
     return root
 
 
-def is_fork(module: Any) -> bool:
+def is_fork() -> bool:
+    """Whether the imported ``llava`` is the MMVP fork (its arch module has the interleaving method)."""
     arch = sys.modules.get("llava.model.llava_arch")
     return arch is not None and hasattr(getattr(arch, "LlavaMetaForCausalLM", None), FORK_METHOD)
 
@@ -131,7 +132,7 @@ def import_fork() -> Any:
             importlib.import_module("llava.model.llava_arch")
     else:
         where = "already imported"
-    if not is_fork(mod):
+    if not is_fork():
         raise ImportError(
             f"the `llava` package at {getattr(mod, '__file__', '?')} ({where}) is not the MMVP repository's LLaVA "
             f"fork (no LlavaMetaForCausalLM.{FORK_METHOD}); I-MoF needs github.com/tsb0601/MMVP's LLaVA folder: "
