@@ -32,6 +32,9 @@ from .checks import RealCodeSelfTest
 CLIP_ID = "openai/clip-vit-large-patch14-336"
 """The fork's CLIP tower id in the MoF checkpoint config (``mm_vision_tower``)."""
 _FAKE_REVISION = "0" * 40
+FORK_REQUIRES = {"transformers": ">=4.31,<4.45"}
+"""Where the fork's own code is verified: 4.31.0 (its pin) and 4.44.2 (recipe ``imof``).  The
+catalog entry asks for >=4.37 because VLMEvalKit itself does not import under 4.31."""
 
 
 @dataclass(frozen=True)
@@ -209,6 +212,9 @@ class IMoFSelfTest(RealCodeSelfTest):
         from vlmeval_encred.compat import llava_fork
         from vlmeval_encred.upstream import source_dir
 
+        from vlmeval_encred.recipes import check_requires
+
+        check_requires(FORK_REQUIRES, what="the MMVP fork (I-MoF)", recipe=self.recipe)
         llava = llava_fork.import_fork()
         source_dir("dinov2")
         return (f"MMVP fork llava from {Path(llava.__file__).parent}; transformers {transformers.__version__}; "
