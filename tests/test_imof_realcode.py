@@ -202,25 +202,34 @@ def variants(ck, hub):
     return get
 
 
-@pytest.mark.parametrize("mode", ["zero", "drop"])
-def test_sweep_support_equals_per_variant_generate(variants, image, mode):
-    """Greedy, fp32, CPU: the sweep's batched answers equal each masked variant's generate_inner."""
+@pytest.mark.parametrize("mode,batched", [("zero", True), ("drop", True), ("zero", False)])
+def test_sweep_support_equals_per_variant_generate(variants, image, mode, batched, monkeypatch):
+    """Greedy, fp32, CPU: the sweep's answers (batched over subsets, or one subset per generate)
+    equal each masked variant's generate_inner."""
     from vlmeval_encred.sweep.protocol import support_for
 
     loaded = variants(mode)
     full = loaded[0]
     support = support_for(full)
+    monkeypatch.setattr(support, "batched", batched)
+    calls, rows = [], []
+    real_generate = full.model.generate
+    monkeypatch.setattr(full.model, "generate", lambda *a, **k: calls.append(a[0].shape[0]) or real_generate(*a, **k))
     answers = []
     for q in ("Which option? A. cat B. dog", "What colour is the page?"):
         msg = [{"type": "image", "value": image}, {"type": "text", "value": q}]
         inputs = support.prepare(full, msg, None)
         feats = support.encode(full, inputs, ["clip", "dinov2"])
+        calls.clear()
         got = support.fuse_and_generate(full, inputs, [{n: None if n in s else feats[n] for n in ("clip", "dinov2")}
                                                        for s in SUBSETS], mode)
+        rows.append(list(calls))
         want = [v.generate_inner(msg) for v in loaded]
         assert got == want, (mode, q)
         answers += got
     assert len(set(answers)) > 1, "answers do not depend on subset/prompt: the comparison would be vacuous"
+    per_prompt = {("zero", True): [4], ("drop", True): [1, 2, 1], ("zero", False): [1, 1, 1, 1]}[(mode, batched)]
+    assert rows == [per_prompt] * 2  # rows per generate call: same-layout subsets share one batch
 
 
 def test_sweep_engine_equals_vlmevalkit_inference(variants, tmp_path, monkeypatch):
