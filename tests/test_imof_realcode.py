@@ -13,30 +13,30 @@ the wrapper's test-only ``device='cpu'`` / ``dtype='float32'``.
 from __future__ import annotations
 
 import copy
-import itertools
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
+from vlmeval_encred.masking import MaskSpec
+from vlmeval_encred.model_wrappers.imof import ADAPTER, ReleasedTower
+from vlmeval_encred.realcode import imof as rc
+from vlmeval_encred.upstream import UpstreamNotFound, source_dir
+
 pytestmark = pytest.mark.envs("imof")
 
-from vlmeval_encred.upstream import UpstreamNotFound  # noqa: E402
 
-try:
+@pytest.fixture(scope="module", autouse=True)
+def fork():
+    """The fork imported (through the compat layer) only when these tests run, not at collection."""
     from vlmeval_encred.compat.llava_fork import import_fork
-    from vlmeval_encred.realcode import imof as rc
 
-    import_fork()
-    from vlmeval_encred.upstream import source_dir
+    try:
+        source_dir("dinov2")
+        return import_fork()
+    except UpstreamNotFound as exc:  # outside CI only: CI runs with the snapshots present
+        pytest.skip(f"upstream source not found: {exc}")
 
-    source_dir("dinov2")
-except UpstreamNotFound as exc:  # outside CI only: CI runs with the snapshots present
-    pytest.skip(f"upstream source not found: {exc}", allow_module_level=True)
-
-from vlmeval_encred.masking import MaskSpec  # noqa: E402
-from vlmeval_encred.model_wrappers.imof import ADAPTER, ReleasedTower  # noqa: E402
 
 ST = rc.SELFTEST
 T, N = 7, ST.sizes.tokens  # prompt length (one image placeholder), tokens per tower
