@@ -57,6 +57,7 @@ for _name, _ckpt in [("cambrian1_phi3_3b", "nyu-visionx/cambrian-phi3-3b"), ("ca
 register_base(BaseModelSpec(
     name="imof_13b", family="imof", checkpoint="MMVP/MoF_Models", encoders=("clip", "dinov2"),
     wrapper="vlmeval_encred.model_wrappers.imof:EncredIMoF", modes=("zero", "drop"),
+    requires={"transformers": ">=4.37,<4.45"}, recipe="imof",
     description="I-MoF (MMVP LLaVA-1.5-13B fork): CLIP and DINOv2 tokens interleaved, own projectors"))
 
 # Eagle2: tiling as in NVIDIA's Eagle2 VLMEvalKit wrapper (Eagle2Chat.set_max_num / generate_v2):

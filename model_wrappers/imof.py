@@ -17,7 +17,10 @@ Hook points (instance attributes; no upstream file edited):
 ``drop``  ``prepare_inputs_labels_for_multimodal_withdino`` becomes the fork's
           own single-tower ``prepare_inputs_labels_for_multimodal`` with
           ``encode_images`` bound to the kept tower and its projector: the
-          masked tower's tokens are removed (576 stay; 0 with both masked).
+          masked tower's tokens are removed (576 stay).  With both masked the
+          image placeholder is removed from the prompt and the fork's text-only
+          path runs (see :func:`_without_image_tokens`; the fork itself crashes
+          on zero image tokens).
 
 A masked tower is never run; it is replaced by :class:`ReleasedTower`
 (no parameters) and its weights are freed.  In ``drop`` its projector is
@@ -47,6 +50,8 @@ from vlmeval_encred.wrapper import lazy_wrapper_getattr
 FAMILY = "imof"
 ENV_DINOV2_PATH = "ENCRED_DINOV2_PATH"
 ENV_DINOV2_WEIGHTS = "ENCRED_DINOV2_WEIGHTS"
+IMAGE_TOKEN_INDEX = -200  # llava.constants.IMAGE_TOKEN_INDEX of the fork (checked by tests/test_imof_realcode.py)
+IGNORE_INDEX = -100  # llava.constants.IGNORE_INDEX
 _TOWERS = (("clip", "vision_tower", "mm_projector", "encode_images_withclip"),
            ("dinov2", "dino_tower", "dino_mm_projector", "encode_images_withdino"))
 
@@ -148,11 +153,13 @@ class IMoFAdapter(EncoderAdapter):
             llm_hidden = int(m.config.hidden_size)
             if kept:
                 model.encode_images = getattr(model, kept[0][3])
+                model.prepare_inputs_labels_for_multimodal_withdino = model.prepare_inputs_labels_for_multimodal
             else:
                 def no_tokens(self_: Any, images: torch.Tensor) -> torch.Tensor:
                     return images.new_zeros(images.shape[0], 0, llm_hidden)
                 model.encode_images = types.MethodType(no_tokens, model)
-            model.prepare_inputs_labels_for_multimodal_withdino = model.prepare_inputs_labels_for_multimodal
+                model.prepare_inputs_labels_for_multimodal_withdino = types.MethodType(
+                    _without_image_tokens(model.prepare_inputs_labels_for_multimodal), model)
             for name, _attr, proj_attr, _enc in _TOWERS:
                 if name in spec.masked:
                     st.freed_projector_params += count_params(getattr(m, proj_attr))
@@ -181,6 +188,45 @@ class IMoFAdapter(EncoderAdapter):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         return freed
+
+
+def _without_image_tokens(fork_prepare: Any) -> Any:
+    """``drop`` with every tower masked: the prompt loses its image placeholder(s) and runs as text.
+
+    The fork's single-tower ``prepare_inputs_labels_for_multimodal`` cannot express
+    zero image tokens: each placeholder is replaced by nothing, the sequence is one
+    token shorter than ``input_ids``, and its attention-mask padding (``new_len -
+    len(input_ids)`` positions) becomes negative (``negative dimension -1``).  Here the
+    placeholders are removed from ``input_ids``, ``attention_mask`` and ``labels``
+    first and the fork's own code runs on the result with ``images=None`` (its
+    text-only path).  Cached decode steps (one new token) still go through the
+    fork's code with the images, which sizes the attention mask from the cache."""
+    def prepare(self_: Any, input_ids: torch.Tensor, attention_mask: Any, past_key_values: Any, labels: Any,
+                images: Any) -> Any:
+        if images is None or input_ids.shape[1] == 1:
+            return fork_prepare(input_ids, attention_mask, past_key_values, labels, images)
+        keep = input_ids != IMAGE_TOKEN_INDEX
+        if bool(keep.all()):
+            return fork_prepare(input_ids, attention_mask, past_key_values, labels, images)
+        rows = [input_ids[i][keep[i]] for i in range(input_ids.shape[0])]
+        width = max(r.shape[0] for r in rows)
+
+        def cut(t: Any, fill: Any) -> Any:
+            if t is None:
+                return None
+            out = t.new_full((t.shape[0], width), fill)
+            for i in range(t.shape[0]):  # right padding, as the fork pads rows of unequal length
+                kept = t[i][keep[i]]
+                out[i, :kept.shape[0]] = kept
+            return out
+
+        ids = cut(input_ids, 0)
+        mask = cut(attention_mask, 0)
+        if mask is not None:
+            for i, r in enumerate(rows):
+                mask[i, r.shape[0]:] = 0
+        return fork_prepare(ids, mask, past_key_values, cut(labels, IGNORE_INDEX), None)
+    return prepare
 
 
 def _zero_encoder(proj_attr: str, shape: tuple[int, int]):
@@ -254,6 +300,9 @@ def _build_wrapper() -> type:
         Keywords: ``model_path`` (the MoF checkpoint directory or hub id), ``model_name``
         (must contain 'llava' for the fork's builder), ``conv_mode`` (``vicuna_v1``),
         ``dinov2_path`` / ``dinov2_weights`` (see :func:`local_dinov2`), generation settings.
+        For the CPU tests only: ``device='cpu'`` (the fork's builder moves DINOv2 to CUDA
+        unconditionally; :func:`~vlmeval_encred.compat.llava_fork.dino_tower_device` redirects
+        that move) and ``dtype='float32'`` (the builder loads float16; this casts afterwards).
         """
 
         INSTALL_REQ = True
@@ -261,17 +310,27 @@ def _build_wrapper() -> type:
         adapter = ADAPTER
 
         def __init__(self, model_path: str = "MMVP/MoF_Models", **kwargs: Any) -> None:
+            spec, base = self.pop_encred_kwargs(kwargs)
+            from vlmeval_encred.compat.llava_fork import dino_tower_device, import_fork
+
+            import_fork()
             from llava.mm_utils import get_model_name_from_path
             from llava.model.builder import load_pretrained_model
 
-            spec, base = self.pop_encred_kwargs(kwargs)
             name = kwargs.pop("model_name", None) or get_model_name_from_path(model_path)
             if "llava" not in name.lower():
                 name = "llava-mof-" + name  # the fork's builder only builds vision towers for 'llava' names
             self.conv_mode = kwargs.pop("conv_mode", "vicuna_v1")
+            self.device = kwargs.pop("device", "cuda")
+            dtype = kwargs.pop("dtype", None)
             dpath, dweights = kwargs.pop("dinov2_path", None), kwargs.pop("dinov2_weights", None)
-            with local_dinov2(dpath, dweights, skip="dinov2" in spec.masked):
-                self.tokenizer, self.model, self.image_processor, _ = load_pretrained_model(model_path, None, name)
+            device_map = "auto" if str(self.device).startswith("cuda") else self.device
+            with local_dinov2(dpath, dweights, skip="dinov2" in spec.masked), dino_tower_device(self.device), \
+                    contextlib.redirect_stdout(_Discard()):  # CLIPVisionTower.load_model prints its state dict
+                self.tokenizer, self.model, self.image_processor, _ = load_pretrained_model(
+                    model_path, None, name, device_map=device_map, device=self.device)
+            if dtype is not None:
+                self.model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
             self.gen_kwargs = self.generation_kwargs({"max_new_tokens": 512, "use_cache": True}, kwargs)
             if base:
                 from vlmeval_encred.registry import get_base
@@ -281,7 +340,12 @@ def _build_wrapper() -> type:
                                     f"loaded model's {ADAPTER.names(self.model)}")
             self.apply_mask(self.model, spec, base or model_path)
 
-        def generate_inner(self, message, dataset=None):
+        @property
+        def dtype(self) -> torch.dtype:
+            return self.model.get_model().embed_tokens.weight.dtype
+
+        def build_inputs(self, message: list[dict[str, Any]], dataset: str | None = None) -> dict[str, torch.Tensor]:
+            """Prompt ids and padded-square pixels, as the MMVP/LLaVA-1.5 evaluation prepares them."""
             from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
             from llava.conversation import conv_templates
             from llava.mm_utils import tokenizer_image_token
@@ -297,15 +361,154 @@ def _build_wrapper() -> type:
             conv.append_message(conv.roles[0], DEFAULT_IMAGE_TOKEN + "\n" + prompt)
             conv.append_message(conv.roles[1], None)
             ids = tokenizer_image_token(conv.get_prompt(), self.tokenizer, IMAGE_TOKEN_INDEX,
-                                        return_tensors="pt").unsqueeze(0).cuda()
+                                        return_tensors="pt").unsqueeze(0)
+            return {"input_ids": ids.to(self.device), "images": pixels.to(self.device, self.dtype)}
+
+        def decode(self, out: torch.Tensor, prompt: torch.Tensor) -> list[str]:
+            """Answers from ``generate``'s rows: the prompt removed, cut after the first end token."""
+            eos = self.tokenizer.eos_token_id
+            n = prompt.shape[-1]
+            answers = []
+            for row in out:
+                if row.shape[0] >= n and torch.equal(row[:n], prompt.reshape(-1)):
+                    row = row[n:]  # transformers 4.x returns prompt + answer for decoder-only models
+                hits = (row == eos).nonzero()
+                if hits.numel():
+                    row = row[:int(hits[0]) + 1]  # in a batch, a finished row goes on with padding
+                answers.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
+            return answers
+
+        def generate_inner(self, message, dataset=None):
+            inputs = self.build_inputs(message, dataset)
             with torch.inference_mode():
-                out = self.model.generate(ids, images=pixels.half().cuda(), **self.gen_kwargs)
-            if out.shape[1] >= ids.shape[1] and torch.equal(out[0, :ids.shape[1]], ids[0]):
-                out = out[:, ids.shape[1]:]  # the fork's transformers returns prompt + answer
-            return self.tokenizer.batch_decode(out, skip_special_tokens=True)[0].strip()
+                out = self.model.generate(inputs["input_ids"], images=inputs["images"], **self.gen_kwargs)
+            return self.decode(out, inputs["input_ids"])[0]
 
     EncredIMoF.__module__ = __name__
+    EncredIMoF.sweep_support = IMoFSweep()
     return EncredIMoF
+
+
+class _Discard:
+    def write(self, _s: str) -> int:
+        return 0
+
+    def flush(self) -> None:
+        pass
+
+
+# --- encred sweep support: share encoder outputs across the subsets of a sample ----------------
+# :class:`~vlmeval_encred.sweep.protocol.SweepSupport` for EncredIMoF.
+#
+# * ``prepare``: the wrapper's ``build_inputs`` (what ``generate_inner`` runs first).
+# * ``encode``: each tower once (``CLIPVisionTower`` / ``DINOVisionTower`` output, before its
+#   projector: the tensor ``zero`` replaces by zeros).
+# * ``fuse_and_generate``: for each subset the fork's encode methods are bound, for the call,
+#   to that subset's projected features (``zero``: a masked tower's projector applied to zeros,
+#   as ``_zero_encoder`` does; ``drop``: the kept tower only, through the fork's single-tower
+#   path, or the text-only path with both dropped), then the fork's ``generate`` runs.  Subsets
+#   whose sequences have the same layout are decoded as one batch (no padding: the same
+#   positions as a batch of one); see :data:`IMoFSweep.batched`.
+
+
+class IMoFSweep:
+    """SweepSupport of the I-MoF family (see the comment above)."""
+
+    batched: bool = True
+    """Decode same-layout subsets of a sample as one batch; ``False``: one ``generate`` per subset
+    (the encoders are still shared)."""
+
+    def prepare(self, wrapper: Any, message: list[dict[str, Any]], dataset: str | None) -> Any:
+        return wrapper.build_inputs(message, dataset)
+
+    def encode(self, wrapper: Any, inputs: Any, encoders: Any) -> dict[str, torch.Tensor]:
+        m = wrapper.model.get_model()
+        attrs = {name: attr for name, attr, _p, _e in _TOWERS}
+        with torch.inference_mode():
+            return {name: _get(m, attrs[name])(inputs["images"]) for name in encoders}
+
+    @staticmethod
+    def _projected(wrapper: Any, feats: dict[str, Any], n_img: int) -> dict[str, torch.Tensor | None]:
+        """tower -> its projector's output for this subset (None: dropped)."""
+        m = wrapper.model.get_model()
+        infos = {i.name: i for i in ADAPTER.encoders(wrapper.model)}
+        out = {}
+        for name, _attr, proj_attr, _enc in _TOWERS:
+            proj = getattr(m, proj_attr)
+            t = feats.get(name)
+            if t is None:
+                p = _first_param(proj) if not isinstance(proj, ZeroProjector) else None
+                t = None if p is None else torch.zeros(n_img, *infos[name].output_shape, dtype=wrapper.dtype,
+                                                       device=p.device).to(p.dtype)
+            out[name] = None if t is None else proj(t)
+        return out
+
+    def fuse_and_generate(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]],
+                          mask_mode: str) -> list[str]:
+        if mask_mode not in ADAPTER.modes:
+            raise ValueError(f"I-MoF supports mask modes {ADAPTER.modes}, not {mask_mode!r}")
+        model = wrapper.model
+        ids, images = inputs["input_ids"], inputs["images"]
+        n_img = images.shape[0]
+        groups: dict[str, list[int]] = {}
+        plans = []
+        with torch.inference_mode():
+            for s, feats in enumerate(features_per_subset):
+                kept = [n for n, _a, _p, _e in _TOWERS if feats.get(n) is not None]
+                if mask_mode == "zero":
+                    kind, proj = "interleaved", self._projected(wrapper, feats, n_img)
+                    if any(v is None for v in proj.values()):
+                        raise ValueError("zero-mode sweep needs both projectors; the model was loaded in drop mode")
+                elif len(kept) == len(_TOWERS):
+                    kind, proj = "interleaved", self._projected(wrapper, feats, n_img)
+                elif kept:
+                    kind, proj = "single", {"single": self._projected(wrapper, {kept[0]: feats[kept[0]]}, n_img)[kept[0]]}
+                else:
+                    kind, proj = "text", {}
+                plans.append(proj)
+                groups.setdefault(kind, []).append(s)
+            answers: dict[int, str] = {}
+            for kind, members in groups.items():
+                chunks = [members] if self.batched else [[s] for s in members]
+                for chunk in chunks:
+                    for s, text in zip(chunk, self._generate(wrapper, kind, [plans[s] for s in chunk], ids, images)):
+                        answers[s] = text
+        return [answers[s] for s in range(len(features_per_subset))]
+
+    @staticmethod
+    def _generate(wrapper: Any, kind: str, plans: list[dict[str, Any]], ids: torch.Tensor,
+                  images: torch.Tensor) -> list[str]:
+        """One ``generate`` over ``len(plans)`` copies of the prompt, each with its subset's features."""
+        model = wrapper.model
+        cls = type(model)
+        S = len(plans)
+        saved = {k: model.__dict__[k] for k in ("encode_images", "encode_images_withclip", "encode_images_withdino",
+                                                 "prepare_inputs_labels_for_multimodal_withdino") if k in model.__dict__}
+
+        def const(t: torch.Tensor) -> Any:
+            return types.MethodType(lambda _self, _images: t, model)
+
+        try:
+            if kind == "interleaved":
+                model.encode_images_withclip = const(torch.cat([p["clip"] for p in plans]))
+                model.encode_images_withdino = const(torch.cat([p["dinov2"] for p in plans]))
+                model.prepare_inputs_labels_for_multimodal_withdino = types.MethodType(
+                    cls.prepare_inputs_labels_for_multimodal_withdino, model)
+            elif kind == "single":
+                model.encode_images = const(torch.cat([p["single"] for p in plans]))
+                model.prepare_inputs_labels_for_multimodal_withdino = types.MethodType(
+                    cls.prepare_inputs_labels_for_multimodal, model)
+            else:
+                model.prepare_inputs_labels_for_multimodal_withdino = types.MethodType(
+                    _without_image_tokens(types.MethodType(cls.prepare_inputs_labels_for_multimodal, model)), model)
+            out = model.generate(ids.repeat(S, 1), images=images.repeat(S, *([1] * (images.dim() - 1))),
+                                 **wrapper.gen_kwargs)
+        finally:
+            for k in ("encode_images", "encode_images_withclip", "encode_images_withdino",
+                      "prepare_inputs_labels_for_multimodal_withdino"):
+                model.__dict__.pop(k, None)
+            model.__dict__.update(saved)
+        return wrapper.decode(out, ids)
 
 
 __getattr__ = lazy_wrapper_getattr(__name__, "EncredIMoF", _build_wrapper)

@@ -3,8 +3,8 @@
 The stand-in (tests/standins/llava_mof/) mirrors llava_arch.py and dino_encoder.py;
 the 13B checkpoint and DINOv2 weights cannot exist here.  DINOv2 is built through
 the real ``torch.hub.load(source='local')`` from a temporary hubconf.py, redirected by
-:func:`local_dinov2`.  When the fork's ``llava`` package is importable, its method
-names are checked against what the adapter patches.
+:func:`local_dinov2`.  The same adapter on the fork's real classes:
+tests/test_imof_realcode.py (environment ``imof``).  Runs in ``base`` and ``imof``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import torch
 from standins.llava_mof.llava_arch import IMAGE_TOKEN_INDEX, HubDinoNet, TinyLlavaForCausalLM
 from vlmeval_encred.masking import MaskError, MaskSpec, count_params, forward_call_recorder
 from vlmeval_encred.model_wrappers.imof import ADAPTER, ENV_DINOV2_PATH, ReleasedTower, local_dinov2
+
+pytestmark = pytest.mark.envs("base", "imof")
 
 N = 16  # tokens per tower in the stand-in (28 px, patch 7)
 PREFIX = 3
@@ -151,16 +153,3 @@ def test_errors_and_catalog(base):
 
     b = get_base("imof_13b")
     assert b.encoders == ("clip", "dinov2") and b.modes == ("zero", "drop") and len(entries(base="imof_13b")) == 4
-
-
-def test_real_fork_has_the_patched_methods():
-    try:
-        from llava.model.llava_arch import LlavaMetaForCausalLM
-    except Exception as exc:
-        pytest.skip(f"MMVP LLaVA fork not importable ({type(exc).__name__}: {exc}); "
-                    "pip install -e LLaVA from github.com/tsb0601/MMVP")
-    if not hasattr(LlavaMetaForCausalLM, "prepare_inputs_labels_for_multimodal_withdino"):
-        pytest.skip("installed llava is not the MMVP fork; upstream LLaVA has no I-MoF")
-    for meth in ("encode_images", "encode_images_withclip", "encode_images_withdino",
-                 "prepare_inputs_labels_for_multimodal"):
-        assert hasattr(LlavaMetaForCausalLM, meth), meth

@@ -170,6 +170,8 @@ class TinyLlavaForCausalLM(nn.Module):
         return None, attention_mask, past_key_values, self._splice(input_ids, interleave), labels
 
     def forward(self, input_ids, images):
-        _, _, _, embeds, _ = self.prepare_inputs_labels_for_multimodal_withdino(input_ids, None, None, None, images)
+        ids, _, _, embeds, _ = self.prepare_inputs_labels_for_multimodal_withdino(input_ids, None, None, None, images)
+        if embeds is None:  # the text-only path: the LLM embeds the ids itself (LlamaModel does)
+            embeds = self.model.embed_tokens(ids)
         return embeds, self.lm_head(embeds)
 

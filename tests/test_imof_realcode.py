@@ -1,0 +1,263 @@
+"""I-MoF on the MMVP repository's real LLaVA fork (environment ``imof``: transformers 4.44).
+
+The model is the fork's own ``LlavaLlamaForCausalLM`` with its real ``CLIPVisionTower``
+and ``DINOVisionTower``, DINOv2 built by the real hub code of the dinov2 snapshot; only
+sizes are tiny and weights random (see vlmeval_encred/realcode/imof.py).  Replaced
+because they cannot exist here: the CLIP checkpoint behind the fork's hard-coded hub id
+(a random tiny CLIP in a throw-away offline hub cache) and DINOv2's pretrained weights
+(the hub entry built with ``pretrained=False``, cut to one block).  The VLMEvalKit tests
+load a saved tiny checkpoint through ``vlmeval.config.supported_VLM`` on the CPU, with
+the wrapper's test-only ``device='cpu'`` / ``dtype='float32'``.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlmeval_encred.masking import MaskSpec
+from vlmeval_encred.model_wrappers.imof import ADAPTER, ReleasedTower
+from vlmeval_encred.realcode import imof as rc
+from vlmeval_encred.upstream import UpstreamNotFound, source_dir
+
+pytestmark = pytest.mark.envs("imof")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fork():
+    """The fork imported (through the compat layer) only when these tests run, not at collection."""
+    from vlmeval_encred.compat.llava_fork import import_fork
+
+    try:
+        source_dir("dinov2")
+        return import_fork()
+    except UpstreamNotFound as exc:  # outside CI only: CI runs with the snapshots present
+        pytest.skip(f"upstream source not found: {exc}")
+
+
+ST = rc.SELFTEST
+T, N = 7, ST.sizes.tokens  # prompt length (one image placeholder), tokens per tower
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("imof")
+
+
+@pytest.fixture(scope="module")
+def tiny(workdir):
+    return ST.build(workdir)
+
+
+def _masked(model, names, mode):
+    m = copy.deepcopy(model)
+    ADAPTER.apply(m, MaskSpec(tuple(names), mode), "imof-tiny")
+    return m
+
+
+_DEFAULT = object()
+
+
+def _logits(model, ids=None, attn=None, images=_DEFAULT):
+    d_ids, d_attn, d_images = ST.inputs()
+    with torch.no_grad():
+        return model(input_ids=d_ids if ids is None else ids, attention_mask=d_attn if attn is None else attn,
+                     images=d_images if images is _DEFAULT else images).logits
+
+
+def test_selftest_every_subset_and_mode(workdir):
+    """The checks `encred doctor` runs: 3 subsets x (zero, drop), nothing failing."""
+    from vlmeval_encred.realcode import load_selftest
+    from vlmeval_encred.realcode.checks import run_selftest
+
+    results = run_selftest(load_selftest("imof"), workdir / "selftest")
+    failed = [r.line() for r in results if not r.ok]
+    assert not failed, "\n".join(failed)
+    ran = {r.subject for r in results if r.check == "not_called"}
+    assert ran == {f"mask={s} mode={m}" for s in ("clip", "dinov2", "clip,dinov2") for m in ("zero", "drop")}
+    assert sum(r.check == "zero_equals_run_then_zero" for r in results) == 3
+
+
+def test_compat_layer_changes_only_what_it_says():
+    import llava
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+    from llava.model import LlavaConfig, LlavaLlamaForCausalLM, LlavaMPTForCausalLM
+    from vlmeval_encred.compat import llava_fork
+    from vlmeval_encred.model_wrappers import imof
+
+    assert Path(llava.__file__).parent.parent == Path(source_dir("mmvp")) / "LLaVA"
+    # transformers keeps its own `llava`; the fork's class still carries its config class
+    assert CONFIG_MAPPING["llava"].__module__.startswith("transformers.") and AutoConfig.for_model("llava")
+    assert LlavaLlamaForCausalLM.config_class is LlavaConfig and LlavaConfig.model_type == "llava"
+    assert any("AutoConfig.register('llava'" in s for s in llava_fork.skipped_registrations)
+    with pytest.raises(ImportError, match="transformers 4.31"):
+        LlavaMPTForCausalLM.from_pretrained("x")
+    assert (imof.IMAGE_TOKEN_INDEX, imof.IGNORE_INDEX) == (IMAGE_TOKEN_INDEX, IGNORE_INDEX)
+
+
+def test_fork_alone_crashes_on_zero_image_tokens(tiny):
+    """Upstream bug the adapter works around: the fork's single-tower path given zero image
+    tokens leaves the sequence one short of its attention-mask padding."""
+    m = copy.deepcopy(tiny)
+    m.encode_images = lambda images: images.new_zeros(images.shape[0], 0, m.config.hidden_size)
+    m.prepare_inputs_labels_for_multimodal_withdino = m.prepare_inputs_labels_for_multimodal
+    with pytest.raises(RuntimeError, match="negative dimension"):
+        _logits(m)
+
+
+def test_drop_both_is_the_prompt_as_text(tiny):
+    """drop with both towers masked == the unmasked fork fed the prompt without its placeholder."""
+    ids, attn, _ = ST.inputs()
+    text_ids = ids[:, [i for i in range(T) if i != 3]]
+    want = _logits(tiny, text_ids, torch.ones_like(text_ids), None)
+    m = _masked(tiny, ("clip", "dinov2"), "drop")
+    got = _logits(m)
+    assert got.shape == (2, T - 1, ST.sizes.vocab) and torch.equal(got, want)
+    # and generate (prefill + cached steps) runs and depends on the text only
+    with torch.no_grad():
+        a = m.generate(ids, attention_mask=attn, images=ST.inputs()[2], max_new_tokens=3, do_sample=False,
+                       pad_token_id=0)
+        b = m.generate(ids, attention_mask=attn, images=torch.zeros_like(ST.inputs()[2]), max_new_tokens=3,
+                       do_sample=False, pad_token_id=0)
+    assert torch.equal(a, b) and a.shape == (2, T + 3)
+
+
+@pytest.mark.parametrize("mode,tokens", [("zero", 2 * N), ("drop", N)])
+def test_one_tower_masked_token_counts(tiny, mode, tokens):
+    full = _logits(tiny)
+    for name in ("clip", "dinov2"):
+        out = _logits(_masked(tiny, (name,), mode))
+        assert out.shape[1] == T - 1 + tokens, (mode, name)
+        assert out.shape != full.shape or not torch.equal(out, full), (mode, name)
+
+
+# --- through VLMEvalKit ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ck(workdir):
+    return rc.save_tiny_checkpoint(workdir / "MoF_tiny")
+
+
+@pytest.fixture(scope="module")
+def hub(workdir):
+    with rc.tiny_environment(workdir) as cache:
+        yield cache
+
+
+@pytest.fixture(scope="module")
+def image(workdir) -> str:
+    import numpy as np
+    from PIL import Image
+
+    path = workdir / "img.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(path)
+    return str(path)
+
+
+def _load(name, ck, **kw):
+    from vlmeval.config import supported_VLM
+
+    return supported_VLM[name](model_path=str(ck), device="cpu", **kw)
+
+
+def test_vlmevalkit_entry_loads_masked_on_cpu(ck, hub, image):
+    """supported_VLM['imof_13b_mask_dinov2']: the fork's own builder, DINOv2 never built, answers."""
+    import transformers
+
+    model = _load("imof_13b_mask_dinov2", ck, max_new_tokens=4)
+    assert transformers.__version__.startswith("4.44")
+    lm = model.model.get_model()
+    assert type(model.model).__module__ == "llava.model.language_model.llava_llama"
+    assert isinstance(lm.dino_tower, ReleasedTower) and type(lm.vision_tower).__name__ == "CLIPVisionTower"
+    assert model.encred_report.spec.masked == ("dinov2",) and model.encred_report.released_params > 0
+    assert model.model.dtype == torch.float16  # the fork's builder loads float16
+    msg = [{"type": "image", "value": image}, {"type": "text", "value": "Which option? A. cat B. dog"}]
+    answer = model.generate(msg)
+    assert isinstance(answer, str)
+
+
+SUBSETS = [(), ("clip",), ("dinov2",), ("clip", "dinov2")]
+NEW_TOKENS = 6
+
+
+@pytest.fixture(scope="module")
+def variants(ck, hub):
+    """mode -> the four entries of imof_13b loaded through supported_VLM (fp32, CPU), loaded once."""
+    from vlmeval_encred.registry import get_base
+
+    base = get_base("imof_13b")
+    loaded: dict[str, list] = {}
+
+    def get(mode: str) -> list:
+        if mode not in loaded:
+            loaded[mode] = [_load(base.entry_name(s), ck, dtype="float32", mask_mode=mode,
+                                  max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS) for s in SUBSETS]
+        return loaded[mode]
+    return get
+
+
+@pytest.mark.parametrize("mode,batched", [("zero", True), ("drop", True), ("zero", False)])
+def test_sweep_support_equals_per_variant_generate(variants, image, mode, batched, monkeypatch):
+    """Greedy, fp32, CPU: the sweep's answers (batched over subsets, or one subset per generate)
+    equal each masked variant's generate_inner."""
+    from vlmeval_encred.sweep.protocol import support_for
+
+    loaded = variants(mode)
+    full = loaded[0]
+    support = support_for(full)
+    monkeypatch.setattr(support, "batched", batched)
+    calls, rows = [], []
+    real_generate = full.model.generate
+    monkeypatch.setattr(full.model, "generate", lambda *a, **k: calls.append(a[0].shape[0]) or real_generate(*a, **k))
+    answers = []
+    for q in ("Which option? A. cat B. dog", "What colour is the page?"):
+        msg = [{"type": "image", "value": image}, {"type": "text", "value": q}]
+        inputs = support.prepare(full, msg, None)
+        feats = support.encode(full, inputs, ["clip", "dinov2"])
+        calls.clear()
+        got = support.fuse_and_generate(full, inputs, [{n: None if n in s else feats[n] for n in ("clip", "dinov2")}
+                                                       for s in SUBSETS], mode)
+        rows.append(list(calls))
+        want = [v.generate_inner(msg) for v in loaded]
+        assert got == want, (mode, q)
+        answers += got
+    assert len(set(answers)) > 1, "answers do not depend on subset/prompt: the comparison would be vacuous"
+    per_prompt = {("zero", True): [4], ("drop", True): [1, 2, 1], ("zero", False): [1, 1, 1, 1]}[(mode, batched)]
+    assert rows == [per_prompt] * 2  # rows per generate call: same-layout subsets share one batch
+
+
+def test_sweep_engine_equals_vlmevalkit_inference(variants, tmp_path, monkeypatch):
+    """`encred sweep`'s engine on a VLMEvalKit dataset vs VLMEvalKit's own infer_data_job per variant."""
+    from conftest import write_mcq_tsv
+    from vlmeval.dataset import build_dataset
+    from vlmeval.inference import infer_data_job
+    from vlmeval.smp import load
+
+    from vlmeval_encred.registry import entries, get_base
+    from vlmeval_encred.sweep.engine import run_sweep
+
+    ds = "EncredIMoF_MCQ"
+    lmu = tmp_path / "LMUData"
+    lmu.mkdir()
+    write_mcq_tsv(lmu / f"{ds}.tsv", n=2)
+    monkeypatch.setenv("LMUData", str(lmu))
+    monkeypatch.setenv("PRED_FORMAT", "xlsx")
+    base = get_base("imof_13b")
+    chosen = entries(base="imof_13b")
+    loaded = variants("zero")
+    rep = run_sweep(base, chosen, [ds], str(tmp_path / "sweep"), progress=False, model=loaded[0])
+    assert rep.datasets[0].encoder_calls == {"clip": 2, "dinov2": 2}
+    by_name = {base.entry_name(s): v for s, v in zip(SUBSETS, loaded)}
+    for e in chosen:
+        work = tmp_path / "ref" / e.name
+        work.mkdir(parents=True)
+        infer_data_job(by_name[e.name], work_dir=str(work), model_name=e.name, dataset=build_dataset(ds))
+        got = load(str(tmp_path / "sweep" / e.name / f"{e.name}_{ds}.xlsx"))
+        want = load(str(work / f"{e.name}_{ds}.xlsx"))
+        assert list(got["prediction"]) == list(want["prediction"]), e.name
