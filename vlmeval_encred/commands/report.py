@@ -29,6 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--force", action="store_true",
                    help="replace same-named files in --out even if this tool did not write them")
+    p.add_argument("--cache-dir", help="score cache directory (default: $ENCRED_SCORE_CACHE or "
+                                       "~/.cache/vlmeval-encred/report); entries are keyed by file path, size, mtime")
+    p.add_argument("--no-cache", action="store_true", help="parse every result file again; read/write no cache")
     p.set_defaults(func=run)
 
 
@@ -41,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         res = build_report(args.work_dir, args.model, suite=args.suite, out_dir=args.out,
                            suite_file=args.suite_file, n_boot=args.n_boot, seed=args.seed,
-                           encoders=encoders, figures=not args.no_figures, force=args.force)
+                           encoders=encoders, figures=not args.no_figures, force=args.force,
+                           cache=False if args.no_cache else (args.cache_dir or True))
     except (ReportError, SuiteError, OutputConflict) as exc:
         print(f"encred report: {exc}", file=sys.stderr)
         return 2
