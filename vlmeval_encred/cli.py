@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "sweep": "vlmeval_encred.commands.sweep",
     "status": "vlmeval_encred.commands.status",
     "profile": "vlmeval_encred.commands.profile",
+    "rank": "vlmeval_encred.commands.rank",
 }
 
 DESCRIPTION = """\
