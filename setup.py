@@ -74,6 +74,7 @@ setup(
         "transformers>=4.31",
         "pandas>=2.0",
         "openpyxl>=3.1",
+        "python-calamine>=0.2",  # fast .xlsx reading in the report (openpyxl is the fallback)
         "matplotlib>=3.7",
         "pyyaml>=6.0",
         "tqdm>=4.66",

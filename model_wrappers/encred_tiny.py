@@ -196,6 +196,23 @@ class EncredTinySweep:
         with torch.inference_mode():
             return {n: to_grid(m.towers[n](inputs["pixels"]), m.config.grid) for n in encoders}
 
+    def project(self, wrapper: Any, inputs: Any, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Optional hook (``encred rank``): each encoder's share of the projector output.
+
+        The projector reads the channel concatenation of all towers, so "encoder e
+        projected" is P(only e kept) - P(all zero): the visual tokens the language model
+        gets from the single-encoder input, without the constant P(0) every input shares.
+        """
+        m = wrapper.model
+        grid = m.config.grid
+        with torch.inference_mode():
+            def zeros(n: str) -> torch.Tensor:
+                return inputs["pixels"].new_zeros(1, grid * grid, m.tower_channels[n])
+
+            base = m.projector(torch.cat([zeros(n) for n in m.encoder_names], dim=-1))
+            return {e: m.projector(torch.cat([f if n == e else zeros(n) for n in m.encoder_names], dim=-1)) - base
+                    for e, f in features.items()}
+
     def fuse_and_generate(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]],
                           mask_mode: str) -> list[str]:
         if mask_mode != "zero":

@@ -146,19 +146,12 @@ class _SerialPool:
         pass
 
 
-@functools.lru_cache(maxsize=1)
-def build(root: str) -> Path:
-    """Write the LMUData TSVs and, for every variant, a run directory of evaluated results.
-
-    Returns ``<root>/work`` with ``<work>/<variant>/T20250101-120000/`` (upstream layout,
-    plus links in ``<work>/<variant>/``).  Cached per process: built once per test session.
-    """
+def _prepare(rootp: Path, data: dict[str, list[dict]]):
+    """LMUData TSVs + VLMEvalKit patched for offline use; returns (build_dataset, dump, pandas)."""
     import pandas as pd
 
-    rootp = Path(root)
     lmu = rootp / "LMUData"
     lmu.mkdir(parents=True, exist_ok=True)
-    data = tsvs()
     for name, rows in data.items():
         pd.DataFrame(rows).to_csv(lmu / f"{name}.tsv", sep="\t", index=False)
     os.environ["LMUData"] = str(lmu)
@@ -174,29 +167,67 @@ def build(root: str) -> Path:
             for name in data:
                 md5.pop(name, None)
     vqa_mod.mp.Pool = _SerialPool  # in-process map; see module docstring
+    return build_dataset, dump, pd
+
+
+def _evaluate_variant(work: Path, model: str, acc: float, data: dict[str, list[dict]], build_dataset, dump,
+                      pd) -> None:
+    run = work / model / RUN
+    run.mkdir(parents=True, exist_ok=True)
+    for name, rows in data.items():
+        ds = build_dataset(name)
+        assert ds is not None, name
+        pred = run / f"{model}_{name}.xlsx"
+        preds = _predictions(name, rows, acc, model)
+        dump(pd.DataFrame(preds), str(pred))
+        if name == "MathVista_MINI":
+            storage = pd.DataFrame(preds)
+            storage["res"] = storage["prediction"]
+            storage["log"] = "Prefetch succeed"
+            dump(storage, str(run / f"{model}_{name}_{JUDGE}.xlsx"))
+            ds.evaluate(str(pred), model=JUDGE, nproc=1)
+        else:
+            ds.evaluate(str(pred), model="exact_matching", nproc=1)
+    # upstream head: relative links to the newest files in <work>/<model>/
+    for f in run.iterdir():
+        link = work / model / f.name
+        if not link.exists():
+            link.symlink_to(Path(RUN) / f.name)
+
+
+@functools.lru_cache(maxsize=1)
+def build(root: str) -> Path:
+    """Write the LMUData TSVs and, for every variant, a run directory of evaluated results.
+
+    Returns ``<root>/work`` with ``<work>/<variant>/T20250101-120000/`` (upstream layout,
+    plus links in ``<work>/<variant>/``).  Cached per process: built once per test session.
+    """
+    rootp = Path(root)
+    data = tsvs()
+    tools = _prepare(rootp, data)
     work = rootp / "work"
     for masked, model, acc in variants():
-        run = work / model / RUN
-        run.mkdir(parents=True, exist_ok=True)
-        for name, rows in data.items():
-            ds = build_dataset(name)
-            assert ds is not None, name
-            pred = run / f"{model}_{name}.xlsx"
-            preds = _predictions(name, rows, acc, model)
-            dump(pd.DataFrame(preds), str(pred))
-            if name == "MathVista_MINI":
-                storage = pd.DataFrame(preds)
-                storage["res"] = storage["prediction"]
-                storage["log"] = "Prefetch succeed"
-                dump(storage, str(run / f"{model}_{name}_{JUDGE}.xlsx"))
-                ds.evaluate(str(pred), model=JUDGE, nproc=1)
-            else:
-                ds.evaluate(str(pred), model="exact_matching", nproc=1)
-        # upstream head: relative links to the newest files in <work>/<model>/
-        for f in run.iterdir():
-            link = work / model / f.name
-            if not link.exists():
-                link.symlink_to(Path(RUN) / f.name)
+        _evaluate_variant(work, model, acc, data, *tools)
+    return work
+
+
+def build_lattices(root: str, bases: dict[str, dict[tuple[str, ...], float]], datasets: list[str]) -> Path:
+    """Evaluated results of every variant of several *registered* bases on ``datasets``.
+
+    ``bases``: base name -> (kept encoders, sorted in the base's order) -> accuracy; every
+    subset of the base's encoders must be given.  Variant names come from the registry.
+    """
+    from vlmeval_encred.registry import get_base
+
+    rootp = Path(root)
+    data = {k: v for k, v in tsvs().items() if k in datasets}
+    tools = _prepare(rootp, data)
+    work = rootp / "work"
+    for base, acc in bases.items():
+        spec = get_base(base)
+        for kept, a in acc.items():
+            masked = tuple(e for e in spec.encoders if e not in kept)
+            _evaluate_variant(work, spec.entry_name(masked), a, data, *tools)
     return work
 
 

@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "status": "vlmeval_encred.commands.status",
     "profile": "vlmeval_encred.commands.profile",
     "doctor": "vlmeval_encred.commands.doctor",
+    "rank": "vlmeval_encred.commands.rank",
 }
 
 DESCRIPTION = """\

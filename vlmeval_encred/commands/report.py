@@ -19,7 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "overall scores, CUR and IG, the k-masked curve, capacity/necessity, Shapley values and "
                     "interactions, and paired-bootstrap intervals.  Missing cells are listed, never dropped.")
     p.add_argument("--work-dir", default="outputs", help="VLMEvalKit's --work-dir (default: outputs)")
-    p.add_argument("--model", required=True, help="base model name (e.g. eagle_x5); variants are derived")
+    p.add_argument("--model", required=True, nargs="+",
+                   help="base model name (e.g. eagle_x5); variants are derived.  Several registered bases "
+                        "(--model A B C) write one cross-model comparison instead")
     p.add_argument("--suite", default="paper15", help="suite name in the suite file (default: paper15)")
     p.add_argument("--suite-file", help="a benchmarks.yaml of your own (same schema; docs/benchmarks.md)")
     p.add_argument("--out", help="output directory (default: <work-dir>/encred_report/<model>/<suite>)")
@@ -29,6 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--force", action="store_true",
                    help="replace same-named files in --out even if this tool did not write them")
+    p.add_argument("--cache-dir", help="score cache directory (default: $ENCRED_SCORE_CACHE or "
+                                       "~/.cache/vlmeval-encred/report); entries are keyed by file path, size, mtime")
+    p.add_argument("--no-cache", action="store_true", help="parse every result file again; read/write no cache")
     p.set_defaults(func=run)
 
 
@@ -38,10 +43,13 @@ def run(args: argparse.Namespace) -> int:
     from ..suites import SuiteError
 
     encoders = [e.strip() for e in args.encoders.split(",") if e.strip()] if args.encoders else None
+    if len(args.model) > 1:
+        return _compare(args, encoders)
     try:
-        res = build_report(args.work_dir, args.model, suite=args.suite, out_dir=args.out,
+        res = build_report(args.work_dir, args.model[0], suite=args.suite, out_dir=args.out,
                            suite_file=args.suite_file, n_boot=args.n_boot, seed=args.seed,
-                           encoders=encoders, figures=not args.no_figures, force=args.force)
+                           encoders=encoders, figures=not args.no_figures, force=args.force,
+                           cache=False if args.no_cache else (args.cache_dir or True))
     except (ReportError, SuiteError, OutputConflict) as exc:
         print(f"encred report: {exc}", file=sys.stderr)
         return 2
@@ -57,6 +65,35 @@ def run(args: argparse.Namespace) -> int:
         print(f"not computed: {m['metric']} at {m['level']}: needs {m['needs']}")
     if len(res.missing_metrics) > 10:
         print(f"... {len(res.missing_metrics) - 10} more (see the Markdown summary)")
+    for k, p in res.files.items():
+        print(f"{k}: {p}")
+    return 0
+
+
+def _compare(args: argparse.Namespace, encoders: list[str] | None) -> int:
+    from ..report import ReportError
+    from ..report.compare import build_comparison
+    from ..report.writers import OutputConflict
+    from ..suites import SuiteError
+
+    if encoders:
+        print("encred report: --encoders names one unregistered base's encoders; a comparison of several "
+              "--model takes registered bases only (their encoders come from the registry)", file=sys.stderr)
+        return 2
+    try:
+        res = build_comparison(args.work_dir, args.model, suite=args.suite, out_dir=args.out,
+                               suite_file=args.suite_file, figures=not args.no_figures, force=args.force,
+                               cache=False if args.no_cache else (args.cache_dir or True))
+    except (ReportError, SuiteError, OutputConflict) as exc:
+        print(f"encred report: {exc}", file=sys.stderr)
+        return 2
+    for x in res.summary:
+        ov, ig = x["full"]["Overall"], x["ig"]["Overall"]
+        print(f"{x['model']}: {x['variants_present']}/{x['variants_total']} variants complete, full Overall "
+              f"{'n/a' if ov is None else f'{ov:.2f}'}, IG Overall {'n/a' if ig is None else f'{ig:.2f}'}"
+              + (f" ({x['error']})" if x["error"] else ""))
+    if res.missing_cells:
+        print(f"{len(res.missing_cells)} cells missing or not ok (listed in the Markdown and sheet 'Missing cells')")
     for k, p in res.files.items():
         print(f"{k}: {p}")
     return 0

@@ -51,6 +51,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -153,21 +154,34 @@ def format_table(res: dict[tuple[str, ...], dict[str, float]]) -> str:
 
 def train(out: Path | None, steps: int = 1500, batch_size: int = 48, n_train: int = 2000,
           n_eval: int = 200, lr: float = 3e-3, seed: int = 0, threads: int = 2, log_every: int = 100,
-          quiet: bool = False) -> tuple[EncredTinyModel, object, dict]:
-    """Train and (if ``out``) save; returns the model, tokenizer and the eval table."""
+          quiet: bool = False, encoders: Sequence[str] | None = None) -> tuple[EncredTinyModel, object, dict]:
+    """Train and (if ``out``) save; returns the model, tokenizer and the eval table.
+
+    ``encoders``: train with only these towers; the others are zeroed at every step, exactly
+    as masking zeroes them at evaluation (their projector columns never see a non-zero
+    input).  Everything else -- data, seed, steps, dropout of the kept towers -- is unchanged,
+    which is what the masking-versus-retraining comparison needs.
+    """
     # Importing VLMEvalKit switches autograd off process-wide; training must not depend on
     # whether something imported it first.
     with torch.enable_grad():
-        return _train(out, steps, batch_size, n_train, n_eval, lr, seed, threads, log_every, quiet)
+        return _train(out, steps, batch_size, n_train, n_eval, lr, seed, threads, log_every, quiet, encoders)
 
 
 def _train(out: Path | None, steps: int, batch_size: int, n_train: int, n_eval: int, lr: float, seed: int,
-           threads: int, log_every: int, quiet: bool) -> tuple[EncredTinyModel, object, dict]:
+           threads: int, log_every: int, quiet: bool,
+           encoders: Sequence[str] | None = None) -> tuple[EncredTinyModel, object, dict]:
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     random.seed(seed)
     np.random.seed(seed)
     model, tok = build_model(seed)
+    only = None
+    if encoders is not None:
+        bad = [e for e in encoders if e not in model.encoder_names]
+        if bad or not encoders:
+            raise ValueError(f"encoders {list(encoders)}: expected a non-empty subset of {model.encoder_names}")
+        only = torch.tensor([[1.0 if n in encoders else 0.0 for n in model.encoder_names]])
     samples = [s for kind in KINDS for s in data.generate(kind, n_train, TRAIN_SEED + seed)]
     shortcut = data.generate("Vision", n_train, TRAIN_SEED + seed + 10_000, spurious=SHORTCUT_RATE)
     for s in shortcut:
@@ -197,6 +211,8 @@ def _train(out: Path | None, steps: int, batch_size: int, n_train: int, n_eval: 
         idx = rng.choice(len(train_b.ids), size=batch_size, replace=False)
         ids, mask, labels, _, pixels = collate(train_b, idx, tok.pad_token_id, tok.eos_token_id, True)
         keep = dropout_keep(train_b.kind[idx], model.encoder_names, gen)
+        if only is not None:
+            keep = keep * only
         if step <= aux_steps:
             visual = model.image_embeddings(pixels, keep)
             embeds = model.language_model.get_input_embeddings()(ids)
@@ -237,8 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--encoders", help="comma-separated towers to train with (default: all); the others "
+                                      "are zeroed at every step")
     a = p.parse_args(argv)
-    train(Path(a.out), a.steps, a.batch_size, a.n_train, a.n_eval, a.lr, a.seed, a.threads)
+    encs = [e.strip() for e in a.encoders.split(",") if e.strip()] if a.encoders else None
+    train(Path(a.out), a.steps, a.batch_size, a.n_train, a.n_eval, a.lr, a.seed, a.threads, encoders=encs)
     return 0
 
 

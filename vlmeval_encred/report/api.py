@@ -85,7 +85,8 @@ def build_report(work_dir: str | Path, base_model: str, suite: str = "paper15",
                  out_dir: str | Path | None = None, suite_file: str | Path | None = None,
                  n_boot: int = 2000, seed: int = 0, *,
                  encoders: Sequence[str] | None = None, write: bool = True,
-                 figures: bool = True, force: bool = False) -> ReportResult:
+                 figures: bool = True, force: bool = False,
+                 cache: bool | str | Path = True) -> ReportResult:
     """Read every variant's VLMEvalKit results for ``base_model`` and write the report.
 
     Parameters
@@ -111,6 +112,11 @@ def build_report(work_dir: str | Path, base_model: str, suite: str = "paper15",
     write, figures, force:
         ``write=False`` computes only; ``figures=False`` skips the PNGs; ``force=True``
         replaces same-named files that are not (or no longer) ours.
+    cache:
+        ``True``: reuse parsed per-sample sheets and bootstrap results from the score cache
+        (``$ENCRED_SCORE_CACHE``, default ``~/.cache/vlmeval-encred/report``; entries are keyed
+        by file path, size and mtime, see :mod:`.score_cache`); ``False``: no cache; a path:
+        that cache directory.
 
     Raises
     ------
@@ -123,13 +129,16 @@ def build_report(work_dir: str | Path, base_model: str, suite: str = "paper15",
         model is unknown and no ``encoders`` were given.
     """
     from .pipeline import run_pipeline
+    from .score_cache import ScoreCache
+
+    sc = ScoreCache.default() if cache is True else ScoreCache(Path(cache) if cache else None)
 
     t0 = time.perf_counter()
     res = run_pipeline(work_dir=Path(work_dir), base_model=base_model, suite=suite,
                        out_dir=Path(out_dir) if out_dir is not None else None,
                        suite_file=Path(suite_file) if suite_file is not None else None,
                        n_boot=n_boot, seed=seed, encoders=tuple(encoders) if encoders else None,
-                       write=write, figures=figures, force=force)
+                       write=write, figures=figures, force=force, cache=sc)
     res.timings["total"] = time.perf_counter() - t0
     return res
 

@@ -9,10 +9,12 @@ from typing import Any
 
 from . import bootstrap as bs
 from . import metrics as M
+from . import uptodate as U
 from . import writers as W
 from .api import ReportError, ReportResult
 from .reader import ModelResults, _Listing
 from .schema import Suite, load_suite
+from .score_cache import ScoreCache
 from .scores import CONSISTENCY_TOL, ScoreError, Units, headline, per_sample
 
 OVERALL = "Overall"
@@ -53,8 +55,11 @@ def _mean(vals: list[float | None]) -> float | None:
 
 def run_pipeline(*, work_dir: Path, base_model: str, suite: str, out_dir: Path | None,
                  suite_file: Path | None, n_boot: int, seed: int, encoders: tuple[str, ...] | None,
-                 write: bool, figures: bool, force: bool = False) -> ReportResult:
+                 write: bool, figures: bool, force: bool = False,
+                 cache: ScoreCache | None = None) -> ReportResult:
     t = time.perf_counter()
+    cache = cache or ScoreCache(None)
+    unit_keys: dict[int, str | None] = {}  # id(Units) -> cache key, for the bootstrap's key
     timings: dict[str, float] = {}
     S: Suite = load_suite(suite, suite_file)
     encs, variants = _variants(base_model, encoders)
@@ -88,7 +93,9 @@ def run_pipeline(*, work_dir: Path, base_model: str, suite: str, out_dir: Path |
                                                 f"({' or '.join(p.per_sample.files)})")
                     else:
                         try:
-                            u = per_sample(loc.per_sample, p.per_sample, p.headline)
+                            u, ukey = cache.units(loc.per_sample, p.per_sample, p.headline,
+                                                  lambda: per_sample(loc.per_sample, p.per_sample, p.headline))
+                            unit_keys[id(u)] = ukey
                             rec = u.score()
                             if abs(rec - val) > CONSISTENCY_TOL:
                                 per_sample_state.append(
@@ -168,12 +175,23 @@ def run_pipeline(*, work_dir: Path, base_model: str, suite: str, out_dir: Path |
     if n_boot > 0:
         parts = [bs.BootInput(b.name, p.dataset, units[(b.name, p.dataset)])
                  for b in S.benchmarks for p in b.parts if (b.name, p.dataset) in units]
-        bo = bs.paired_bootstrap(parts, {b.name: len(b.parts) for b in S.benchmarks},
-                                 {c: [b.name for b in bl] for c, bl in cats.items()}, encs, scores,
-                                 n_boot=n_boot, seed=seed)
-        boot_rows = bo.rows
-        missing += bo.missing
-        boot_notes = bo.notes
+        n_parts = {b.name: len(b.parts) for b in S.benchmarks}
+        cat_names = {c: [b.name for b in bl] for c, bl in cats.items()}
+
+        def boot() -> dict:
+            bo = bs.paired_bootstrap(parts, n_parts, cat_names, encs, scores, n_boot=n_boot, seed=seed)
+            return {"rows": bo.rows, "missing": bo.missing, "notes": bo.notes}
+
+        keys = [[p.bench, p.dataset, [[sorted(k), unit_keys.get(id(u))] for k, u in p.units.items()]]
+                for p in parts]
+        if any(uk is None for k in keys for _, uk in k[2]):
+            bo = boot()
+        else:
+            bo = cache.json_entry(["bootstrap", keys, n_parts, cat_names, list(encs), n_boot, seed,
+                                   sorted([sorted(k), sorted(v.items())] for k, v in scores.items())], boot)
+        boot_rows = bo["rows"]
+        missing += bo["missing"]
+        boot_notes = bo["notes"]
     else:
         boot_notes = ["bootstrap disabled (n_boot=0)"]
     timings["bootstrap"] = time.perf_counter() - t
@@ -308,8 +326,16 @@ def _write(r: ReportResult, out: Path, figures: bool, force: bool) -> None:
         figs = {"fig_cur_heatmap": f"{stem}_cur_heatmap.png", "fig_k_curve": f"{stem}_k_curve.png"}
         if any(b["quantity"] == "CUR" and b["lo"] is not None for b in r.bootstrap):
             figs["fig_intervals"] = f"{stem}_intervals.png"
+    all_names = list(names.values()) + list(figs.values())
+    digest = U.content_digest(r, all_names + [W.MANIFEST])
+    if U.is_current(out, all_names, digest):
+        r.out_dir = out
+        r.files = {k: out / v for k, v in {**names, **figs}.items()}
+        r.files["manifest"] = out / W.MANIFEST
+        r.notes.append(f"{out}: inputs and output files unchanged since the last report; nothing rewritten")
+        return
     st = W.Stager(out, force=force)
-    st.check(list(names.values()) + list(figs.values()))
+    st.check(all_names)
     try:
         st.write(names["xlsx"], lambda p: W.write_xlsx(p, _tables(r)))
         st.write(names["markdown"], lambda p: W.write_text(p, _markdown(r, list(figs.values()))))
@@ -328,6 +354,7 @@ def _write(r: ReportResult, out: Path, figures: bool, force: bool) -> None:
         r.files["manifest"] = out / W.MANIFEST
         st.write(names["json"], lambda p: W.write_json(p, r.to_dict()))
         st.commit()
+        U.mark(out, digest)
     except BaseException:
         st.abort()
         r.out_dir, r.files = None, {}

@@ -135,6 +135,10 @@ def _floats(col: list[Any], path: Path, name: str) -> np.ndarray:
 
 
 def _ids(vals: list[Any]) -> np.ndarray:
+    if vals and all(type(v) is float for v in vals):  # the usual integer index read back as floats
+        a = np.array(vals, dtype=np.float64)
+        if np.all(np.isfinite(a)) and np.all(a == np.floor(a)) and np.all(np.abs(a) < 2 ** 53):
+            return a.astype(np.int64).astype(str).astype(object)
     return np.array([str(int(v)) if isinstance(v, float) and v.is_integer() else str(v) for v in vals], dtype=object)
 
 

@@ -1,21 +1,16 @@
-"""Read VLMEvalKit's result tables (CSV, TSV, XLSX, JSON) quickly, column-wise, without pandas.
+"""Read VLMEvalKit's result tables (CSV, TSV, XLSX, JSON) column-wise, without pandas.
 
 A report reads hundreds of per-sample sheets; pandas + openpyxl spend ~0.3 s on one
-5,000-row sheet.  An .xlsx is a zip of XML: we pull only the wanted columns out of the
-sheet XML with a regular expression (cells of one column are found by their ``r="H12"``
-reference), resolve shared strings, and return plain lists.  Anything unexpected raises
+5,000-row sheet.  .xlsx goes through python-calamine (openpyxl as the fallback, see
+:mod:`.xlsx`); CSV/TSV/JSON through the standard library.  Anything unexpected raises
 :class:`TableError` naming the file, so a corrupt sheet becomes an *unreadable* cell.
 """
 
 from __future__ import annotations
 
 import csv
-import functools
-import html
 import io
 import json
-import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -26,103 +21,11 @@ class TableError(ValueError):
     """A result file cannot be read as a table (corrupt, truncated, wrong format)."""
 
 
-_CELL = re.compile(rb'<c r="([A-Z]+)(\d+)"([^>]*?)(?:/>|>(.*?)</c>)', re.S)
-_V = re.compile(rb"<v>(.*?)</v>", re.S)
-_T = re.compile(rb"<t(?: [^>]*)?>(.*?)</t>", re.S)
-_TYPE = re.compile(rb'\bt="(\w+)"')
-
-
-def _unesc(b: bytes) -> str:
-    s = b.decode("utf-8")
-    return html.unescape(s) if "&" in s else s
-
-
-def _sheet_path(z: zipfile.ZipFile) -> str:
-    names = z.namelist()
-    if "xl/worksheets/sheet1.xml" in names:
-        return "xl/worksheets/sheet1.xml"
-    sheets = sorted(n for n in names if n.startswith("xl/worksheets/") and n.endswith(".xml"))
-    if not sheets:
-        raise TableError("no worksheet in the workbook")
-    return sheets[0]
-
-
-_SI_ANY = re.compile(rb"<si>(?:<t(?: [^>]*)?>([^<]*)</t>|(.*?))</si>", re.S)
-
-
-@functools.lru_cache(maxsize=256)
-def _col_regex(letters: bytes) -> re.Pattern:
-    return re.compile(rb'<c r="' + letters + rb'(\d+)"([^>]*?)(?:/>|>(?:<f>[^<]*</f>)?(?:<v>([^<]*)</v>|<is>(.*?)</is>)?</c>)',
-                      re.S)
-
-
 def read_xlsx(path: Path, columns: list[str] | None = None) -> dict[str, list[Any]]:
-    """Columns of the first sheet (row 1 = header) -> lists of str/float/bool/None."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            sheet = z.read(_sheet_path(z))
-            shared_raw = z.read("xl/sharedStrings.xml") if "xl/sharedStrings.xml" in z.namelist() else b""
-    except (zipfile.BadZipFile, KeyError, OSError, EOFError) as exc:
-        raise TableError(f"{path}: not a readable .xlsx ({type(exc).__name__}: {exc})") from None
-    shared: list[Any] | None = None
+    """Columns of the first sheet (row 1 = header); engine and value types: :mod:`.xlsx`."""
+    from .xlsx import read_xlsx as _read
 
-    def sst() -> list[Any]:
-        # raw bytes per shared string (plain <t>) or a tuple marking rich text; decoded on use
-        nonlocal shared
-        if shared is None:
-            shared = [a if not b else (b,) for a, b in _SI_ANY.findall(shared_raw)]
-        return shared
-
-    def sstr(i: int) -> str:
-        v = sst()[i]
-        if isinstance(v, tuple):
-            return _unesc(b"".join(_T.findall(v[0])))
-        return _unesc(v)
-
-    def value(attrs: bytes, v: bytes, inline: bytes) -> Any:
-        if b't="' not in attrs:
-            return float(v) if v else None
-        t = _TYPE.search(attrs).group(1)  # type: ignore[union-attr]
-        if t == b"s":
-            return sstr(int(v))
-        if t == b"b":
-            return v == b"1"
-        if t == b"inlineStr":
-            return _unesc(b"".join(_T.findall(inline)))
-        if t in (b"str", b"e"):
-            return _unesc(v)
-        return float(v) if v else None
-
-    end_row1 = sheet.find(b"</row>")
-    if end_row1 < 0:
-        raise TableError(f"{path}: the sheet has no rows")
-    header: dict[str, str] = {}
-    for m in _CELL.finditer(sheet, 0, end_row1):
-        if m.group(2) == b"1":
-            body = m.group(4) or b""
-            vm = _V.search(body)
-            header[m.group(1).decode()] = str(value(m.group(3), vm.group(1) if vm else b"", body))
-    name_to_col = {v: k for k, v in header.items()}
-    wanted = list(header.values()) if columns is None else columns
-    missing = [c for c in wanted if c not in name_to_col]
-    if missing:
-        raise TableError(f"{path}: no column {', '.join(map(repr, missing))}; "
-                         f"columns: {', '.join(header.values())}")
-    last = sheet.rfind(b'<row r="')
-    n_rows = int(re.match(rb'<row r="(\d+)"', sheet[last:]).group(1)) - 1 if last > end_row1 else 0  # type: ignore[union-attr]
-    body = sheet[end_row1:]
-    out: dict[str, list[Any]] = {}
-    try:
-        for c in wanted:
-            col: list[Any] = [None] * n_rows
-            for r, attrs, v, inline in _col_regex(name_to_col[c].encode()).findall(body):
-                i = int(r) - 2
-                if 0 <= i < n_rows:
-                    col[i] = value(attrs, v, inline)
-            out[c] = col
-    except (ValueError, IndexError, AttributeError) as exc:
-        raise TableError(f"{path}: malformed cell data ({type(exc).__name__}: {exc})") from None
-    return out
+    return _read(path, columns)
 
 
 def read_delimited(path: Path, sep: str, columns: list[str] | None = None) -> dict[str, list[Any]]:

@@ -19,6 +19,10 @@ per sample:
    return one string per subset, post-processed exactly as ``generate_inner``
    post-processes.
 
+Optional: ``project(wrapper, inputs, features) -> {encoder: tensor}``, each
+encoder's features carried through the family's projector (``encred rank`` ranks
+them next to the fusion-point features; see :mod:`.features`).
+
 Why this split: encoders are the part of the cost that subsets share, and a
 batch over subsets with one prompt needs no padding, so greedy decoding sees
 the same token positions as a batch of one.
