@@ -32,7 +32,9 @@ register_base(BaseModelSpec(
 register_base(BaseModelSpec(
     name="deepseek_vl_7b_orig", family="deepseek_vl",
     checkpoint="deepseek-ai/deepseek-vl-7b-chat", encoders=("siglip", "sam"),
-    wrapper="vlmeval_encred.model_wrappers.deepseek_vl:EncredDeepSeekVL",
+    wrapper="vlmeval_encred.model_wrappers.deepseek_vl:EncredDeepSeekVL", modes=("zero", "drop"),
+    # its pyproject asks >=4.38.2; under 5.x its config classes fail to import
+    requires={"transformers": ">=4.38.2,<5"}, recipe="deepseek_vl",
     description="DeepSeek-VL 7B via the original deepseek_vl package (HybridVisionTower)"))
 
 # A tiny randomly initialised DeepseekVLHybrid, built offline on first use into the

@@ -18,6 +18,7 @@ import importlib
 
 SELFTESTS: dict[str, str] = {
     # family: "module:attribute" of its RealCodeSelfTest
+    "deepseek_vl": "vlmeval_encred.realcode.deepseek_vl:SELFTEST",
 }
 
 
