@@ -193,15 +193,24 @@ def test_not_a_hybrid_tower():
 @pytest.mark.parametrize("masked", [("siglip",), ("sam",), ("siglip", "sam")])
 def test_drop_mask_removes_the_branch_at_the_concatenation(ckpt, batch, masked):
     """``drop``: the masked branch's up-projection output is zero at the concatenation (reference:
-    run everything, zero that output); differs from ``zero`` by the branch bias."""
-    ref = _load(ckpt)
+    run everything, zero that output); differs from ``zero`` by the branch bias (set non-zero here:
+    the stand-in's checkpoint initialises biases to zero)."""
+
+    def _load_biased(path):
+        m = _load(path)
+        with torch.no_grad():
+            for lin in (m.aligner.high_up_proj, m.aligner.low_up_proj):
+                lin.bias.copy_(torch.linspace(-0.5, 0.5, lin.bias.numel()))
+        return m
+
+    ref = _load_biased(ckpt)
     branch = {"siglip": "low_up_proj", "sam": "high_up_proj"}
     for enc in masked:
         getattr(ref.aligner, branch[enc]).register_forward_hook(lambda _m, _i, out: torch.zeros_like(out))
     reference = _logits(ref, batch)
-    zero = _load(ckpt)
+    zero = _load_biased(ckpt)
     HybridVisionTowerAdapter(N_TOKENS).apply(zero, MaskSpec(masked, "zero"), "standin")
-    model = _load(ckpt)
+    model = _load_biased(ckpt)
     towers = {enc: getattr(model.vision_model, attr) for enc, attr in TOWER.items()}
     tower_params = sum(count_params(t) for e, t in towers.items() if e in masked)
     up_params = sum(count_params(getattr(model.aligner, branch[e])) for e in masked)

@@ -229,3 +229,18 @@ def test_engine_sweep_equals_vlmevalkit_per_variant(selftest, workdir, tmp_path)
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def test_transformers_port_refuses_this_environment():
+    """transformers' DeepseekVLHybrid entries need 5.x (see the catalog); here (4.57) building one
+    fails in the wrapper's first line, naming the versions, before the tiny checkpoint is built."""
+    import importlib.metadata as md
+
+    from vlmeval_encred.recipes import EnvironmentMismatch
+    from vlmeval_encred.registry import parse_entry_name
+
+    entry = parse_entry_name("deepseek_vl_tiny_random_mask_sam")
+    with pytest.raises(EnvironmentMismatch) as err:
+        entry.base.load_wrapper_class()(**entry.kwargs())
+    assert f"transformers {md.version('transformers')} is installed, deepseek_vl_tiny_random needs " \
+           "transformers>=5.18" in str(err.value)
