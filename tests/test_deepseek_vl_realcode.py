@@ -53,6 +53,14 @@ def base(selftest, workdir):
 
 
 @pytest.fixture(scope="module")
+def ckpt(selftest, workdir) -> str:
+    """The tiny checkpoint (the same folder the self-test's build() uses)."""
+    from vlmeval_encred.realcode.deepseek_vl import build_tiny_checkpoint
+
+    return str(build_tiny_checkpoint(workdir / "deepseek_vl_tiny"))
+
+
+@pytest.fixture(scope="module")
 def message(selftest, workdir):
     from vlmeval_encred.realcode.deepseek_vl import test_image
 
@@ -130,30 +138,33 @@ def test_7b_tower_geometry_on_meta_device(selftest):
     assert [(i.name, i.output_shape) for i in infos] == [("siglip", (576, 1024)), ("sam", (576, 1024))]
 
 
-def _wrapper(selftest, **kw):
+def _wrapper(ckpt: str, **kw):
     from vlmeval_encred.model_wrappers.deepseek_vl import EncredDeepSeekVL
 
     kw.setdefault("torch_dtype", "float32")
-    return EncredDeepSeekVL(str(selftest.checkpoint), device="cpu", max_new_tokens=kw.pop("max_new_tokens", 6),
+    return EncredDeepSeekVL(ckpt, device="cpu", max_new_tokens=kw.pop("max_new_tokens", 6),
                             encred_base="deepseek_vl_7b_orig", **kw)
 
 
-def test_vlmevalkit_wrapper_and_ours_answer_alike(selftest, base, message, monkeypatch):
+def test_vlmevalkit_wrapper_and_ours_answer_alike(ckpt, message, monkeypatch):
     """VLMEvalKit's own ``DeepSeekVL`` (its loader, conversation, processor call and decoding) and our
     unmasked ``EncredDeepSeekVL`` give the same greedy answer on the same checkpoint, in VLMEvalKit's
     bfloat16.  Mocked: ``.cuda()`` (no GPU here) returns the module unchanged, so it runs on the CPU."""
     from vlmeval.vlm.deepseek_vl import DeepSeekVL
 
     monkeypatch.setattr(torch.nn.Module, "cuda", lambda self, *a, **k: self)
-    theirs = DeepSeekVL(model_path=str(selftest.checkpoint), max_new_tokens=6)
+    theirs = DeepSeekVL(model_path=ckpt, max_new_tokens=6)
     assert theirs.model.dtype == torch.bfloat16 and type(theirs.model).__module__.startswith("deepseek_vl.")
-    ours = _wrapper(selftest, torch_dtype="bfloat16")
+    ours = _wrapper(ckpt, torch_dtype="bfloat16")
     assert ours.generate(message) == theirs.generate(message).strip()
 
 
 @pytest.mark.parametrize("mode", ["zero", "drop"])
-def test_masked_wrapper_reports_its_mode(selftest, mode, caplog):
-    w = _wrapper(selftest, mask=("sam",), mask_mode=mode)
+def test_masked_wrapper_reports_its_mode(ckpt, message, mode):
+    """The mode is on the wrapper and in its MaskReport; masking happens before the cast to the
+    run dtype, so the zeros (and ZeroBranch's) follow the model into bfloat16."""
+    w = _wrapper(ckpt, mask=("sam",), mask_mode=mode, torch_dtype="bfloat16", max_new_tokens=3)
+    assert isinstance(w.generate(message), str)
     assert w.mask_mode == mode and w.encred_report.spec.mode == mode
     assert w.encred_report.notes == [f"mode={mode}: " + __import__(
         "vlmeval_encred.model_wrappers.deepseek_vl", fromlist=["MODE_NOTES"]).MODE_NOTES[mode]]
@@ -163,12 +174,12 @@ def test_masked_wrapper_reports_its_mode(selftest, mode, caplog):
 
 
 @pytest.mark.parametrize("mode", ["zero", "drop"])
-def test_sweep_support_equals_per_variant_generate(selftest, message, mode):
+def test_sweep_support_equals_per_variant_generate(ckpt, message, mode):
     """Every subset's answer from one shared encoding and one batched decode equals the masked
     variant's own ``generate_inner``, string for string (fp32, CPU, greedy)."""
     from vlmeval_encred.sweep.protocol import support_for
 
-    full = _wrapper(selftest)
+    full = _wrapper(ckpt)
     support = support_for(full)
     names = ["siglip", "sam"]
     subsets = [c for k in range(len(names) + 1) for c in itertools.combinations(names, k)]
@@ -176,7 +187,7 @@ def test_sweep_support_equals_per_variant_generate(selftest, message, mode):
     feats = support.encode(full, inputs, names)
     got = support.fuse_and_generate(full, inputs, [{n: None if n in s else feats[n] for n in names}
                                                    for s in subsets], mode)
-    want = [_wrapper(selftest, mask=s, mask_mode=mode).generate_inner(message) for s in subsets]
+    want = [_wrapper(ckpt, mask=s, mask_mode=mode).generate_inner(message) for s in subsets]
     print(mode, got)
     assert got == want
     assert len(set(got)) > 1, "all subsets answer alike: the comparison would be vacuous"
@@ -184,9 +195,10 @@ def test_sweep_support_equals_per_variant_generate(selftest, message, mode):
     assert type(full.model.aligner.high_up_proj).__name__ == "Linear" and "forward" not in vars(full.model.vision_model)
 
 
-def test_engine_sweep_equals_vlmevalkit_per_variant(selftest, workdir, tmp_path):
-    """``run_sweep`` over every subset of a base whose default mode is ``drop``, against VLMEvalKit's
-    own ``infer_data_job`` per variant: the prediction files are equal."""
+@pytest.mark.parametrize("mode", ["zero", "drop"])
+def test_engine_sweep_equals_vlmevalkit_per_variant(ckpt, workdir, tmp_path, mode):
+    """``run_sweep`` over every subset of a base whose (first) mode is ``mode``, against VLMEvalKit's
+    own ``infer_data_job`` per variant: the predictions are equal, string for string."""
     from conftest import write_mcq_tsv
     from vlmeval.dataset import build_dataset
     from vlmeval.inference import infer_data_job
@@ -198,16 +210,16 @@ def test_engine_sweep_equals_vlmevalkit_per_variant(selftest, workdir, tmp_path)
     from vlmeval_encred.vlmeval_plugin import after_config
 
     ds = "EncredDsvlSweep_MCQ"
-    lmu = workdir / "LMUData"
+    lmu = workdir / f"LMUData-{mode}"
     lmu.mkdir(exist_ok=True)
     write_mcq_tsv(lmu / f"{ds}.tsv", n=2)
     old = {k: os.environ.get(k) for k in ("LMUData", "PRED_FORMAT")}
     os.environ.update(LMUData=str(lmu), PRED_FORMAT="xlsx")
     try:
         spec = register_base(BaseModelSpec(
-            name="dsvl_realtiny_drop", family="deepseek_vl", checkpoint=str(selftest.checkpoint),
+            name=f"dsvl_realtiny_{mode}", family="deepseek_vl", checkpoint=ckpt,
             encoders=("siglip", "sam"), wrapper="vlmeval_encred.model_wrappers.deepseek_vl:EncredDeepSeekVL",
-            loader={"max_new_tokens": 5, "torch_dtype": "float32", "device": "cpu"}, modes=("drop", "zero"),
+            loader={"max_new_tokens": 5, "torch_dtype": "float32", "device": "cpu"}, modes=(mode,),
             description="tiny random upstream DeepSeek-VL (test only)"))
         after_config(vlmeval.config)
         chosen = entries(base=spec.name)
