@@ -166,8 +166,9 @@ def test_masked_wrapper_reports_its_mode(ckpt, message, mode):
     w = _wrapper(ckpt, mask=("sam",), mask_mode=mode, torch_dtype="bfloat16", max_new_tokens=3)
     assert isinstance(w.generate(message), str)
     assert w.mask_mode == mode and w.encred_report.spec.mode == mode
-    assert w.encred_report.notes == [f"mode={mode}: " + __import__(
-        "vlmeval_encred.model_wrappers.deepseek_vl", fromlist=["MODE_NOTES"]).MODE_NOTES[mode]]
+    from vlmeval_encred.model_wrappers.deepseek_vl import MODE_NOTES
+
+    assert w.encred_report.notes == [f"mode={mode}: {MODE_NOTES[mode]}"]
     assert w.model.vision_model.vision_tower_high is None
     dropped = type(w.model.aligner.high_up_proj).__name__
     assert dropped == ("ZeroBranch" if mode == "drop" else "Linear")
