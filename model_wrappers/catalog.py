@@ -23,16 +23,21 @@ for _name, _ckpt, _encs in [
         name=_name, family="eagle1", checkpoint=_ckpt, encoders=_encs, wrapper=_EAGLE1,
         modes=("zero", "drop"), description="Eagle-1: channel concatenation of 1024-token towers"))
 
+# transformers' DeepseekVLHybrid: 4.57 returns bare tensors from get_*_image_features (the adapter
+# needs 5.x's model outputs); `encred sweep` passes mm_encoder_outputs to generate(), first in 5.18.
+_HF_DSVL = {"transformers": ">=5.18"}
 register_base(BaseModelSpec(
     name="deepseek_vl_7b_hf", family="deepseek_vl_hf",
     checkpoint="deepseek-community/deepseek-vl-7b-chat", encoders=("siglip", "sam"),
-    wrapper="vlmeval_encred.model_wrappers.deepseek_vl_hf:EncredDeepseekVLHybrid",
+    wrapper="vlmeval_encred.model_wrappers.deepseek_vl_hf:EncredDeepseekVLHybrid", requires=_HF_DSVL,
     description="DeepSeek-VL 7B via transformers' DeepseekVLHybridForConditionalGeneration"))
 
 register_base(BaseModelSpec(
     name="deepseek_vl_7b_orig", family="deepseek_vl",
     checkpoint="deepseek-ai/deepseek-vl-7b-chat", encoders=("siglip", "sam"),
-    wrapper="vlmeval_encred.model_wrappers.deepseek_vl:EncredDeepSeekVL",
+    wrapper="vlmeval_encred.model_wrappers.deepseek_vl:EncredDeepSeekVL", modes=("zero", "drop"),
+    # its pyproject asks >=4.38.2; under 5.x its config classes fail to import
+    requires={"transformers": ">=4.38.2,<5"}, recipe="deepseek_vl",
     description="DeepSeek-VL 7B via the original deepseek_vl package (HybridVisionTower)"))
 
 # A tiny randomly initialised DeepseekVLHybrid, built offline on first use into the
@@ -41,7 +46,7 @@ register_base(BaseModelSpec(
     name="deepseek_vl_tiny_random", family="deepseek_vl_hf",
     checkpoint="encred-tiny:deepseek-vl-hybrid", encoders=("siglip", "sam"),
     wrapper="vlmeval_encred.model_wrappers.deepseek_vl_hf:EncredDeepseekVLHybrid",
-    loader={"max_new_tokens": 8, "torch_dtype": "float32", "device": "cpu"},
+    loader={"max_new_tokens": 8, "torch_dtype": "float32", "device": "cpu"}, requires=_HF_DSVL,
     description="Random tiny DeepseekVLHybrid (CPU smoke tests only; answers are noise)"))
 
 # Cambrian-1 (SVA connector); tower order = the checkpoint's mm_vision_tower_aux_list,

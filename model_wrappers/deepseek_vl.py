@@ -14,15 +14,24 @@ config); the fusion point is the aligner, ``MlpProjector`` of type
 ``low_high_hybrid_split_mlp_gelu``: ``high_up_proj`` / ``low_up_proj`` (Linear
 with bias), concatenation ``[high, low]``, GELU, Linear.
 
-Masking (mode ``zero`` only).  The tower's ``forward`` is replaced on the
-instance by one that runs only the kept tower and puts zeros of the masked
-tower's exact shape (tokens, channels) in its slot, in the aligner's dtype and
-on its device; the masked ``CLIPVisionTower`` is then deleted.  The authors ran
-the tower and zeroed its output afterwards; the result at the aligner is
-bit-identical (tests/test_deepseek_vl_orig.py), but we neither compute nor keep
-the tower.  No ``drop`` mode: the aligner's per-branch Linear layers have
-biases and the two branches share one fixed-width concatenation, so there is
-no exact removal (see docs/masking.md, "DeepSeek-VL").
+Masking modes (both set on the instance; no upstream file is edited):
+
+* ``zero`` (the paper's): the tower's ``forward`` is replaced on the instance by
+  one that runs only the kept tower and puts zeros of the masked tower's exact
+  shape (tokens, channels) in its slot, in the aligner's dtype and on its
+  device; the masked ``CLIPVisionTower`` is then deleted.  The zeros enter the
+  aligner *before* its per-branch Linear, so the masked half of every fused
+  token is the constant ``high_up_proj.bias`` / ``low_up_proj.bias`` (then
+  GELU), not nothing.  Bit-identical to the authors' procedure (run the tower,
+  zero its output): vlmeval_encred/realcode/deepseek_vl.py checks it on the
+  real upstream classes.
+* ``drop``: the masked branch is removed from the fusion: as ``zero``, and the
+  branch's up-projection is replaced by :class:`ZeroBranch`, so the masked
+  half is exactly zero *at the concatenation*.  Since GELU(0) = 0, the
+  aligner's last Linear then only sees the kept branch: the same as removing
+  the branch (and its input columns of that Linear) from the aligner.  Differs
+  from ``zero`` by the bias term above (docs/masking.md gives the measured
+  difference); the up-projection's weights are released too.
 
 Shapes: channels are the aligner's input widths; the token count per image is
 the processor's ``num_image_tokens`` (the number of ``<image_placeholder>``
@@ -34,18 +43,57 @@ against it on every call.
 
 from __future__ import annotations
 
+import contextlib
 import gc
-from typing import Any
+import sys
+from typing import Any, Iterator, Sequence
 
 import torch
 from vlmeval.vlm.base import BaseModel
 from vlmeval.vlm.deepseek_vl import DeepSeekVL
 
-from vlmeval_encred.masking import EncoderAdapter, EncoderInfo, MaskError, MaskSpec, count_params
-from vlmeval_encred.model_wrappers.deepseek_vl_hf import check_catalog_order
-from vlmeval_encred.wrapper import EncredMixin, resolve_dtype
+from vlmeval_encred.masking import EncoderAdapter, EncoderInfo, MaskError, MaskReport, MaskSpec, count_params
+from vlmeval_encred.model_wrappers.deepseek_vl_hf import check_catalog_order, cut_after_eos
+from vlmeval_encred.wrapper import EncredMixin, log, resolve_dtype
 
 _TOWERS = {"low": "vision_tower_low", "high": "vision_tower_high"}
+_BRANCHES = ("low", "high")  # EncoderInfo.index order: low (SigLIP) first, as transformers' port lists them
+
+MODE_NOTES = {
+    "zero": "zeros replace the masked tower's output at the aligner input (before its up-projection: "
+            "the masked half of each fused token is GELU(up_proj.bias)); the authors' procedure",
+    "drop": "the masked branch is removed from the aligner: its up-projection output is zero at the "
+            "concatenation, so the last Linear sees only the kept branch (differs from zero by the bias)",
+}
+"""One line per mode, put in the MaskReport's notes and the load log, so each run says which it used."""
+
+
+def import_deepseek_vl() -> Any:
+    """``import deepseek_vl`` (installed, or the upstream copy vlmeval_encred.upstream finds).
+
+    The package is not on PyPI; a user installs it from a checkout.  When it is not
+    installed, the checkout named by ``ENCRED_SRC_DEEPSEEK_VL`` (or the project's pinned
+    snapshot) is put on ``sys.path``.  Errors say which transformers the code needs.
+    """
+    try:
+        import deepseek_vl  # noqa: F401
+        return sys.modules["deepseek_vl"]
+    except ModuleNotFoundError as exc:
+        if exc.name != "deepseek_vl":
+            raise
+    from vlmeval_encred import upstream
+
+    try:
+        root = str(upstream.import_root("deepseek_vl"))
+    except upstream.UpstreamNotFound as exc:
+        raise ImportError("the deepseek_vl package (github.com/deepseek-ai/DeepSeek-VL) is not installed: "
+                          "pip install -e <a DeepSeek-VL checkout> --no-deps, with the versions of "
+                          "vlmeval_encred/recipes/deepseek_vl.txt; or " + str(exc)) from None
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    import deepseek_vl  # noqa: F401
+
+    return sys.modules["deepseek_vl"]
 
 
 def _tower(model: Any) -> Any:
@@ -59,13 +107,42 @@ def _tower(model: Any) -> Any:
     return tower
 
 
-def _aligner_in(model: Any, which: str) -> torch.nn.Linear:
+def _aligner_in(model: Any, which: str) -> torch.nn.Module:
     aligner = getattr(model, "aligner", None)
     lin = getattr(aligner, f"{which}_up_proj", None)
-    if not isinstance(lin, torch.nn.Linear):
+    if not isinstance(lin, (torch.nn.Linear, ZeroBranch)):
         raise MaskError(f"{type(model).__name__}.aligner has no {which}_up_proj Linear: only the hybrid split "
                         "projector (low_high_hybrid_split_mlp_gelu, DeepSeek-VL 7B) is supported")
     return lin
+
+
+class ZeroBranch(torch.nn.Module):
+    """Stands in for a dropped branch's up-projection: zeros of its output width, no parameters.
+
+    A zero-size buffer carries dtype and device, so ``model.to(...)`` after masking moves it
+    with the rest and the zeros come out where the other branch's half is."""
+
+    def __init__(self, in_features: int, out_features: int, like: torch.Tensor) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("anchor", torch.empty(0, dtype=like.dtype, device=like.device), persistent=False)
+
+    @property
+    def weight(self) -> torch.Tensor:  # dtype/device reference, as Linear.weight is for the zero mode
+        return self.anchor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros((*x.shape[:-1], self.out_features), dtype=self.anchor.dtype, device=self.anchor.device)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features} (dropped branch)"
+
+
+def drop_branch(model: Any, which: str) -> torch.nn.Module:
+    """Replace ``aligner.<which>_up_proj`` by a :class:`ZeroBranch`; return the replaced module."""
+    old = _aligner_in(model, which)
+    setattr(model.aligner, f"{which}_up_proj", ZeroBranch(old.in_features, old.out_features, old.weight))
+    return old
 
 
 class HybridVisionTowerAdapter(EncoderAdapter):
@@ -79,8 +156,8 @@ class HybridVisionTowerAdapter(EncoderAdapter):
     """
 
     family = "deepseek_vl"
-    modes = ("zero",)
-    drop_equals_zero = None
+    modes = ("zero", "drop")
+    drop_equals_zero = False  # the branch Linear's bias: see the module docstring
 
     def __init__(self, num_image_tokens: int | None = None) -> None:
         self.num_image_tokens = num_image_tokens
@@ -97,7 +174,7 @@ class HybridVisionTowerAdapter(EncoderAdapter):
             raise MaskError("HybridVisionTowerAdapter needs num_image_tokens (VLChatProcessor.num_image_tokens) "
                             "to know the towers' output token count")
         infos = []
-        for index, which in enumerate(("low", "high")):
+        for index, which in enumerate(_BRANCHES):
             sub = getattr(tower, _TOWERS[which])
             name = str(getattr(sub, "model_name", which)).split("_")[0].lower()
             shape = (int(self.num_image_tokens), int(_aligner_in(model, which).in_features))
@@ -106,11 +183,20 @@ class HybridVisionTowerAdapter(EncoderAdapter):
             raise MaskError(f"HybridVisionTower: both towers are named {infos[0].name!r}; cannot tell them apart")
         return infos
 
+    def apply(self, model: Any, spec: MaskSpec, model_name: str = "model") -> MaskReport:
+        report = super().apply(model, spec, model_name)
+        if report.spec.masked:
+            report.notes.append(f"mode={report.spec.mode}: {MODE_NOTES[report.spec.mode]}")
+        return report
+
     def install(self, model: Any, spec: MaskSpec, infos: list[EncoderInfo]) -> None:
         tower = _tower(model)
-        by_branch = {("low", "high")[i.index]: i for i in infos}
-        refs = {w: _aligner_in(model, w).weight for w in ("low", "high")}
+        by_branch = {_BRANCHES[i.index]: i for i in infos}
         masked = {w for w, i in by_branch.items() if spec.is_masked(i.name)}
+        if spec.mode == "drop":
+            for w in masked:
+                drop_branch(model, w)
+        refs = {w: _aligner_in(model, w).weight for w in _BRANCHES}
         shapes = {w: by_branch[w].output_shape for w in by_branch}
 
         def forward(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,12 +206,7 @@ class HybridVisionTowerAdapter(EncoderAdapter):
                 if w in masked:
                     out[w] = torch.zeros((b, *shapes[w]), dtype=refs[w].dtype, device=refs[w].device)
                     continue
-                sub = getattr(tower, _TOWERS[w])
-                if w == "high":
-                    x = sub(images)
-                    out[w] = x.flatten(2).transpose(1, 2)  # (B, C, h, w) -> (B, h*w, C), as upstream
-                else:
-                    out[w] = sub(tower.resize(images))
+                out[w] = run_branch(tower, w, images)
                 if out[w].shape[1] != shapes[w][0]:
                     raise MaskError(f"HybridVisionTower: {by_branch[w].name} gave {out[w].shape[1]} tokens per image "
                                     f"but the processor's num_image_tokens is {shapes[w][0]}")
@@ -141,14 +222,31 @@ class HybridVisionTowerAdapter(EncoderAdapter):
         for info in infos:
             if not spec.is_masked(info.name):
                 continue
-            attr = _TOWERS[("low", "high")[info.index]]
+            attr = _TOWERS[_BRANCHES[info.index]]
             freed += count_params(getattr(tower, attr))
             setattr(tower, attr, None)
             info.module = None
+        if spec.mode == "drop":
+            # install() already swapped the up-projections out; their weights go with the model's
+            # last reference (the local in drop_branch), so count them from the info widths.
+            for info in infos:
+                if spec.is_masked(info.name):
+                    zb = _aligner_in(model, _BRANCHES[info.index])
+                    freed += zb.in_features * zb.out_features + zb.out_features
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         return freed
+
+
+def run_branch(tower: Any, which: str, images: torch.Tensor) -> torch.Tensor:
+    """One ``CLIPVisionTower`` of a ``HybridVisionTower`` as upstream's forward runs it, ``(B, T, C)``."""
+    sub = getattr(tower, _TOWERS[which])
+    if sub is None:
+        raise MaskError(f"HybridVisionTower.{_TOWERS[which]} was released by the mask; it cannot run")
+    if which == "high":
+        return sub(images).flatten(2).transpose(1, 2)  # (B, C, h, w) -> (B, h*w, C), as upstream's rearrange
+    return sub(tower.resize(images))
 
 
 class EncredDeepSeekVL(EncredMixin, DeepSeekVL):
@@ -165,6 +263,7 @@ class EncredDeepSeekVL(EncredMixin, DeepSeekVL):
                  device: str | None = None, max_new_tokens: int = 512, **gen_kwargs: Any) -> None:
         spec, base = self.pop_encred_kwargs(gen_kwargs)
         BaseModel.__init__(self)  # not DeepSeekVL.__init__, which hard-codes bfloat16 and .cuda()
+        import_deepseek_vl()
         self.check_install()
         from deepseek_vl.models import VLChatProcessor
         from transformers import AutoModelForCausalLM
@@ -175,23 +274,121 @@ class EncredDeepSeekVL(EncredMixin, DeepSeekVL):
         self.adapter = HybridVisionTowerAdapter(self.vl_chat_processor.num_image_tokens)
         model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=True)
         check_catalog_order(base, self.adapter.names(model))
-        self.apply_mask(model, spec, base or model_path)
+        report = self.apply_mask(model, spec, base or model_path)
+        for note in report.notes:
+            log.info("vlmeval-encred: %s %s", base or model_path, note)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = model.to(device=device, dtype=resolve_dtype(torch_dtype)).eval()
         self.kwargs = self.generation_kwargs(dict(max_new_tokens=max_new_tokens, use_cache=True), gen_kwargs)
 
-    def generate_inner(self, message: list[dict[str, Any]], dataset: str | None = None) -> str:
+    @property
+    def mask_mode(self) -> str:
+        """The mode this variant was built with (``zero``/``drop``); also in ``encred_report.notes``."""
+        return self.encred_report.spec.mode if self.encred_report else "zero"
+
+    def build_inputs(self, message: list[dict[str, Any]]) -> Any:
+        """VLMEvalKit's conversation for ``message``, through the checkpoint's ``VLChatProcessor``."""
         from deepseek_vl.utils.io import load_pil_images
 
         conversation = self.prepare_inputs(message)  # VLMEvalKit's conversation building
         images = load_pil_images(conversation)
         inputs = self.vl_chat_processor(conversations=conversation, images=images, force_batchify=True)
-        inputs = inputs.to(self.model.device, dtype=self.model.dtype)
+        return inputs.to(self.model.device, dtype=self.model.dtype)
+
+    def decode_answers(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> list[str]:
+        """Greedy decoding from input embeddings, one answer per row (rows cut at their first EOS)."""
         with torch.inference_mode():
-            embeds = self.model.prepare_inputs_embeds(**inputs)
             out = self.model.language_model.generate(
-                inputs_embeds=embeds, attention_mask=inputs.attention_mask,
+                inputs_embeds=embeds, attention_mask=attention_mask,
                 pad_token_id=self.tokenizer.eos_token_id, bos_token_id=self.tokenizer.bos_token_id,
                 eos_token_id=self.tokenizer.eos_token_id, **self.kwargs)
-        return self.tokenizer.decode(out[0].cpu().tolist(), skip_special_tokens=True).strip()
+        eos = {self.tokenizer.eos_token_id}
+        return [self.tokenizer.decode(cut_after_eos(row.cpu(), eos).tolist(), skip_special_tokens=True).strip()
+                for row in out]
+
+    def generate_inner(self, message: list[dict[str, Any]], dataset: str | None = None) -> str:
+        inputs = self.build_inputs(message)
+        with torch.inference_mode():
+            embeds = self.model.prepare_inputs_embeds(**inputs)
+        return self.decode_answers(embeds, inputs.attention_mask)[0]
+
+
+# --- encred sweep support: share encoder outputs across every subset of a sample ---------------
+# :class:`~vlmeval_encred.sweep.protocol.SweepSupport` for ``EncredDeepSeekVL``.
+#
+# * ``prepare``: the wrapper's own ``build_inputs`` (what ``generate_inner`` calls).
+# * ``encode``: each kept ``CLIPVisionTower`` once, as ``HybridVisionTower.forward`` runs it
+#   (``run_branch``): the tensors that masking replaces by zeros.
+# * ``fuse_and_generate``: per subset, upstream's own ``prepare_inputs_embeds`` with the tower
+#   answering from the precomputed features (zeros for a masked one) and, under ``drop``, the
+#   masked branch's up-projection swapped for a ``ZeroBranch`` -- exactly what a variant of that
+#   mask runs; then one ``generate`` over all subsets (same prompt: no padding), rows cut after
+#   their first EOS as a batch of one stops there.
+
+
+@contextlib.contextmanager
+def _fixed_fusion(model: Any, high: torch.Tensor, low: torch.Tensor, dropped: Sequence[str]) -> Iterator[None]:
+    """Within the block, ``model.vision_model`` returns ``(high, low)`` and ``dropped`` branches are ZeroBranch."""
+    tower = model.vision_model
+    had = tower.__dict__.get("forward")
+    swapped = {}
+    tower.forward = lambda images: (high, low)
+    try:
+        for w in dropped:
+            if not isinstance(_aligner_in(model, w), ZeroBranch):
+                swapped[w] = drop_branch(model, w)
+        yield
+    finally:
+        for w, module in swapped.items():
+            setattr(model.aligner, f"{w}_up_proj", module)
+        if had is None:
+            del tower.forward
+        else:
+            tower.forward = had
+
+
+class DeepSeekVLSweep:
+    """SweepSupport of the original DeepSeek-VL family, modes ``zero`` and ``drop``."""
+
+    def prepare(self, wrapper: Any, message: list[dict[str, Any]], dataset: str | None) -> Any:
+        return wrapper.build_inputs(message)
+
+    def encode(self, wrapper: Any, inputs: Any, encoders: Sequence[str]) -> dict[str, torch.Tensor]:
+        branches = {i.name: _BRANCHES[i.index] for i in wrapper.adapter.encoders(wrapper.model)}
+        tower = _tower(wrapper.model)
+        images = inputs.pixel_values.flatten(0, 1)  # (b, n, c, h, w) -> (b n, c, h, w), as upstream
+        with torch.inference_mode():
+            return {name: run_branch(tower, branches[name], images) for name in encoders}
+
+    def fuse_and_generate(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]],
+                          mask_mode: str) -> list[str]:
+        if mask_mode not in HybridVisionTowerAdapter.modes:
+            raise MaskError(f"DeepSeek-VL supports mask modes {', '.join(HybridVisionTowerAdapter.modes)}, "
+                            f"not {mask_mode!r}")
+        model = wrapper.model
+        infos = {i.name: i for i in wrapper.adapter.encoders(model)}
+        n_img = inputs.pixel_values.shape[0] * inputs.pixel_values.shape[1]
+        embeds = []
+        with torch.inference_mode():
+            for feats in features_per_subset:
+                parts, dropped = {}, []
+                for name, info in infos.items():
+                    w = _BRANCHES[info.index]
+                    t = feats.get(name)
+                    if t is None:
+                        ref = _aligner_in(model, w).weight
+                        t = torch.zeros((n_img, *info.output_shape), dtype=ref.dtype, device=ref.device)
+                        if mask_mode == "drop":
+                            dropped.append(w)
+                    parts[w] = t
+                with _fixed_fusion(model, parts["high"], parts["low"], dropped):
+                    embeds.append(model.prepare_inputs_embeds(
+                        input_ids=inputs.input_ids.clone(), pixel_values=inputs.pixel_values,
+                        images_seq_mask=inputs.images_seq_mask, images_emb_mask=inputs.images_emb_mask))
+        S = len(embeds)
+        mask = inputs.attention_mask.repeat(S, 1)
+        return wrapper.decode_answers(torch.cat(embeds, dim=0), mask)
+
+
+EncredDeepSeekVL.sweep_support = DeepSeekVLSweep()

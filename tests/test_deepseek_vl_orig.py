@@ -1,12 +1,13 @@
-"""DeepSeek-VL masking through the original ``deepseek_vl`` package's ``HybridVisionTower``.
+"""DeepSeek-VL masking through the original ``deepseek_vl`` package's ``HybridVisionTower``, on a stand-in.
 
-The package is not pip-installable, so unless the real one imports, the tests
-run on the tiny stand-in under tests/standins/deepseek_vl (same module paths,
-class and attribute names and forward contract; tiny towers instead of SAM-B
-and SigLIP-L).  ``test_real_package_hybrid_tower`` runs only against the real
-package (it needs its SAM/SigLIP builders and weights-free construction) and is
-skipped with the reason otherwise.  The reference for ``zero`` is the authors'
-procedure: run the tower, then replace its output by zeros.
+These tests run on the tiny stand-in under tests/standins/deepseek_vl (same
+module paths, class and attribute names and forward contract; tiny towers
+instead of SAM-B and SigLIP-L), in the base environment and in the
+``deepseek_vl`` one (transformers 4.57).  The real package is tested in
+tests/test_deepseek_vl_realcode.py (``deepseek_vl`` environment): under the
+base environment's transformers 5 it does not import.  The reference for
+``zero`` is the authors' procedure (run the tower, then replace its output by
+zeros); for ``drop`` it is zeros at the aligner's concatenation.
 """
 
 from __future__ import annotations
@@ -18,23 +19,14 @@ import pytest
 import torch
 
 STANDINS = Path(__file__).parent / "standins"
+pytestmark = pytest.mark.envs("base", "deepseek_vl")
 
 
-def _real_package() -> tuple[bool, str]:
-    try:
-        import deepseek_vl  # noqa: F401
-    except Exception as exc:  # not installed, or broken against this transformers
-        return False, f"the real deepseek_vl package does not import here ({type(exc).__name__}: {exc})"
-    if getattr(deepseek_vl, "ENCRED_STANDIN", False):
-        return False, "only the test stand-in of deepseek_vl is importable"
-    return True, ""
+sys.path.append(str(STANDINS))  # appended: an installed real package would win, so check below
+from vlmeval_encred.upstream import forget_modules  # noqa: E402
 
-
-REAL, WHY_NOT_REAL = _real_package()
-if not REAL:
-    sys.path.append(str(STANDINS))  # appended: a real install always wins
-    for name in [m for m in sys.modules if m == "deepseek_vl" or m.startswith("deepseek_vl.")]:
-        del sys.modules[name]
+if "standins" not in str(getattr(sys.modules.get("deepseek_vl"), "__file__", "standins")):
+    forget_modules("deepseek_vl")  # the real package, imported by another test module
 
 from vlmeval_encred.masking import MaskError, MaskSpec, count_params, forward_call_recorder  # noqa: E402
 from vlmeval_encred.model_wrappers.deepseek_vl import EncredDeepSeekVL, HybridVisionTowerAdapter  # noqa: E402
@@ -47,11 +39,15 @@ LOW = dict(model_name="siglip_large_patch16_384", select_feature="same", image_s
 
 
 def _standin_only() -> None:
+    """The stand-in must be what ``deepseek_vl`` imports (not an installed real package)."""
     import deepseek_vl
 
     if not getattr(deepseek_vl, "ENCRED_STANDIN", False):
-        pytest.skip("tiny checkpoints use the stand-in's tiny towers; the real package is covered by "
-                    "test_real_package_hybrid_tower")
+        forget_modules("deepseek_vl")
+        sys.path.remove(str(STANDINS))
+        sys.path.insert(0, str(STANDINS))
+        import deepseek_vl
+    assert deepseek_vl.ENCRED_STANDIN, deepseek_vl.__file__
 
 
 @pytest.fixture(scope="module")
@@ -179,8 +175,8 @@ def test_wrapper_generates(ckpt, png):
     assert w.kwargs["do_sample"] is False
     with pytest.raises(MaskError, match=r"no encoder named 'clip'.*siglip, sam"):
         EncredDeepSeekVL(ckpt, mask=("clip",), torch_dtype="float32", device="cpu")
-    with pytest.raises(MaskError, match="mask mode 'drop'"):
-        EncredDeepSeekVL(ckpt, mask=("sam",), mask_mode="drop", torch_dtype="float32", device="cpu")
+    with pytest.raises(MaskError, match="mask mode 'zero_context'.*zero, drop"):
+        EncredDeepSeekVL(ckpt, mask=("sam",), mask_mode="zero_context", torch_dtype="float32", device="cpu")
 
 
 def test_catalog_points_here():
@@ -194,45 +190,66 @@ def test_not_a_hybrid_tower():
         HybridVisionTowerAdapter(4).encoders(torch.nn.Linear(2, 2))
 
 
-@pytest.mark.skipif(not REAL, reason=WHY_NOT_REAL or "real package present")
-def test_real_package_hybrid_tower():
-    """The 7B's tower configs with random weights (no checkpoint needed), on the real package."""
-    from attrdict import AttrDict
-    from deepseek_vl.models.clip_encoder import HybridVisionTower
-    from deepseek_vl.models.projector import MlpProjector
+@pytest.mark.parametrize("masked", [("siglip",), ("sam",), ("siglip", "sam")])
+def test_drop_mask_removes_the_branch_at_the_concatenation(ckpt, batch, masked):
+    """``drop``: the masked branch's up-projection output is zero at the concatenation (reference:
+    run everything, zero that output); differs from ``zero`` by the branch bias (set non-zero here:
+    the stand-in's checkpoint initialises biases to zero)."""
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    high = dict(HIGH, image_size=1024, output_dim=1024)
-    low = dict(LOW, image_size=384, output_dim=1024)
-
-    class Holder(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.vision_model = HybridVisionTower(high, low, concat_type="tuple")
-            self.aligner = MlpProjector(AttrDict(projector_type="low_high_hybrid_split_mlp_gelu",
-                                                 input_dim=1024, n_embed=256, depth=2))
-
-        def forward(self, x):
-            return self.aligner(self.vision_model(x))
-
-    torch.manual_seed(0)
-    x = torch.randn(1, 3, 1024, 1024, device=device)
-    for masked in [("siglip",), ("sam",)]:
-        torch.manual_seed(1)
-        ref = Holder().to(device).eval()
-        state = ref.state_dict()
+    def _load_biased(path):
+        m = _load(path)
         with torch.no_grad():
-            full = ref(x)
-        _run_then_zero(ref, masked)
-        with torch.no_grad():
-            reference = ref(x)
-        m = Holder().to(device).eval()
-        m.load_state_dict(state)
-        towers = {enc: getattr(m.vision_model, attr) for enc, attr in TOWER.items()}
-        calls, _ = forward_call_recorder(towers)
-        report = HybridVisionTowerAdapter(576).apply(m, MaskSpec(masked), "real")
-        with torch.no_grad():
-            out = m(x)
-        assert torch.equal(out, reference) and not torch.allclose(out, full)
-        assert all(calls[e] == 0 for e in masked)
-        assert report.released_params == sum(count_params(t) for e, t in towers.items() if e in masked)
+            for lin in (m.aligner.high_up_proj, m.aligner.low_up_proj):
+                lin.bias.copy_(torch.linspace(-0.5, 0.5, lin.bias.numel()))
+        return m
+
+    ref = _load_biased(ckpt)
+    branch = {"siglip": "low_up_proj", "sam": "high_up_proj"}
+    for enc in masked:
+        getattr(ref.aligner, branch[enc]).register_forward_hook(lambda _m, _i, out: torch.zeros_like(out))
+    reference = _logits(ref, batch)
+    zero = _load_biased(ckpt)
+    HybridVisionTowerAdapter(N_TOKENS).apply(zero, MaskSpec(masked, "zero"), "standin")
+    model = _load_biased(ckpt)
+    towers = {enc: getattr(model.vision_model, attr) for enc, attr in TOWER.items()}
+    tower_params = sum(count_params(t) for e, t in towers.items() if e in masked)
+    up_params = sum(count_params(getattr(model.aligner, branch[e])) for e in masked)
+    calls, _ = forward_call_recorder(towers)
+    report = HybridVisionTowerAdapter(N_TOKENS).apply(model, MaskSpec(masked, "drop"), "standin")
+    out = _logits(model, batch)
+    assert torch.equal(out, reference)
+    assert not torch.allclose(out, _logits(zero, batch))
+    assert all(calls[e] == 0 for e in masked)
+    assert report.released_params == tower_params + up_params
+    assert report.notes and report.notes[0].startswith("mode=drop:")
+
+
+def test_wrong_environment_fails_before_loading(monkeypatch):
+    """The catalog entry's ``requires``: where transformers cannot run the original package (the
+    base environment's 5.x), building a masked entry fails in the wrapper's first line, naming
+    the versions and the recipe, before anything is loaded; where it can, the check passes."""
+    import importlib.metadata as md
+
+    from packaging.specifiers import SpecifierSet
+
+    from vlmeval_encred.recipes import EnvironmentMismatch, check_requires
+    from vlmeval_encred.registry import get_base, parse_entry_name
+
+    spec = get_base("deepseek_vl_7b_orig")
+    assert spec.recipe == "deepseek_vl" and "transformers" in spec.requires
+    have = md.version("transformers")
+    if SpecifierSet(spec.requires["transformers"]).contains(have):
+        check_requires(spec.requires, "deepseek_vl_7b_orig", spec.recipe)  # deepseek_vl environment
+        return
+    import transformers
+
+    def no_load(*_a, **_k):
+        raise AssertionError("weights were being loaded before the environment check")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_load)
+    entry = parse_entry_name("deepseek_vl_7b_orig_mask_sam")
+    with pytest.raises(EnvironmentMismatch) as err:
+        entry.base.load_wrapper_class()(**entry.kwargs())
+    msg = str(err.value)
+    assert f"transformers {have} is installed" in msg and "transformers>=4.38.2,<5" in msg
+    assert "recipes/deepseek_vl.txt" in msg and "--env deepseek_vl" in msg

@@ -19,6 +19,7 @@ import importlib
 SELFTESTS: dict[str, str] = {
     # family: "module:attribute" of its RealCodeSelfTest
     "imof": "vlmeval_encred.realcode.imof:SELFTEST",
+    "deepseek_vl": "vlmeval_encred.realcode.deepseek_vl:SELFTEST",
 }
 
 

@@ -15,6 +15,9 @@ What is checked, per mask and mode (the claims docs/masking.md makes):
   zeros after running them (what the paper's authors did);
 * ``drop_equals_zero``: under ``drop``, for families that claim it, the output
   equals ``zero``'s (within the stated tolerance);
+* ``drop_equals_run_then_drop``: under ``drop``, for families whose self-test
+  gives an independent reference (:meth:`RealCodeSelfTest.run_then_drop`), the
+  output equals it exactly;
 * ``params_freed``: the parameters the adapter reports as released are at
   least the masked towers' own.
 """
@@ -129,6 +132,12 @@ class RealCodeSelfTest(abc.ABC):
         """The unmasked model's output with the masked towers run and their outputs zeroed
         at the fusion point (the paper's definition), by hooks on the unmasked model."""
 
+    def run_then_drop(self, model: Any, masked: tuple[str, ...]) -> Any:
+        """Optional: the unmasked model's output with the masked towers removed from the fusion
+        as the family defines ``drop``, by hooks on the unmasked model; ``None`` if the family
+        has no such reference (then only ``not_called`` / ``params_freed`` check ``drop``)."""
+        return None
+
     def fresh(self, model: Any) -> Any:
         return copy.deepcopy(model)
 
@@ -187,9 +196,14 @@ def run_selftest(test: RealCodeSelfTest, workdir: Path, subsets: Iterable[tuple[
                     expected = test.run_then_zero(test.fresh(base), masked)
                 ok, why = compare(out, expected)
                 results.append(CheckResult(fam, "zero_equals_run_then_zero", subject, ok, why))
-            elif mode == "drop" and test.drop_equals_zero and zero_out is not None:
-                ok, why = compare(out, zero_out, *test.drop_tolerance)
-                results.append(CheckResult(fam, "drop_equals_zero", subject, ok, why))
+            elif mode == "drop":
+                if test.drop_equals_zero and zero_out is not None:
+                    ok, why = compare(out, zero_out, *test.drop_tolerance)
+                    results.append(CheckResult(fam, "drop_equals_zero", subject, ok, why))
+                reference = test.run_then_drop(test.fresh(base), masked)
+                if reference is not None:
+                    ok, why = compare(out, reference)
+                    results.append(CheckResult(fam, "drop_equals_run_then_drop", subject, ok, why))
     results.append(CheckResult(fam, "done", "all", all(r.ok for r in results),
                                f"{len(results)} checks in {time.perf_counter() - t0:.1f} s"))
     return results

@@ -16,7 +16,10 @@ from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
-from transformers.configuration_utils import PreTrainedConfig
+try:
+    from transformers.configuration_utils import PreTrainedConfig
+except ImportError:  # transformers 4.x spells it PretrainedConfig (the deepseek_vl environment)
+    from transformers.configuration_utils import PretrainedConfig as PreTrainedConfig
 
 from .clip_encoder import CLIPVisionTower, HybridVisionTower
 from .projector import MlpProjector
