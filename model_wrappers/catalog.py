@@ -32,13 +32,18 @@ register_base(BaseModelSpec(
     wrapper="vlmeval_encred.model_wrappers.deepseek_vl_hf:EncredDeepseekVLHybrid", requires=_HF_DSVL,
     description="DeepSeek-VL 7B via transformers' DeepseekVLHybridForConditionalGeneration"))
 
-register_base(BaseModelSpec(
-    name="deepseek_vl_7b_orig", family="deepseek_vl",
-    checkpoint="deepseek-ai/deepseek-vl-7b-chat", encoders=("siglip", "sam"),
-    wrapper="vlmeval_encred.model_wrappers.deepseek_vl:EncredDeepSeekVL", modes=("zero", "drop"),
-    # its pyproject asks >=4.38.2; under 5.x its config classes fail to import
-    requires={"transformers": ">=4.38.2,<5"}, recipe="deepseek_vl",
-    description="DeepSeek-VL 7B via the original deepseek_vl package (HybridVisionTower)"))
+# Two masking points (docs/masking.md): `zero` (the tower's output before its aligner branch,
+# the authors' description) and `drop` (the branch removed at the concatenation).  Each has its
+# own base so both are plain VLMEvalKit names and a report never mixes them in one CUR.
+for _name, _modes, _what in [("deepseek_vl_7b_orig", ("zero", "drop"), "zero before the aligner branch"),
+                             ("deepseek_vl_7b_orig_drop", ("drop", "zero"), "aligner branch removed")]:
+    register_base(BaseModelSpec(
+        name=_name, family="deepseek_vl",
+        checkpoint="deepseek-ai/deepseek-vl-7b-chat", encoders=("siglip", "sam"),
+        wrapper="vlmeval_encred.model_wrappers.deepseek_vl:EncredDeepSeekVL", modes=_modes,
+        # its pyproject asks >=4.38.2; under 5.x its config classes fail to import
+        requires={"transformers": ">=4.38.2,<5"}, recipe="deepseek_vl",
+        description=f"DeepSeek-VL 7B via the original deepseek_vl package (HybridVisionTower); mask: {_what}"))
 
 # A tiny randomly initialised DeepseekVLHybrid, built offline on first use into the
 # cache (see vlmeval_encred.tiny_models): the CPU smoke model of the test suite.
