@@ -112,7 +112,7 @@ def test_plan_for_every_registered_base_and_paper15():
     assert x5.sweep.dominant()[0] == "prefill"
     assert 1.2 < x5.per_variant.total_seconds / x5.sweep.total_seconds < 3
     text = render(plans)
-    assert "| eagle_x5 | 32 | 58221 |" in text and "prefill dominates" in text
+    assert "| eagle_x5 | 32 | 58221 |" in text and "prefill dominates" in text and "of the per-variant GPU time" in text
 
 
 def test_cli_plan_runs():

@@ -35,9 +35,10 @@ import functools
 import inspect
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-import torch
+if TYPE_CHECKING:  # torch is imported where used: the engine (and `encred status`) import this module
+    import torch
 
 
 @dataclass
@@ -69,7 +70,7 @@ def collect() -> Iterator[DecodeStats]:
 
 
 # per language model: (prefix embeddings, their batch-1 cache) of the last sample
-_PREFIX: "weakref.WeakKeyDictionary[Any, tuple[torch.Tensor, Any]]" = weakref.WeakKeyDictionary()
+_PREFIX: "weakref.WeakKeyDictionary[Any, tuple[Any, Any]]" = weakref.WeakKeyDictionary()
 
 
 def shared_prefix_length(embeds: torch.Tensor) -> int:
@@ -93,6 +94,8 @@ def _kw_names(cls: type) -> tuple[str, str | None]:
 
 def _forward(lm: Any, embeds: torch.Tensor, length: int, cache: Any) -> Any:
     """``lm`` on ``embeds`` after ``length - embeds.shape[1]`` cached positions; logits of the last one."""
+    import torch
+
     cache_kw, keep_kw = _kw_names(type(lm))
     kw: dict[str, Any] = {cache_kw: cache, "use_cache": True,
                           "attention_mask": torch.ones((embeds.shape[0], length), dtype=torch.long,
@@ -103,12 +106,16 @@ def _forward(lm: Any, embeds: torch.Tensor, length: int, cache: Any) -> Any:
 
 
 def _out_cache(out: Any) -> Any:
-    cache = getattr(out, "past_key_values", None)
-    return cache if cache is not None else getattr(out, "cache")
+    """The output's cache: ``cache`` (transformers >= 5.x; ``past_key_values`` there is a warning alias)
+    or ``past_key_values`` (4.x)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 def _prefix_cache(lm: Any, prefix: torch.Tensor, stats: DecodeStats | None) -> Any:
     """Batch-1 key/value cache of ``prefix`` (1, P, d): the previous sample's if its prefix was equal."""
+    import torch
+
     hit = _PREFIX.get(lm)
     if hit is not None and hit[0].shape == prefix.shape and torch.equal(hit[0], prefix):
         return hit[1]
@@ -121,19 +128,29 @@ def _prefix_cache(lm: Any, prefix: torch.Tensor, stats: DecodeStats | None) -> A
     return cache
 
 
-@torch.inference_mode()
 def greedy_subsets(lm: Any, embeds: torch.Tensor, embed_tokens: Callable[[torch.Tensor], torch.Tensor],
                    eos_ids: Sequence[int], max_new_tokens: int, share_prefix: bool = True) -> list[list[int]]:
     """Greedy answers (token ids, end-of-sequence token included when produced) of the rows of
     ``embeds`` (S, T, d), each as ``lm.generate(inputs_embeds=row, do_sample=False)`` would give
-    at batch 1 without padding.  ``lm``: a transformers causal LM (``inputs_embeds``,
-    ``past_key_values``, ``logits_to_keep``); ``embed_tokens``: ids (n, 1) -> embeddings (n, 1, d).
+    at batch 1 without padding.  ``lm``: a transformers causal LM (``inputs_embeds``, a
+    ``DynamicCache`` as ``cache``/``past_key_values``, optionally ``logits_to_keep``); ``embed_tokens``: ids (n, 1) -> embeddings (n, 1, d).
     ``share_prefix=False`` prefills every row in full (for comparisons)."""
+    import torch
+
+    with torch.inference_mode():
+        return _greedy(lm, embeds, embed_tokens, eos_ids, max_new_tokens, share_prefix)
+
+
+def _greedy(lm: Any, embeds: "torch.Tensor", embed_tokens: Callable[["torch.Tensor"], "torch.Tensor"],
+            eos_ids: Sequence[int], max_new_tokens: int, share_prefix: bool) -> list[list[int]]:
+    import torch
+
     stats = _CURRENT.get()
     s, t = embeds.shape[:2]
     eos = set(int(e) for e in eos_ids)
     dev = embeds.device
-    p = shared_prefix_length(embeds) if share_prefix else 0
+    # one row alone shows no shared prefix (everything would look shared)
+    p = shared_prefix_length(embeds) if share_prefix and s > 1 else 0
     p = min(p, t - 1)  # the last prompt position must be run per row: it gives the first answer token
     if p > 0:
         cache = copy.deepcopy(_prefix_cache(lm, embeds[:1, :p], stats))

@@ -12,6 +12,11 @@ def _t(x: float) -> str:
     return f"{x / 1e12:.3g}"
 
 
+def _h(seconds: float) -> str:
+    h = seconds / 3600
+    return f"{h:,.0f}" if h >= 100 else f"{h:.1f}"
+
+
 def _tower_cell(p: Plan) -> str:
     b = p.base
     return ", ".join(f"{k} {b.vision_flops([k]) / 1e12:.3g}" for k in b.towers)
@@ -40,7 +45,7 @@ def lattice_table(plans: Sequence[Plan]) -> str:
         dom, share = sw.dominant()
         rows.append(f"| {p.base.name} | {len(p.subsets)} | {p.questions} | {pv.total_flops / 1e15:,.0f} | "
                     f"{sw.total_flops / 1e15:,.0f} | {pv.total_flops / sw.total_flops:.2f}x | "
-                    f"{pv.total_seconds / 3600:,.0f} | {sw.total_seconds / 3600:,.0f} | "
+                    f"{_h(pv.total_seconds)} | {_h(sw.total_seconds)} | "
                     f"{pv.total_seconds / sw.total_seconds:.2f}x | {dom} {share:.0%} | "
                     f"{pv.seconds['towers'] / pv.total_seconds:.0%} |")
     if g:
@@ -62,7 +67,7 @@ def phase_table(plans: Sequence[Plan]) -> str:
         rows.append(f"| {p.base.name} | {sw.seconds['towers'] / tot:.0%} | {sw.seconds['connector'] / tot:.1%} | "
                     f"{sw.seconds['prefill'] / tot:.0%} | {sw.seconds['decode'] / tot:.1%} | "
                     f"{p.base.prefix_tokens} of {p.base.prompt_tokens(p.datasets[0]) - p.datasets[0].question_tokens}"
-                    f"+question | {sh.total_seconds / 3600:,.0f} | {saved:.1%} | {dec_gain:.1%} |")
+                    f"+question | {_h(sh.total_seconds)} | {saved:.1%} | {dec_gain:.1%} |")
     return "\n".join(rows)
 
 
@@ -76,6 +81,7 @@ def render(plans: Sequence[Plan]) -> str:
     for p in plans:
         dom, share = p.sweep.dominant()
         parts.append(f"\n{p.base.name}: {dom} dominates the sweep ({share:.0%} of its GPU time); "
-                     f"sharing encoders saves {1 - p.sweep.total_seconds / p.per_variant.total_seconds:.0%} "
-                     f"of the per-variant GPU time.")
+                     f"the sweep (towers shared, subsets prefilled and decoded as one batch) needs "
+                     f"{p.sweep.total_seconds / p.per_variant.total_seconds:.0%} of the per-variant GPU time, "
+                     f"{p.sweep_shared.total_seconds / p.per_variant.total_seconds:.0%} with the shared prefix.")
     return "\n".join(parts)
