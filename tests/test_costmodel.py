@@ -124,3 +124,21 @@ def test_cli_plan_runs():
     bad = subprocess.run([sys.executable, "-m", "vlmeval_encred.cli", "profile", "--plan", "--data", "NoSuchSet"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "no question count for dataset 'NoSuchSet'" in bad.stderr
+
+
+def test_formulas_match_flopcounter_on_the_real_classes():
+    """Each tower/LLM of costdata.yaml that transformers/timm can build here, on the meta device
+    (no weights): FlopCounterMode's count equals the formula's (LLMs: the matrix products outside
+    attention, exactly; towers within 2 %: SAM's relative-position terms and neck are not in the
+    formula)."""
+    from vlmeval_encred.sweep.costcheck import all_checks
+
+    checks = {c.name: c for c in all_checks()}
+    assert {"tower clip_l14_448", "tower convnext_xxl_1024", "tower sam_l_1024", "tower eva02_l_det_1024",
+            "tower pix2struct_large_2048", "tower siglip_so400m_384", "tower dinov2_g14_378",
+            "llm vicuna_7b", "llm llama3_8b", "llm qwen25_7b"} <= set(checks)
+    for c in checks.values():
+        if c.name.startswith("llm"):
+            assert c.counted == c.analytic, c
+        else:
+            assert 0.99 <= c.ratio <= 1.02, c

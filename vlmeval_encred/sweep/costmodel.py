@@ -45,17 +45,20 @@ class CostDataError(ValueError):
 def vit_flops(tokens: int, width: int, depth: int, mlp: int, mlp_mats: int = 2, patch: int = 16,
               window: int | None = None, window_tokens: int | None = None, window_layers: int = 0) -> float:
     """One image through a ViT: patch embedding, ``depth`` blocks (QKV+O = 4 w^2, MLP
-    ``mlp_mats`` x w x mlp per token) and attention (4 x n x ctx x w per layer; windowed
-    layers attend within ``window`` tokens over a padded grid of ``window_tokens``)."""
+    ``mlp_mats`` x w x mlp per token) and attention (4 x n x ctx x w per layer).  Windowed
+    layers (SAM / ViTDet) partition the grid, padded to ``window_tokens``, into windows of
+    ``window`` tokens before QKV: projections and attention run on the padded tokens."""
     embed = 2 * tokens * 3 * patch * patch * width
-    linear = depth * 2 * tokens * (4 * width * width + mlp_mats * width * mlp)
+    mlp_part = depth * 2 * tokens * mlp_mats * width * mlp
     global_layers = depth - window_layers
+    proj = global_layers * 2 * tokens * 4 * width * width
     attn = global_layers * 4 * tokens * tokens * width
     if window_layers:
         if not window or not window_tokens:
             raise CostDataError("a ViT with window_layers needs window and window_tokens")
+        proj += window_layers * 2 * window_tokens * 4 * width * width
         attn += window_layers * 4 * window_tokens * window * width
-    return float(embed + linear + attn)
+    return float(embed + mlp_part + proj + attn)
 
 
 def convnext_flops(input: int, depths: Sequence[int], widths: Sequence[int]) -> float:
@@ -75,7 +78,7 @@ def convnext_flops(input: int, depths: Sequence[int], widths: Sequence[int]) -> 
 
 def tower_flops(spec: dict[str, Any], name: str = "?") -> float:
     kind = spec.get("kind")
-    args = {k: v for k, v in spec.items() if k not in ("kind", "source")}
+    args = {k: v for k, v in spec.items() if k not in ("kind", "source", "check")}
     try:
         if kind == "vit":
             return vit_flops(**args)
