@@ -237,3 +237,19 @@ def test_greedy_subsets_equals_generate_per_row_with_early_stops():
         other[:, 0] += 1.0
         greedy_subsets(lm, other, emb, eos_ids=[eos], max_new_tokens=6)
     assert st2.prefix_runs == 1 and st2.prefix_tokens == 5 + 0 + 5
+
+
+def test_encred_sweep_cli_reports_shared_prefix(env, tmp_path, capsys):
+    """`encred sweep` (in process: the stand-in is registered here) prints what the shared-prefix
+    decoding saved: positions prefilled of the prompt positions, prefix runs."""
+    from vlmeval_encred.cli import main
+
+    rc = main(["sweep", "--model", "concat5_standin", "--data", DS, "--subsets", "k<=1", "--work-dir",
+               str(tmp_path / "cli"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    n = len(_standin_prefix())
+    line = next(x for x in out.splitlines() if "LLM prefill:" in x)
+    total = int(line.split(" of ")[1].split()[0])
+    done = int(line.split("LLM prefill: ")[1].split()[0])
+    assert total - done == 4 * 6 * n - n and "run 1x" in line, line  # 4 samples x 6 subsets share it
