@@ -61,7 +61,7 @@ setup(
     python_requires=">=3.10",
     packages=packages,
     package_dir={"vlmeval_encred.model_wrappers": "model_wrappers"},
-    package_data={"vlmeval_encred": ["benchmarks.yaml", "recipes/*.txt", "recipes/*.post", "demo/checkpoint/*.json", "demo/checkpoint/*.safetensors"]},
+    package_data={"vlmeval_encred": ["benchmarks.yaml", "sweep/costdata.yaml", "recipes/*.txt", "recipes/*.post", "demo/checkpoint/*.json", "demo/checkpoint/*.safetensors"]},
     include_package_data=False,
     install_requires=[
         # vlmeval itself comes from the user's VLMEvalKit (a checkout or ms-vlmeval);

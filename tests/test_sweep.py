@@ -66,6 +66,11 @@ def test_sweep_equals_per_variant_vlmevalkit_inference(env, tmp_path):
     d = rep.datasets[0]
     assert d.encoder_calls == {e: 4 for e in base.encoders}  # each tower once per image, not 6x
     assert d.decode_calls == 4  # one batched generate per sample
+    # the stand-in decodes through decoding.greedy_subsets: its template prefix ran once for the dataset
+    dec = d.decoding
+    assert dec.calls == 4 and dec.rows == 4 * len(chosen) and dec.prefix_runs == 1
+    assert dec.prefix_tokens == 4 * len(_standin_prefix())
+    assert dec.prefilled_tokens == dec.prompt_tokens - dec.rows * len(_standin_prefix()) + len(_standin_prefix())
     seen = set()
     for e in chosen:
         _per_variant(e.name, tmp_path / "ref")
@@ -170,3 +175,81 @@ def test_encred_tiny_sweep_support_matches_its_generate_inner(tmp_path):
     want = [EncredTiny(model_path=str(tmp_path / "ck"), max_new_tokens=3, mask=s).generate_inner(msg)
             for s in subsets]
     assert got == want
+
+
+def _standin_prefix() -> list[int]:
+    from standins import concat5
+
+    tok = concat5.Concat5().tokenizer
+    return [tok.bos_token_id] + tok(concat5.SYSTEM, add_special_tokens=False).input_ids
+
+
+def _tiny_llama(seed: int = 0):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=40, max_position_embeddings=128, initializer_range=0.5,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_greedy_subsets_equals_generate_per_row_with_early_stops():
+    """decoding.greedy_subsets (shared prefix run once, finished rows dropped from batch and cache)
+    gives each row exactly what ``generate`` gives that row alone; the end-of-sequence token is chosen
+    so that rows stop at different steps, and the prefix cache is reused by an equal prefix only."""
+    import torch
+
+    from vlmeval_encred.sweep.decoding import collect, greedy_subsets, shared_prefix_length
+
+    lm = _tiny_llama()
+    emb = lm.get_input_embeddings()
+    g = torch.Generator().manual_seed(0)
+    prefix = torch.randn(1, 5, 32, generator=g)
+    rows = torch.randn(6, 4, 32, generator=g)  # per-subset part (the image)
+    question = torch.randn(1, 3, 32, generator=g)
+    embeds = torch.cat([prefix.expand(6, -1, -1), rows, question.expand(6, -1, -1)], dim=1)
+    assert shared_prefix_length(embeds) == 5
+    free = greedy_subsets(lm, embeds, emb, eos_ids=[], max_new_tokens=6)
+    counts = {}
+    for r in free:
+        for pos, t in enumerate(r[:-1]):
+            counts.setdefault(t, set()).add(pos)
+    eos = max(counts, key=lambda t: len(counts[t]))  # a token that ends rows at different steps
+    with collect() as st:
+        got = greedy_subsets(lm, embeds, emb, eos_ids=[eos], max_new_tokens=6)
+    want = []
+    for i in range(6):
+        out = lm.generate(inputs_embeds=embeds[i:i + 1], attention_mask=torch.ones(1, 12, dtype=torch.long),
+                          max_new_tokens=6, do_sample=False, eos_token_id=eos, pad_token_id=0)
+        row = out[0].tolist()
+        want.append(row[:row.index(eos) + 1] if eos in row else row)
+    assert got == want
+    assert len({len(r) for r in got}) > 1 and st.rows_dropped_early > 0, "no early stop: the test would be vacuous"
+    # the prefix cache of the first call (same prefix) is reused: only 6 rows x 7 positions prefilled
+    assert st.prefix_tokens == 5 and st.prefix_runs == 0 and st.prefilled_tokens == 6 * 7
+    # an equal prefix (next sample) reuses the cache; a different one is run; no sharing = same answers
+    with collect() as st2:
+        assert greedy_subsets(lm, embeds, emb, eos_ids=[eos], max_new_tokens=6) == got
+        assert greedy_subsets(lm, embeds, emb, eos_ids=[eos], max_new_tokens=6, share_prefix=False) == got
+        other = embeds.clone()
+        other[:, 0] += 1.0
+        greedy_subsets(lm, other, emb, eos_ids=[eos], max_new_tokens=6)
+    assert st2.prefix_runs == 1 and st2.prefix_tokens == 5 + 0 + 5
+
+
+def test_encred_sweep_cli_reports_shared_prefix(env, tmp_path, capsys):
+    """`encred sweep` (in process: the stand-in is registered here) prints what the shared-prefix
+    decoding saved: positions prefilled of the prompt positions, prefix runs."""
+    from vlmeval_encred.cli import main
+
+    rc = main(["sweep", "--model", "concat5_standin", "--data", DS, "--subsets", "k<=1", "--work-dir",
+               str(tmp_path / "cli"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    n = len(_standin_prefix())
+    line = next(x for x in out.splitlines() if "LLM prefill:" in x)
+    total = int(line.split(" of ")[1].split()[0])
+    done = int(line.split("LLM prefill: ")[1].split()[0])
+    assert total - done == 4 * 6 * n - n and "run 1x" in line, line  # 4 samples x 6 subsets share it

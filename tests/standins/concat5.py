@@ -4,8 +4,11 @@ Not an upstream model: a synthetic stand-in for the sweep tests and
 benchmarks/sweep_speed.py.  Five patch-MLP "towers" (named as Eagle-X5's) see
 the image at their own resolution; each output is pooled to a 4x4 grid and the
 outputs are concatenated along channels (Eagle-1's fusion), projected by an
-MLP and prepended to the prompt of a tiny random Llama (transformers), decoded
-greedily with ``generate``.  Tower widths/depths/resolutions are chosen so the
+MLP and put between a fixed chat-template text (``SYSTEM``, as Eagle's
+``vicuna_v1`` template puts its system sentence before the image) and the
+question of a tiny random Llama (transformers); per-variant runs decode greedily
+with ``generate``, the sweep with :func:`vlmeval_encred.sweep.decoding.greedy_subsets`
+(shared template prefix computed once, finished rows dropped).  Tower widths/depths/resolutions are chosen so the
 towers' shares of the vision FLOPs are roughly Eagle-X5's (SAM and EVA-02 at
 1024 px dominate, CLIP at 448 is cheapest) and vision is about 40% of a
 sample's FLOPs; weights use a large init so answers depend on the image and
@@ -28,6 +31,8 @@ from vlmeval_encred.masking import EncoderAdapter, EncoderInfo, MaskSpec, count_
 from vlmeval_encred.wrapper import EncredMixin
 
 GRID = 4
+SYSTEM = "Describe the chart. Please select the correct answer. USER:"
+"""Template text before the image: identical for every subset and sample (the shared prefix)."""
 # name: (input side, patch, width, depth) -- see the module docstring for the proportions.
 TOWERS: dict[str, tuple[int, int, int, int]] = {
     "clip": (32, 4, 48, 1),
@@ -131,7 +136,9 @@ class Concat5Standin(EncredMixin, BaseModel):
             arr = torch.from_numpy(np.asarray(im.convert("RGB").resize((64, 64)), dtype=np.float32).copy())
         image = arr.reshape(64, 64, 3).permute(2, 0, 1).unsqueeze(0) / 255.0
         ids = self.tokenizer(prompt, return_tensors="pt").input_ids
-        return {"image": image, "input_ids": ids}
+        prefix = torch.tensor([[self.tokenizer.bos_token_id]
+                               + self.tokenizer(SYSTEM, add_special_tokens=False).input_ids])
+        return {"image": image, "prefix_ids": prefix, "input_ids": ids}
 
     def encode(self, inputs: dict[str, torch.Tensor], names: Sequence[str]) -> dict[str, torch.Tensor]:
         return {n: self.model.towers[n](inputs["image"]) for n in names}
@@ -141,18 +148,26 @@ class Concat5Standin(EncredMixin, BaseModel):
                  for n in TOWERS]
         return self.model.projector(torch.cat(parts, dim=-1))
 
-    def generate_batch(self, inputs: dict[str, torch.Tensor], visual: torch.Tensor) -> list[str]:
+    def embeds(self, inputs: dict[str, torch.Tensor], visual: torch.Tensor) -> torch.Tensor:
+        """[template prefix, image tokens, question] for each row of ``visual``."""
         s = visual.shape[0]
-        text = self.model.llm.get_input_embeddings()(inputs["input_ids"]).expand(s, -1, -1)
-        embeds = torch.cat([visual, text], dim=1)
-        mask = torch.ones(embeds.shape[:2], dtype=torch.long)
-        out = self.model.llm.generate(inputs_embeds=embeds, attention_mask=mask, **self.kwargs)
+        emb = self.model.llm.get_input_embeddings()
+        return torch.cat([emb(inputs["prefix_ids"]).expand(s, -1, -1), visual,
+                          emb(inputs["input_ids"]).expand(s, -1, -1)], dim=1)
+
+    def decode(self, rows: list[list[int]]) -> list[str]:
         eos = self.tokenizer.eos_token_id
         texts = []
-        for row in out.tolist():
+        for row in rows:
             row = row[:row.index(eos) + 1] if eos in row else row
             texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
         return texts
+
+    def generate_batch(self, inputs: dict[str, torch.Tensor], visual: torch.Tensor) -> list[str]:
+        embeds = self.embeds(inputs, visual)
+        mask = torch.ones(embeds.shape[:2], dtype=torch.long)
+        out = self.model.llm.generate(inputs_embeds=embeds, attention_mask=mask, **self.kwargs)
+        return self.decode(out.tolist())
 
     def generate_inner(self, message: list[dict[str, Any]], dataset: str | None = None) -> str:
         with torch.inference_mode():
@@ -162,7 +177,13 @@ class Concat5Standin(EncredMixin, BaseModel):
 
 
 class Concat5Sweep:
-    """SweepSupport of the stand-in: the same three steps generate_inner takes, batched over subsets."""
+    """SweepSupport of the stand-in: the same three steps generate_inner takes, batched over subsets.
+
+    ``shared_decoding``: decode with :func:`~vlmeval_encred.sweep.decoding.greedy_subsets` (shared
+    prefix, finished rows dropped); False: one ``generate`` over all subsets (the former path,
+    kept for benchmarks/sweep_speed.py's comparison)."""
+
+    shared_decoding = True
 
     def prepare(self, wrapper: Concat5Standin, message: list[dict[str, Any]], dataset: str | None) -> Any:
         return wrapper.build_inputs(message, dataset)
@@ -173,9 +194,16 @@ class Concat5Sweep:
 
     def fuse_and_generate(self, wrapper: Concat5Standin, inputs: Any, features_per_subset: list[dict[str, Any]],
                           mask_mode: str) -> list[str]:
+        from vlmeval_encred.sweep.decoding import greedy_subsets
+
         with torch.inference_mode():
             visual = torch.cat([wrapper.fuse(f) for f in features_per_subset], dim=0)
-            return wrapper.generate_batch(inputs, visual)
+            if not self.shared_decoding:
+                return wrapper.generate_batch(inputs, visual)
+            llm = wrapper.model.llm
+            rows = greedy_subsets(llm, wrapper.embeds(inputs, visual), llm.get_input_embeddings(),
+                                  [wrapper.tokenizer.eos_token_id], wrapper.kwargs["max_new_tokens"])
+            return wrapper.decode(rows)
 
 
 Concat5Standin.sweep_support = Concat5Sweep()

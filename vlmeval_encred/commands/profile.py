@@ -1,25 +1,46 @@
-"""``encred profile``: per-variant vision FLOPs, total FLOPs, latency and memory relative to the full model."""
+"""``encred profile``: per-variant vision FLOPs, total FLOPs, latency and memory relative to the full model;
+``encred profile --plan``: the analytic cost of a lattice x suite at real model sizes (no model loaded)."""
 
 from __future__ import annotations
 
 import argparse
 
+PLAN_DEFAULT_BASES = ("eagle_x5", "eagle_x4_8b_plus", "cambrian1_8b", "imof_13b", "eagle2_9b", "deepseek_vl_7b_hf")
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("profile", help="cost of each variant relative to the full model (sheet + figure)",
+    p = sub.add_parser("profile", help="cost of each variant relative to the full model (sheet + figure); "
+                                       "--plan: GPU-hours of a lattice x suite, per-variant vs sweep",
                        description="Vision FLOPs (each kept encoder counted once), total FLOPs per sample "
                                    "(FlopCounterMode), median latency after warm-up and memory of every "
-                                   "selected variant, on the GPU if there is one, else the CPU.")
-    p.add_argument("--model", required=True, help="base model name")
+                                   "selected variant, on the GPU if there is one, else the CPU.  With --plan: "
+                                   "no model is loaded; the architecture numbers of vlmeval_encred/sweep/"
+                                   "costdata.yaml give per family the FLOPs of each tower, the prefill and the "
+                                   "decoding, and the lattice x datasets cost per-variant versus sweep in FLOPs "
+                                   "and GPU-hours on a reference GPU.")
+    p.add_argument("--model", default=None, help="base model name (--plan: comma-separated names or 'all'; "
+                                                 f"default {','.join(PLAN_DEFAULT_BASES)})")
     p.add_argument("--subsets", default="all", help="'all', 'k=1', 'k<=2' or entry names")
     p.add_argument("--samples", type=int, default=2, help="synthetic messages per measurement")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--out", default=None, help="output prefix (default ./encred_out/profile_<model>)")
+    g = p.add_argument_group("--plan (analytic, real sizes)")
+    g.add_argument("--plan", action="store_true", help="print the cost model's tables instead of measuring")
+    g.add_argument("--data", default="paper15", help="suite / short / official dataset names (default paper15)")
+    g.add_argument("--gpu", default="a100_80gb_bf16", help="reference GPU in costdata.yaml (default a100_80gb_bf16)")
+    g.add_argument("--mfu", type=float, default=None, help="override the GPU's assumed FLOP utilisation (0-1)")
+    g.add_argument("--mbu", type=float, default=None, help="override the GPU's assumed bandwidth utilisation (0-1)")
+    g.add_argument("--answer-tokens", type=int, default=None,
+                   help="override every dataset's assumed answer length (tokens incl. end of sequence)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plan:
+        return run_plan(args)
+    if not args.model:
+        raise SystemExit("encred profile: --model is required (or use --plan)")
     import tempfile
 
     from ..registry import RegistryError, get_base
@@ -39,4 +60,42 @@ def run(args: argparse.Namespace) -> int:
         print(f"{r['variant']:<44} {r['vision_flops_rel']:>9.3f} {r['total_flops_rel']:>7.3f} "
               f"{r['latency_ms_rel']:>8.3f} {r['param_bytes_rel']:>7.3f}")
     print("relative to the full model; written: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def build_plans(models: str | None, subsets: str, data: str, gpu_name: str, mfu: float | None = None,
+                mbu: float | None = None, answer_tokens: int | None = None) -> list:
+    """The :class:`~vlmeval_encred.sweep.costmodel.Plan` of each named base (what ``--plan`` prints)."""
+    from ..registry import bases, get_base
+    from ..sweep import costmodel
+    from ..sweep.selection import resolve_datasets, select_entries
+
+    if not models:
+        names = list(PLAN_DEFAULT_BASES)
+    elif models.strip() == "all":
+        names = [b.name for b in bases()]
+    else:
+        names = [n.strip() for n in models.split(",") if n.strip()]
+    g = costmodel.gpu(gpu_name, mfu, mbu)
+    datasets = [costmodel.dataset(d, answer_tokens) for d in resolve_datasets(data.split(","))]
+    plans = []
+    for name in names:
+        base = get_base(name)
+        cost = costmodel.base_cost(name, base.encoders)
+        lattice = [e.kept for e in select_entries(base, subsets)]
+        plans.append(costmodel.plan(cost, g, datasets, lattice))
+    return plans
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from ..registry import RegistryError
+    from ..sweep.costmodel import CostDataError
+    from ..sweep.planreport import render
+    from ..sweep.selection import SelectionError
+
+    try:
+        plans = build_plans(args.model, args.subsets, args.data, args.gpu, args.mfu, args.mbu, args.answer_tokens)
+    except (RegistryError, SelectionError, CostDataError) as exc:
+        raise SystemExit(f"encred profile --plan: {exc}")
+    print(render(plans))
     return 0

@@ -61,6 +61,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"{d.dataset}: {d.samples} samples, {d.computed_samples} computed, {len(d.written)} prediction "
               f"files written, {len(d.skipped_variants)} variants already complete; encoder calls: {calls}; "
               f"{d.seconds:.1f} s")
+        dec = d.decoding
+        if dec.calls:  # the family decodes through sweep.decoding.greedy_subsets
+            print(f"  LLM prefill: {dec.prefilled_tokens} of {dec.prompt_tokens} prompt positions computed "
+                  f"(template prefix shared across subsets, run {dec.prefix_runs}x); "
+                  f"{dec.rows_dropped_early} finished rows left the batch early")
     return 0
 
 

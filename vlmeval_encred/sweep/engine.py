@@ -4,7 +4,11 @@ Per sample the engine builds the message exactly as ``vlmeval/inference.py``'s
 ``infer_data`` does (dataset prompt, or the model's custom prompt when it
 asks for one, with the dataset's ``dump_image``), pre-processes it as
 ``BaseModel.generate`` does, runs every encoder that some pending subset keeps
-*once*, and decodes all pending subsets of the sample as one batch.  Finished
+*once*, and decodes all pending subsets of the sample as one batch (families
+whose fusion ends in ``inputs_embeds`` can decode through
+:func:`.decoding.greedy_subsets`: the chat template's text before the image is
+prefilled once and its key/value cache shared, finished rows leave the batch;
+what that saved is in ``DatasetReport.decoding``).  Finished
 samples go to an append-only checkpoint (see :mod:`.checkpoint`); when a
 variant has every sample, its prediction file is written where and as
 VLMEvalKit's own inference writes it (see :mod:`.predfiles`), so ``run.py``
@@ -17,6 +21,7 @@ run, as the entry that masks only the encoders *no* selected subset keeps
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -25,6 +30,7 @@ from typing import Any, Callable, Sequence
 from ..registry import BaseModelSpec, Entry
 from . import predfiles
 from .checkpoint import SweepCheckpoint, checkpoint_path
+from .decoding import DecodeStats, collect
 from .protocol import support_for
 
 log = logging.getLogger("vlmeval_encred")
@@ -44,6 +50,8 @@ class DatasetReport:
     encoder_calls: dict[str, int] = field(default_factory=dict)
     decode_calls: int = 0
     seconds: float = 0.0
+    decoding: DecodeStats = field(default_factory=DecodeStats)
+    """What families decoding through :func:`.decoding.greedy_subsets` saved (prefix reuse, rows dropped)."""
 
 
 @dataclass
@@ -154,6 +162,8 @@ def run_sweep(base: BaseModelSpec, entries: Sequence[Entry], datasets: Sequence[
         already = sum(1 for i in indices if all(e.name in ck.get(i) for e in pending))
         bar = tqdm(total=len(indices), initial=already, disable=not progress, unit="sample",
                    desc=f"sweep {base.name}/{ds_name} x{len(pending)} variants")
+        scope = contextlib.ExitStack()
+        rep.decoding = scope.enter_context(collect())
         try:
             for pos in range(len(data)):
                 line = data.iloc[pos]
@@ -183,6 +193,7 @@ def run_sweep(base: BaseModelSpec, entries: Sequence[Entry], datasets: Sequence[
                 if on_sample is not None:
                     on_sample(ds_name, idx)
         finally:
+            scope.close()
             bar.close()
             ck.close()
         for e in pending:

@@ -1,0 +1,87 @@
+"""Markdown tables of :mod:`.costmodel` plans (what `encred profile --plan` prints and docs/sweeps.md shows)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from .costmodel import Plan
+
+
+def _t(x: float) -> str:
+    """TFLOPs with sensible digits."""
+    return f"{x / 1e12:.3g}"
+
+
+def _h(seconds: float) -> str:
+    h = seconds / 3600
+    return f"{h:,.0f}" if h >= 100 else f"{h:.1f}"
+
+
+def _tower_cell(p: Plan) -> str:
+    b = p.base
+    return ", ".join(f"{k} {b.vision_flops([k]) / 1e12:.3g}" for k in b.towers)
+
+
+def per_sample_table(plans: Sequence[Plan]) -> str:
+    """Per sample (question-weighted mean over the suite): tower FLOPs, prefill and decode per subset."""
+    rows = ["| base | LLM | tower TFLOPs per sample (each) | connector | prompt tokens | prefill TFLOPs / subset "
+            "| decode TFLOPs / subset |", "|---|---|---|---|---|---|---|"]
+    for p in plans:
+        n = p.questions * len(p.subsets)
+        tokens = sum(d.questions * p.base.prompt_tokens(d) for d in p.datasets) / p.questions
+        rows.append(f"| {p.base.name} | {p.base.llm_name} | {_tower_cell(p)} | {_t(p.base.connector_flops())} | "
+                    f"{tokens:.0f} | {_t(p.per_variant.flops['prefill'] / n)} | {_t(p.per_variant.flops['decode'] / n)} |")
+    return "\n".join(rows)
+
+
+def lattice_table(plans: Sequence[Plan]) -> str:
+    """Whole lattice x suite: per-variant vs sweep (FLOPs and GPU-hours), what dominates."""
+    g = plans[0].gpu if plans else None
+    rows = ["| base | variants | questions | per-variant PFLOPs | sweep PFLOPs | FLOP ratio | per-variant GPU-h "
+            "| sweep GPU-h | speed-up | dominates the sweep | vision share of per-variant |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for p in plans:
+        pv, sw = p.per_variant, p.sweep
+        dom, share = sw.dominant()
+        rows.append(f"| {p.base.name} | {len(p.subsets)} | {p.questions} | {pv.total_flops / 1e15:,.0f} | "
+                    f"{sw.total_flops / 1e15:,.0f} | {pv.total_flops / sw.total_flops:.2f}x | "
+                    f"{_h(pv.total_seconds)} | {_h(sw.total_seconds)} | "
+                    f"{pv.total_seconds / sw.total_seconds:.2f}x | {dom} {share:.0%} | "
+                    f"{pv.seconds['towers'] / pv.total_seconds:.0%} |")
+    if g:
+        rows.append(f"\nGPU-hours on {g.name} at {g.mfu:.0%} of {g.peak_tflops:g} TFLOP/s (compute-bound) and "
+                    f"{g.mbu:.0%} of {g.bandwidth_gbs:g} GB/s (memory-bound), bf16, roofline per forward call.")
+    return "\n".join(rows)
+
+
+def phase_table(plans: Sequence[Plan]) -> str:
+    """Shares of sweep GPU time by phase, and what each lever could still save."""
+    rows = ["| base | sweep: towers | connector | prefill | decode | shared prefix: prefill tokens saved / subset "
+            "| sweep GPU-h, shared prefix | saved | decode at unbounded batch would save |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for p in plans:
+        sw, sh = p.sweep, p.sweep_shared
+        tot = sw.total_seconds
+        saved = 1 - sh.total_seconds / tot
+        dec_gain = (sw.seconds["decode"] - p.decode_unbounded_s) / tot
+        rows.append(f"| {p.base.name} | {sw.seconds['towers'] / tot:.0%} | {sw.seconds['connector'] / tot:.1%} | "
+                    f"{sw.seconds['prefill'] / tot:.0%} | {sw.seconds['decode'] / tot:.1%} | "
+                    f"{p.base.prefix_tokens} of {p.base.prompt_tokens(p.datasets[0]) - p.datasets[0].question_tokens}"
+                    f"+question | {_h(sh.total_seconds)} | {saved:.1%} | {dec_gain:.1%} |")
+    return "\n".join(rows)
+
+
+def render(plans: Sequence[Plan]) -> str:
+    if not plans:
+        return "(no plans)"
+    ds = ", ".join(d.name for d in plans[0].datasets)
+    parts = [f"Datasets: {ds} ({plans[0].questions} questions)", "", "Per sample:", per_sample_table(plans), "",
+             "Lattice x datasets:", lattice_table(plans), "", "Where the sweep's time goes, and the levers:",
+             phase_table(plans)]
+    for p in plans:
+        dom, share = p.sweep.dominant()
+        parts.append(f"\n{p.base.name}: {dom} dominates the sweep ({share:.0%} of its GPU time); "
+                     f"the sweep (towers shared, subsets prefilled and decoded as one batch) needs "
+                     f"{p.sweep.total_seconds / p.per_variant.total_seconds:.0%} of the per-variant GPU time, "
+                     f"{p.sweep_shared.total_seconds / p.per_variant.total_seconds:.0%} with the shared prefix.")
+    return "\n".join(parts)
