@@ -280,7 +280,7 @@ def test_wrapper_keeps_entry_generation_overrides(ckpt, cuda_on_cpu):
 def test_wrapper_refuses_catalog_mismatch(ckpt, cuda_on_cpu):
     from vlmeval_encred.model_wrappers.eagle1 import EncredEagle
 
-    with pytest.raises(MaskError, match="catalog entry lists clip, convnext, pix2struct, eva02"):
+    with pytest.raises(MaskError, match="catalog entry lists clip, convnext, eva02, pix2struct"):
         EncredEagle(model_path=str(ckpt), mask=("clip",), encred_base="eagle_x4_8b_plus")
 
 
