@@ -18,6 +18,8 @@ import importlib
 
 SELFTESTS: dict[str, str] = {
     # family: "module:attribute" of its RealCodeSelfTest
+    "eagle1": "vlmeval_encred.realcode.eagle1:SELFTEST",
+    "eagle1_x4": "vlmeval_encred.realcode.eagle1:SELFTEST_X4",
 }
 
 
