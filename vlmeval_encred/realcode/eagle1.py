@@ -323,7 +323,9 @@ def build_checkpoint(out: Path, towers: str = X5_TOWERS, sizes: TinySizes = Tiny
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(str(out))
-    model.save_pretrained(str(out), safe_serialization=True)
+    # EVA-02's rotary tables are one module shared by its blocks; safetensors refuses shared
+    # buffers that the model class does not declare tied, so this file is a torch pickle.
+    model.save_pretrained(str(out), safe_serialization=False)
     return out
 
 
