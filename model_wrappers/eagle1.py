@@ -51,6 +51,9 @@ moved to the meta device so a stray reference cannot pin their storage, then
 ``gc`` and ``torch.cuda.empty_cache``).  Peak memory during loading still
 includes them; resident memory afterwards does not.
 
+Sweep: ``EncredEagle.sweep_support`` (:class:`Eagle1Sweep`, at the end of this
+file) lets ``encred sweep`` run each tower once per image for all subsets.
+
 Importing this module imports torch and ``vlmeval.vlm.eagle_x`` only; the
 ``eagle`` package is imported by VLMEvalKit's wrapper inside ``__init__`` /
 ``generate_inner``.
