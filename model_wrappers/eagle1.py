@@ -330,10 +330,11 @@ class EncredEagle(EncredMixin, Eagle):
 # * ``fuse_and_generate`` builds each subset's concatenation as a masked variant's fusion
 #   would (``zero``: zeros of the tower's width and dtype in its slot; ``drop``: the kept blocks
 #   and the projector's first Linear with only their columns, made by the adapter's own
-#   ``drop_columns``), projects it, and decodes all subsets as one batch through upstream's
-#   ``generate`` with these features in place of ``encode_images``.  The same prompt in every
-#   row needs no padding; rows are cut after their first end-of-sequence token, because in a
-#   batch a finished row continues with padding where a batch of one stops.
+#   ``drop_columns``), projects it, and decodes through upstream's ``generate`` with these
+#   features in place of ``encode_images``: one subset at a time by default (exact), or all
+#   of a call's subsets as one batch with ``Eagle1Sweep.batch_decode`` (faster, not bit-exact;
+#   see there).  In a batch rows are cut after their first end-of-sequence token, because a
+#   finished row continues with padding where a batch of one stops.
 
 
 class _Captured(Exception):
@@ -357,6 +358,15 @@ def cut_after_eos(row: torch.Tensor, eos: set[int]) -> torch.Tensor:
 
 class Eagle1Sweep:
     """SweepSupport of Eagle-1 (see the comment above)."""
+
+    batch_decode: bool = False
+    """Decode the subsets of a call as one batch instead of one after another.
+
+    Off by default, because it is not exact: on the tiny real-class model (float32, CPU) the
+    first step's logits of a batch equal a batch of one bit for bit, but later steps (one token
+    per row against the key/value cache) differ by up to ~1e-7, which can flip a near-tie of
+    greedy decoding.  One subset at a time keeps each answer identical to its variant's run;
+    the towers still run once per image for all subsets, which is the costly part."""
 
     def prepare(self, wrapper: Any, message: list[dict[str, Any]], dataset: str | None) -> dict[str, Any]:
         model = wrapper.model
@@ -438,28 +448,37 @@ class Eagle1Sweep:
                           mask_mode: str) -> list[str]:
         if mask_mode not in Eagle1Adapter.modes:
             raise MaskError(f"Eagle-1 does not support mask mode {mask_mode!r}")
-        model = wrapper.model
         layout = _layout(wrapper)
-        images = inputs["images"]
-        n_img = images.shape[0]
-        S = len(features_per_subset)
+        n_img = inputs["images"].shape[0]
         with torch.inference_mode():
-            stacked = torch.cat([self._features(wrapper, layout, f, n_img, mask_mode) for f in features_per_subset])
+            feats = [self._features(wrapper, layout, f, n_img, mask_mode) for f in features_per_subset]
+        groups = [list(range(len(feats)))] if self.batch_decode else [[i] for i in range(len(feats))]
+        out: list[str] = []
+        for group in groups:
+            out.extend(self._generate(wrapper, inputs, torch.cat([feats[i] for i in group])))
+        return out
 
-            def encode_images(given: torch.Tensor) -> torch.Tensor:
-                if given.shape[0] != stacked.shape[0]:
-                    raise MaskError(f"Eagle sweep: generate asked for {given.shape[0]} images, have {stacked.shape[0]}")
-                return stacked
+    def _generate(self, wrapper: Any, inputs: dict[str, Any], stacked: torch.Tensor) -> list[str]:
+        """Upstream's ``generate`` with ``stacked`` (subsets x images) in place of ``encode_images``."""
+        model = wrapper.model
+        n_img = inputs["images"].shape[0]
+        rows_n = stacked.shape[0] // n_img
 
-            model.encode_images = encode_images  # instance attribute, removed below
-            try:
-                ids = inputs["input_ids"].repeat(S, 1)
-                sizes = list(inputs["image_sizes"] or []) * S or None
+        def encode_images(given: torch.Tensor) -> torch.Tensor:
+            if given.shape[0] != stacked.shape[0]:
+                raise MaskError(f"Eagle sweep: generate asked for {given.shape[0]} images, have {stacked.shape[0]}")
+            return stacked
+
+        model.encode_images = encode_images  # instance attribute, removed below
+        try:
+            with torch.inference_mode():
+                ids = inputs["input_ids"].repeat(rows_n, 1)
+                sizes = list(inputs["image_sizes"] or []) * rows_n or None
                 # upstream's generate only needs the image tensor's batch size and rank here
-                out = model.generate(ids, images=images.new_empty((S * n_img, 0, 0, 0)), image_sizes=sizes,
-                                     **inputs["generate_kwargs"])
-            finally:
-                del model.encode_images
+                out = model.generate(ids, images=inputs["images"].new_empty((stacked.shape[0], 0, 0, 0)),
+                                     image_sizes=sizes, **inputs["generate_kwargs"])
+        finally:
+            del model.encode_images
         eos = model.generation_config.eos_token_id
         if eos is None:
             eos = wrapper.tokenizer.eos_token_id

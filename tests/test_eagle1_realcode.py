@@ -208,8 +208,8 @@ SWEEP_SUBSETS = [(), ("sam",), ("clip", "pix2struct"), ("convnext", "sam", "eva0
 
 @pytest.mark.parametrize("mode", ["zero", "drop"])
 def test_sweep_equals_per_variant_generation(tiny, on_cpu, image_file, mode):
-    """Greedy answers of the sweep (each tower once, subsets decoded as one batch) equal, string
-    for string, each masked variant's own generate_inner, in float32 on the CPU.  Variants are
+    """Greedy answers of the sweep (each tower once for all subsets, then each subset decoded)
+    equal, string for string, each masked variant's own generate_inner, in float32 on the CPU.  Variants are
     the loaded unmasked wrapper copied and masked by the wrapper's own apply_mask (what its
     __init__ does after loading), so the model is read from disk once."""
     from vlmeval_encred.masking import MaskSpec
@@ -239,3 +239,11 @@ def test_sweep_equals_per_variant_generation(tiny, on_cpu, image_file, mode):
         want.append(variant.generate_inner(msg))
     assert got == want
     assert len(set(want)) > 1, f"every subset gave the same answer {want[0]!r}: the test could not fail"
+    # Opt-in batched decoding runs the same features as one batch; not bit-exact (see Eagle1Sweep).
+    support.batch_decode = True
+    try:
+        batched = support.fuse_and_generate(full, inputs, [{n: None if n in s else feats[n] for n in X5}
+                                                           for s in SWEEP_SUBSETS], mode)
+    finally:
+        del support.batch_decode
+    assert len(batched) == len(SWEEP_SUBSETS) and all(isinstance(b, str) for b in batched)
