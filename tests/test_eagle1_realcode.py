@@ -247,3 +247,44 @@ def test_sweep_equals_per_variant_generation(tiny, on_cpu, image_file, mode):
     finally:
         del support.batch_decode
     assert len(batched) == len(SWEEP_SUBSETS) and all(isinstance(b, str) for b in batched)
+
+
+def test_sweep_engine_equals_vlmevalkit_per_variant_inference(tiny, on_cpu, tmp_path, monkeypatch):
+    """`encred sweep`'s engine on the loaded tiny real-class wrapper writes the prediction files
+    that VLMEvalKit's own ``infer_data_job`` writes for each masked variant (float32, CPU)."""
+    from conftest import write_mcq_tsv
+    from vlmeval.dataset import build_dataset
+    from vlmeval.inference import infer_data_job
+    from vlmeval.smp import get_pred_file_path, load
+
+    from vlmeval_encred.masking import MaskSpec
+    from vlmeval_encred.model_wrappers.eagle1 import Eagle1Adapter, EncredEagle
+    from vlmeval_encred.registry import Entry, get_base
+    from vlmeval_encred.sweep import predfiles
+    from vlmeval_encred.sweep.engine import run_sweep
+
+    ds = "EncredEagleSweep_MCQ"
+    lmu = tmp_path / "LMUData"
+    lmu.mkdir()
+    write_mcq_tsv(lmu / f"{ds}.tsv", n=2)
+    monkeypatch.setenv("LMUData", str(lmu))
+    monkeypatch.setenv("PRED_FORMAT", "xlsx")
+    on_cpu.fp32 = True
+    base = get_base("eagle_x5")
+    chosen = [Entry(base, s) for s in [(), ("sam",), ("clip", "convnext", "eva02")]]
+    full = EncredEagle(model_path=str(tiny), encred_base="eagle_x5", max_new_tokens=5)
+    rep = run_sweep(base, chosen, [ds], str(tmp_path / "sweep"), model=full, progress=False).datasets[0]
+    assert rep.encoder_calls == {e: 2 for e in base.encoders}  # each tower once per sample, not 3x
+    seen = set()
+    for e in chosen:
+        variant = copy.deepcopy(full)
+        variant.adapter = Eagle1Adapter(expected=base.encoders, checkpoint=str(tiny))
+        variant.apply_mask(variant.model, MaskSpec(e.masked, "zero"), e.name)
+        work = tmp_path / "ref" / e.name
+        work.mkdir(parents=True)
+        infer_data_job(variant, work_dir=str(work), model_name=e.name, dataset=build_dataset(ds))
+        want = load(get_pred_file_path(str(work), e.name, ds, use_env_format=True))
+        got = load(predfiles.pred_file(str(tmp_path / "sweep"), e.name, ds))
+        assert list(got["prediction"]) == list(want["prediction"]), e.name
+        seen.update(got["prediction"])
+    assert len(seen) > 1, "every variant and sample gave the same answer: the comparison would be vacuous"
