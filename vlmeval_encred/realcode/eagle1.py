@@ -210,7 +210,10 @@ def _offline_hub(hub: Path) -> Iterator[None]:
 
 
 def import_eagle() -> Path:
-    """Put the real EAGLE source first on ``sys.path`` (a stand-in ``eagle`` is forgotten first)."""
+    """Put the real EAGLE source first on ``sys.path`` (a stand-in ``eagle`` is forgotten first).
+
+    It stays there for the rest of the process, as an installed ``eagle`` would: models built
+    from it keep referring to its modules, and VLMEvalKit's ``Eagle`` imports ``eagle`` lazily."""
     from vlmeval_encred.upstream import forget_modules, import_root
 
     root = import_root("eagle")
