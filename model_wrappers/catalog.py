@@ -10,8 +10,12 @@ from vlmeval_encred.registry import BaseModelSpec, register_base
 
 _EAGLE1 = "vlmeval_encred.model_wrappers.eagle1:EncredEagle"
 _EAGLE_X5 = ("clip", "convnext", "sam", "eva02", "pix2struct")
-# Eagle-X4 towers per the authors' shape table; verified against mm_vision_tower at load time.
-_EAGLE_X4 = ("clip", "convnext", "pix2struct", "eva02")
+# Eagle-X4: upstream's X4 scripts build mm_vision_tower "clip-448;convnext-1024;det-1024;pix2struct-1024"
+# (det = EVA-02); tests/test_eagle1_catalog.py derives both orders from those scripts.
+_EAGLE_X4 = ("clip", "convnext", "eva02", "pix2struct")
+# EAGLE's towers need transformers 4.37-4.44 (HR-CLIP uses CLIPVisionModel.vision_model, gone in 5.x);
+# upstream's requirements.txt pins 4.37.2.  Tested recipe: vlmeval_encred/recipes/eagle1.txt.
+_EAGLE1_REQUIRES = {"transformers": ">=4.37,<4.45"}
 
 for _name, _ckpt, _encs in [
     ("eagle_x5", "NVEagle/Eagle-X5-7B", _EAGLE_X5),
@@ -21,7 +25,8 @@ for _name, _ckpt, _encs in [
 ]:
     register_base(BaseModelSpec(
         name=_name, family="eagle1", checkpoint=_ckpt, encoders=_encs, wrapper=_EAGLE1,
-        modes=("zero", "drop"), description="Eagle-1: channel concatenation of 1024-token towers"))
+        modes=("zero", "drop"), description="Eagle-1: channel concatenation of 1024-token towers",
+        requires=_EAGLE1_REQUIRES, recipe="eagle1"))
 
 # transformers' DeepseekVLHybrid: 4.57 returns bare tensors from get_*_image_features (the adapter
 # needs 5.x's model outputs); `encred sweep` passes mm_encoder_outputs to generate(), first in 5.18.

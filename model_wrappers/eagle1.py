@@ -51,6 +51,9 @@ moved to the meta device so a stray reference cannot pin their storage, then
 ``gc`` and ``torch.cuda.empty_cache``).  Peak memory during loading still
 includes them; resident memory afterwards does not.
 
+Sweep: ``EncredEagle.sweep_support`` (:class:`Eagle1Sweep`, at the end of this
+file) lets ``encred sweep`` run each tower once per image for all subsets.
+
 Importing this module imports torch and ``vlmeval.vlm.eagle_x`` only; the
 ``eagle`` package is imported by VLMEvalKit's wrapper inside ``__init__`` /
 ``generate_inner``.
@@ -224,22 +227,8 @@ class Eagle1Adapter(EncoderAdapter):
                         e.name, e.output_shape[1], e.output_shape[0], fusion.input_image_size, dtype, device)
         elif spec.mode == "drop":
             first, slot = _projector_first_linear(model)
-            cols: list[int] = []
-            start = 0
-            for e in infos:
-                width = e.output_shape[1]
-                if not spec.is_masked(e.name):
-                    cols.extend(range(start, start + width))
-                start += width
-            new = nn.Linear(len(cols), first.out_features, bias=first.bias is not None,
-                            device=first.weight.device, dtype=first.weight.dtype)
-            with torch.no_grad():
-                index = torch.tensor(cols, dtype=torch.long, device=first.weight.device)
-                new.weight.copy_(first.weight.index_select(1, index))
-                if first.bias is not None:
-                    new.bias.copy_(first.bias)
-            new.requires_grad_(first.weight.requires_grad)
-            _set_projector_first_linear(model, new, slot)
+            cols = kept_columns([(e.name, e.output_shape[1]) for e in infos], spec.masked)
+            _set_projector_first_linear(model, drop_columns(first, cols), slot)
             kept = [t for e, t in zip(infos, fusion.vision_towers) if not spec.is_masked(e.name)]
             if not kept:  # nothing left to concatenate: one zero-width block keeps torch.cat well defined
                 dtype, device = _tower_dtype_device(infos[0].module)
@@ -263,6 +252,32 @@ class Eagle1Adapter(EncoderAdapter):
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.empty_cache()
         return freed
+
+
+def kept_columns(layout: Sequence[tuple[str, int]], masked: Sequence[str]) -> list[int]:
+    """Input channels of the projector that belong to the towers not in ``masked``.
+
+    ``layout``: (name, width) of each block of the concatenation, in fusion order."""
+    cols: list[int] = []
+    start = 0
+    for name, width in layout:
+        if name not in masked:
+            cols.extend(range(start, start + width))
+        start += width
+    return cols
+
+
+def drop_columns(first: nn.Linear, cols: Sequence[int]) -> nn.Linear:
+    """A copy of ``first`` that reads only input channels ``cols`` (weight columns sliced, bias kept)."""
+    new = nn.Linear(len(cols), first.out_features, bias=first.bias is not None,
+                    device=first.weight.device, dtype=first.weight.dtype)
+    with torch.no_grad():
+        index = torch.tensor(list(cols), dtype=torch.long, device=first.weight.device)
+        new.weight.copy_(first.weight.index_select(1, index))
+        if first.bias is not None:
+            new.bias.copy_(first.bias)
+    new.requires_grad_(first.weight.requires_grad)
+    return new
 
 
 def _tower_dtype_device(module: nn.Module) -> tuple[torch.dtype, torch.device]:
@@ -301,3 +316,175 @@ class EncredEagle(EncredMixin, Eagle):
         self.kwargs = self.generation_kwargs(self.kwargs, overrides)
         self.apply_mask(self.model, spec, base or model_path)
         log.debug("vlmeval-encred: %s generation settings %s", base or model_path, self.kwargs)
+
+
+# --- encred sweep support: every tower once per image, shared by all subsets -------------------
+# :class:`~vlmeval_encred.sweep.protocol.SweepSupport` for ``EncredEagle``.
+#
+# * ``prepare`` runs VLMEvalKit's own ``Eagle.generate_inner`` up to the point where it calls
+#   ``model.generate`` and keeps what it would pass (prompt ids, image tensor, image sizes,
+#   generation keywords), so prompts and image processing cannot drift from a per-variant run.
+# * ``encode`` runs upstream's fusion (``MultiBackboneChannelConcatenationVisionTower.forward``)
+#   once per needed tower, each time with a one-tower list, so every block comes out exactly as
+#   in the full concatenation (resized input, grid interpolation, its own dtype).
+# * ``fuse_and_generate`` builds each subset's concatenation as a masked variant's fusion
+#   would (``zero``: zeros of the tower's width and dtype in its slot; ``drop``: the kept blocks
+#   and the projector's first Linear with only their columns, made by the adapter's own
+#   ``drop_columns``), projects it, and decodes through upstream's ``generate`` with these
+#   features in place of ``encode_images``: one subset at a time by default (exact), or all
+#   of a call's subsets as one batch with ``Eagle1Sweep.batch_decode`` (faster, not bit-exact;
+#   see there).  In a batch rows are cut after their first end-of-sequence token, because a
+#   finished row continues with padding where a batch of one stops.
+
+
+class _Captured(Exception):
+    """Raised by the stand-in for ``model.generate`` once ``generate_inner`` has called it."""
+
+
+def _layout(wrapper: Any) -> list[EncoderInfo]:
+    report = getattr(wrapper, "encred_report", None)
+    if report is None:
+        raise MaskError(f"{type(wrapper).__name__} has no encred_report: load it through EncredEagle")
+    return list(report.encoders)
+
+
+def cut_after_eos(row: torch.Tensor, eos: set[int]) -> torch.Tensor:
+    """Tokens up to and including the first end-of-sequence token (what a batch of one returns)."""
+    for pos, tok in enumerate(row.tolist()):
+        if tok in eos:
+            return row[:pos + 1]
+    return row
+
+
+class Eagle1Sweep:
+    """SweepSupport of Eagle-1 (see the comment above)."""
+
+    batch_decode: bool = False
+    """Decode the subsets of a call as one batch instead of one after another.
+
+    Off by default, because it is not exact: on the tiny real-class model (float32, CPU) the
+    first step's logits of a batch equal a batch of one bit for bit, but later steps (one token
+    per row against the key/value cache) differ by up to ~1e-7, which can flip a near-tie of
+    greedy decoding.  One subset at a time keeps each answer identical to its variant's run;
+    the towers still run once per image for all subsets, which is the costly part."""
+
+    def prepare(self, wrapper: Any, message: list[dict[str, Any]], dataset: str | None) -> dict[str, Any]:
+        model = wrapper.model
+        seen: dict[str, Any] = {}
+
+        def capture(*args: Any, **kwargs: Any) -> None:
+            seen["args"], seen["kwargs"] = args, kwargs
+            raise _Captured
+
+        model.generate = capture  # instance attribute: shadows the class's generate for this call only
+        try:
+            wrapper.generate_inner(message, dataset)
+        except _Captured:
+            pass
+        finally:
+            del model.generate
+        if "args" not in seen:
+            raise MaskError("VLMEvalKit's Eagle.generate_inner returned without calling model.generate")
+        kwargs = dict(seen["kwargs"])
+        input_ids = seen["args"][0] if seen["args"] else kwargs.pop("inputs")
+        return {"input_ids": input_ids, "images": kwargs.pop("images"),
+                "image_sizes": kwargs.pop("image_sizes", None), "generate_kwargs": kwargs}
+
+    def encode(self, wrapper: Any, inputs: dict[str, Any], encoders: Sequence[str]) -> dict[str, torch.Tensor]:
+        fusion = _fusion(wrapper.model)
+        towers = {e.name: e.module for e in _layout(wrapper)}
+        missing = [n for n in encoders if towers.get(n) is None]
+        if missing:
+            raise MaskError(f"Eagle sweep: towers {missing} were masked when the model was loaded")
+        every = fusion.vision_towers
+        out: dict[str, torch.Tensor] = {}
+        try:
+            with torch.inference_mode():
+                for name in encoders:
+                    fusion.vision_towers = nn.ModuleList([towers[name]])
+                    out[name] = fusion(inputs["images"])
+        finally:
+            fusion.vision_towers = every
+        return out
+
+    def _features(self, wrapper: Any, layout: list[EncoderInfo], feats: dict[str, Any], n_img: int,
+                  mask_mode: str) -> torch.Tensor:
+        """The projected image features of one subset, as that masked variant computes them."""
+        model = wrapper.model
+        fusion = _fusion(model)
+        first, slot = _projector_first_linear(model)
+        projector = model.get_model().mm_projector
+        loaded_mode = wrapper.encred_report.spec.mode
+        loaded_masked = set(wrapper.encred_report.spec.masked)
+        present = {id(t): t for t in fusion.vision_towers}
+        blocks = []
+        for e in layout:
+            if feats.get(e.name) is not None:
+                blocks.append(feats[e.name])
+            elif mask_mode == "zero":
+                ref = e.module if e.module is not None else next(
+                    (t for t in present.values() if getattr(t, "encred_masked_name", None) == e.name), None)
+                if ref is None:
+                    raise MaskError(f"Eagle sweep: no tower or zero block for {e.name} in the loaded model")
+                dtype, device = ((ref.dtype, ref.device) if isinstance(ref, ZeroTower) else _tower_dtype_device(ref))
+                blocks.append(torch.zeros(n_img, e.output_shape[0], e.output_shape[1], dtype=dtype, device=device))
+        with torch.inference_mode():
+            if mask_mode == "zero":
+                if loaded_mode == "drop" and loaded_masked:
+                    raise MaskError("Eagle sweep: mode 'zero' needs a model loaded without 'drop' masking")
+                return projector(torch.cat(blocks, dim=-1))
+            # drop: the columns of the kept towers, counted in the loaded projector's own layout
+            loaded = [(e.name, e.output_shape[1]) for e in layout
+                      if not (loaded_mode == "drop" and e.name in loaded_masked)]
+            masked = [e.name for e in layout if feats.get(e.name) is None]
+            linear = drop_columns(first, kept_columns(loaded, masked))
+            if not blocks:  # every tower dropped: one zero-width block, as the adapter's fusion gives
+                dtype, device = _tower_dtype_device(first)
+                blocks = [torch.zeros(n_img, layout[0].output_shape[0], 0, dtype=dtype, device=device)]
+            x = linear(torch.cat(blocks, dim=-1))
+            return x if slot is None else projector[slot + 1:](x)
+
+    def fuse_and_generate(self, wrapper: Any, inputs: dict[str, Any], features_per_subset: list[dict[str, Any]],
+                          mask_mode: str) -> list[str]:
+        if mask_mode not in Eagle1Adapter.modes:
+            raise MaskError(f"Eagle-1 does not support mask mode {mask_mode!r}")
+        layout = _layout(wrapper)
+        n_img = inputs["images"].shape[0]
+        with torch.inference_mode():
+            feats = [self._features(wrapper, layout, f, n_img, mask_mode) for f in features_per_subset]
+        groups = [list(range(len(feats)))] if self.batch_decode else [[i] for i in range(len(feats))]
+        out: list[str] = []
+        for group in groups:
+            out.extend(self._generate(wrapper, inputs, torch.cat([feats[i] for i in group])))
+        return out
+
+    def _generate(self, wrapper: Any, inputs: dict[str, Any], stacked: torch.Tensor) -> list[str]:
+        """Upstream's ``generate`` with ``stacked`` (subsets x images) in place of ``encode_images``."""
+        model = wrapper.model
+        n_img = inputs["images"].shape[0]
+        rows_n = stacked.shape[0] // n_img
+
+        def encode_images(given: torch.Tensor) -> torch.Tensor:
+            if given.shape[0] != stacked.shape[0]:
+                raise MaskError(f"Eagle sweep: generate asked for {given.shape[0]} images, have {stacked.shape[0]}")
+            return stacked
+
+        model.encode_images = encode_images  # instance attribute, removed below
+        try:
+            with torch.inference_mode():
+                ids = inputs["input_ids"].repeat(rows_n, 1)
+                sizes = list(inputs["image_sizes"] or []) * rows_n or None
+                # upstream's generate only needs the image tensor's batch size and rank here
+                out = model.generate(ids, images=inputs["images"].new_empty((stacked.shape[0], 0, 0, 0)),
+                                     image_sizes=sizes, **inputs["generate_kwargs"])
+        finally:
+            del model.encode_images
+        eos = model.generation_config.eos_token_id
+        if eos is None:
+            eos = wrapper.tokenizer.eos_token_id
+        eos_set = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+        rows = [cut_after_eos(row, eos_set) for row in out]
+        return [wrapper.tokenizer.batch_decode(row[None], skip_special_tokens=True)[0].strip() for row in rows]
+
+
+EncredEagle.sweep_support = Eagle1Sweep()

@@ -71,7 +71,7 @@ STAMP="$RUN/.encred-source"
 WANT="$ROOT $(sha256sum "$ROOT/setup.py" | cut -c1-12)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   "$RUN/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$ROOT" >&2
-  printf '%s' "$WANT" > "$STAMP"
+  printf '%s' "$WANT" > "$STAMP.tmp.$$" && mv -f "$STAMP.tmp.$$" "$STAMP"   # a new file, never rewritten in place
 fi
 flock -u 9
 

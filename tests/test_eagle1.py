@@ -32,6 +32,8 @@ import torch
 
 from vlmeval_encred.masking import MaskError, MaskSpec, count_params, forward_call_recorder
 
+pytestmark = pytest.mark.envs("base", "eagle1")
+
 STANDINS = Path(__file__).parent / "standins"
 X5 = ("clip", "convnext", "sam", "eva02", "pix2struct")
 WIDTHS = {"clip": 24, "convnext": 40, "sam": 16, "eva02": 12, "pix2struct": 20}
@@ -68,7 +70,9 @@ def ckpt(eagle_pkg, tmp_path_factory) -> Path:
 def base_model(ckpt):
     from eagle.model import EagleLlamaForCausalLM
 
-    return EagleLlamaForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32).eval()
+    from eagle.model.builder import DTYPE_KEYWORD
+
+    return EagleLlamaForCausalLM.from_pretrained(str(ckpt), **{DTYPE_KEYWORD: torch.float32}).eval()
 
 
 @pytest.fixture(scope="module")
@@ -280,7 +284,7 @@ def test_wrapper_keeps_entry_generation_overrides(ckpt, cuda_on_cpu):
 def test_wrapper_refuses_catalog_mismatch(ckpt, cuda_on_cpu):
     from vlmeval_encred.model_wrappers.eagle1 import EncredEagle
 
-    with pytest.raises(MaskError, match="catalog entry lists clip, convnext, pix2struct, eva02"):
+    with pytest.raises(MaskError, match="catalog entry lists clip, convnext, eva02, pix2struct"):
         EncredEagle(model_path=str(ckpt), mask=("clip",), encred_base="eagle_x4_8b_plus")
 
 

@@ -1,36 +1,29 @@
-"""Eagle-1 masking against the real ``eagle`` package (github NVlabs/EAGLE), when importable.
+"""Eagle-1 masking against the real ``eagle`` package (github NVlabs/EAGLE), environment ``eagle1``.
 
-Skipped, with the reason, where the package is not installed (it is not on
-PyPI; see docs/masking.md for installing it).  What runs where it is:
+The real package comes from the EAGLE snapshot (:mod:`vlmeval_encred.upstream`:
+``ENCRED_SRC_EAGLE`` or the pinned archive); it needs transformers 4.37-4.44,
+hence the ``eagle1`` environment.  Skipped, with the reason, only where no copy
+of the source is found (UpstreamNotFound).  What runs:
 
 * the real upstream classes our adapter relies on exist with the contract it
   assumes (module paths, ``load_pretrained_model``'s ``device_map``, the
   ``vicuna_v1`` template, ``IMAGE_TOKEN_INDEX``);
 * the real ``MultiBackboneChannelConcatenationVisionTower.forward`` (the
   fusion point), real ``build_vision_projector('mlp2x_gelu')`` and the real
-  ``EagleLlamaForCausalLM`` (tiny Llama config) are masked by our adapter:
-  masked towers never run, are not resident, ``zero`` equals zero-filling the
-  tower's block, ``drop`` equals ``zero``.  Only the towers are tiny modules
-  written here, because upstream's tower constructors download the
-  pretrained CLIP/ConvNeXt/SAM/EVA-02/Pix2Struct weights; the fusion object is
-  therefore created without running its constructor and given these towers;
-* with a GPU and ``EAGLE_CHECKPOINT`` naming a local or cached NVEagle
-  checkpoint: the full wrapper, loaded by VLMEvalKit's own code, masks
-  ``sam`` and generates greedily and reproducibly.
-
-``EAGLE_INTEGRATION_USE_STANDIN=1`` runs the first two parts against the
-stand-in (tests/standins/eagle) instead: a self-check of this file's code on
-machines without the real package, not a substitute for it.
+  ``EagleLlamaForCausalLM`` (tiny Llama config), with tiny towers written here
+  whose grids differ from upstream's (the fusion object is created without its
+  constructor and given them), are masked by our adapter.  This complements
+  tests/test_eagle1_realcode.py, which builds everything, towers included,
+  from upstream's own classes;
+* only when ``EAGLE_CHECKPOINT`` names a local or cached NVEagle checkpoint
+  (a GPU machine): the full wrapper, loaded by VLMEvalKit's own code, masks a
+  tower and generates greedily and reproducibly.  Not collected otherwise.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
-import importlib.util
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -38,41 +31,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vlmeval_encred.masking import MaskSpec, count_params, forward_call_recorder
+from vlmeval_encred.upstream import UpstreamNotFound
 
-STANDINS = (Path(__file__).parent / "standins").resolve()
-USE_STANDIN = os.environ.get("EAGLE_INTEGRATION_USE_STANDIN") == "1"
+pytestmark = pytest.mark.envs("eagle1")
 TOWERS = "clip-448;convnext-1024;sam-1024;det-1024;pix2struct-1024"
 NAMES = ("clip", "convnext", "sam", "eva02", "pix2struct")
 
 
-def _real_eagle_or_reason() -> tuple[object | None, str]:
-    loaded = sys.modules.get("eagle")
-    if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve().is_relative_to(STANDINS):
-        if USE_STANDIN:
-            return loaded, ""
-        return None, "the stand-in 'eagle' is loaded in this process; run this file on its own"
-    if USE_STANDIN:
-        sys.path.insert(0, str(STANDINS))
-    try:
-        spec = importlib.util.find_spec("eagle")
-    except (ImportError, ValueError) as exc:
-        spec, why = None, f"{type(exc).__name__}: {exc}"
-    else:
-        why = "no module named 'eagle'"
-    if spec is None:
-        return None, (f"the real eagle package is not importable ({why}); install it from "
-                      "github.com/NVlabs/EAGLE (docs/masking.md) to run these tests")
-    origin = Path(spec.origin or "").resolve()
-    if origin.is_relative_to(STANDINS) and not USE_STANDIN:
-        return None, "only the test stand-in of eagle is on sys.path, not the real package"
-    try:
-        return importlib.import_module("eagle.model.builder"), ""
-    except Exception as exc:  # e.g. its transformers pin does not match this environment
-        return None, f"the eagle package at {origin.parent} does not import here ({type(exc).__name__}: {exc})"
+@pytest.fixture(autouse=True)
+def real_eagle():
+    """The real ``eagle`` package first on sys.path (a stand-in imported earlier is forgotten)."""
+    from vlmeval_encred.realcode.eagle1 import import_eagle
 
-
-_MOD, _WHY = _real_eagle_or_reason()
-pytestmark = pytest.mark.skipif(_MOD is None, reason=_WHY)
+    try:
+        return import_eagle()
+    except UpstreamNotFound as exc:
+        pytest.skip(f"EAGLE source not found: {exc}")
 
 
 class TinyTower(nn.Module):
@@ -191,10 +165,10 @@ def test_adapter_on_real_fusion(masked):
     assert torch.allclose(out["drop"][1], out["zero"][1], atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or not os.environ.get("EAGLE_CHECKPOINT"),
-                    reason="needs a CUDA GPU and EAGLE_CHECKPOINT (local or cached NVEagle checkpoint)")
-def test_full_wrapper_on_gpu(tmp_path):
+def _full_wrapper_on_gpu(tmp_path):
     from PIL import Image
+
+    assert torch.cuda.is_available(), "EAGLE_CHECKPOINT is set but no CUDA GPU: VLMEvalKit's Eagle loads on cuda"
 
     from vlmeval_encred.model_wrappers.eagle1 import EncredEagle, ZeroTower
 
@@ -209,3 +183,7 @@ def test_full_wrapper_on_gpu(tmp_path):
     msg = [dict(type="image", value=str(img)), dict(type="text", value="What colour is the image?")]
     first = model.generate(msg)
     assert isinstance(first, str) and first == model.generate(msg)
+
+
+if os.environ.get("EAGLE_CHECKPOINT"):  # a GPU machine with a real checkpoint; CI sets neither
+    test_full_wrapper_on_gpu = _full_wrapper_on_gpu

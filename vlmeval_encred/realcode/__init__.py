@@ -20,6 +20,8 @@ SELFTESTS: dict[str, str] = {
     # family: "module:attribute" of its RealCodeSelfTest
     "imof": "vlmeval_encred.realcode.imof:SELFTEST",
     "deepseek_vl": "vlmeval_encred.realcode.deepseek_vl:SELFTEST",
+    "eagle1": "vlmeval_encred.realcode.eagle1:SELFTEST",
+    "eagle1_x4": "vlmeval_encred.realcode.eagle1:SELFTEST_X4",
 }
 
 

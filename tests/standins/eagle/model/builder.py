@@ -11,16 +11,21 @@ context_len)`` with the vision tower's (i.e. ConvNeXt's) processor.
 
 Differences: the LoRA / ``model_base`` / quantised / non-Eagle branches raise
 ``NotImplementedError``; the dtype keyword is ``dtype`` (transformers 5
-name for ``torch_dtype``).
+name for ``torch_dtype``; ``torch_dtype`` under transformers 4.x, so the stand-in also runs in
+the ``eagle1`` environment).
 """
 
 from __future__ import annotations
 
 import torch
+import transformers
 from transformers import AutoTokenizer
 
 from eagle.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
 from eagle.model import EagleLlamaForCausalLM
+
+
+DTYPE_KEYWORD = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
 
 
 def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, load_4bit=False,
@@ -30,7 +35,7 @@ def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, l
         kwargs["device_map"] = {"": device}
     if load_8bit or load_4bit or use_flash_attn:
         raise NotImplementedError("stand-in: quantised / flash-attention loading is not mirrored")
-    kwargs["dtype"] = torch.float16
+    kwargs[DTYPE_KEYWORD] = torch.float16
     if model_base is not None or "eagle" not in model_name.lower():
         raise NotImplementedError("stand-in: only the plain Eagle checkpoint branch is mirrored")
 
