@@ -18,6 +18,7 @@ import importlib
 
 SELFTESTS: dict[str, str] = {
     # family: "module:attribute" of its RealCodeSelfTest
+    "cambrian": "vlmeval_encred.realcode.cambrian:SELFTEST",
 }
 
 
