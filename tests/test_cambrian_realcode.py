@@ -58,3 +58,159 @@ def test_the_selftest_detects_a_wrong_mask(selftest, tmp_path_factory):
     assert not ok
     ok, why = compare(selftest.run(masked), selftest.run_then_zero(selftest.fresh(base), ("clip",)))
     assert ok, why
+
+
+# --- VLMEvalKit's real Cambrian wrapper and ours, on a saved tiny checkpoint -------------------
+# VLMEvalKit's ``Cambrian`` and upstream's builder/process_images are GPU-only: they load with
+# device_map="cuda", call ``.cuda()``/``.half()`` and ``.to(device="cuda")``.  No GPU exists
+# here, so ``gpu_calls_on_cpu`` redirects exactly those calls to the CPU (and ``.half()`` to
+# float32, for exact comparisons); the code that runs is otherwise theirs, unmodified.
+
+import contextlib
+import copy
+
+MESSAGE_TEXT = "What is in the picture?"
+
+
+@contextlib.contextmanager
+def gpu_calls_on_cpu():
+    import torch
+
+    import cambrian.model.builder as builder
+
+    originals = (torch.Tensor.cuda, torch.Tensor.half, torch.Tensor.to, builder.load_pretrained_model)
+
+    def on_cpu(device):
+        return "cpu" if device is not None and str(device).startswith("cuda") else device
+
+    def to(self, *args, **kwargs):
+        args = tuple(on_cpu(a) if isinstance(a, (str, torch.device)) else a for a in args)
+        if "device" in kwargs:
+            kwargs["device"] = on_cpu(kwargs["device"])
+        return originals[2](self, *args, **kwargs)
+
+    def load_pretrained_model(*args, **kwargs):
+        kwargs.update(device_map="cpu", device="cpu")
+        tokenizer, model, processors, n = originals[3](*args, **kwargs)
+        model.float()
+        for tower in model.get_vision_tower_aux_list():
+            tower.float()
+        return tokenizer, model, processors, n
+
+    torch.Tensor.cuda = lambda self, *a, **k: self
+    torch.Tensor.half = lambda self, *a, **k: self.float()
+    torch.Tensor.to = to
+    builder.load_pretrained_model = load_pretrained_model
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda, torch.Tensor.half, torch.Tensor.to, builder.load_pretrained_model = originals
+
+
+@pytest.fixture(scope="module")
+def checkpoints(selftest, tmp_path_factory):
+    """Tiny checkpoints named like the released ones (the wrappers choose templates by name)."""
+    from vlmeval_encred.realcode.cambrian_tiny import save_tiny_checkpoint, write_fake_hub
+
+    root = tmp_path_factory.mktemp("cambrian-ckpt")
+    hub = write_fake_hub(root / "hf-hub")
+    return hub, {
+        "8b": save_tiny_checkpoint(root / "cambrian-8b", hub, "llama", "llama_3"),
+        "phi3": save_tiny_checkpoint(root / "cambrian-phi3-3b", hub, "phi3", "phi3"),
+    }
+
+
+@pytest.fixture(scope="module")
+def message(tmp_path_factory):
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("img") / "wide.png"
+    Image.new("RGB", (64, 40), (200, 30, 30)).save(path)
+    return [{"type": "image", "value": str(path)}, {"type": "text", "value": MESSAGE_TEXT}]
+
+
+def _load(cls_name, path, hub, **kwargs):
+    from vlmeval_encred.realcode.cambrian_tiny import offline_hub
+
+    with offline_hub(hub), gpu_calls_on_cpu():
+        if cls_name == "Cambrian":
+            from vlmeval.vlm.cambrian import Cambrian
+
+            return Cambrian(model_path=str(path))
+        from vlmeval_encred.model_wrappers.cambrian import EncredCambrian
+
+        return EncredCambrian(model_path=str(path), **kwargs)
+
+
+def _answer(wrapper, message):
+    with gpu_calls_on_cpu():
+        return wrapper.generate_inner(message)
+
+
+@pytest.fixture(scope="module")
+def ours_8b(checkpoints):
+    hub, paths = checkpoints
+    return _load("EncredCambrian", paths["8b"], hub, max_new_tokens=6)
+
+
+def test_vlmevalkit_cambrian_and_ours_agree_unmasked(checkpoints, message, ours_8b):
+    hub, paths = checkpoints
+    theirs = _load("Cambrian", paths["8b"], hub)
+    theirs.model.generation_config.max_new_tokens = 6
+    assert theirs.conv_mode == ours_8b.conv_mode == "llama_3"
+    # VLMEvalKit's generate_inner asks for 2048 new tokens: compare on its own first 6
+    with gpu_calls_on_cpu():
+        ids, images, sizes, _ = theirs.process(__import__("PIL.Image").Image.open(message[0]["value"]).convert("RGB"),
+                                               MESSAGE_TEXT)
+        out = theirs.model.generate(ids, images=images, image_sizes=sizes, do_sample=False, num_beams=1,
+                                    max_new_tokens=6, use_cache=True)
+    want = theirs.tokenizer.batch_decode(out, skip_special_tokens=True)[0].strip()
+    assert _answer(ours_8b, message) == want
+
+
+def test_phi3_gets_its_trained_template(checkpoints):
+    """VLMEvalKit's own wrapper gives cambrian-phi3-3b 'chatml_direct'; upstream trained it with 'phi3'."""
+    hub, paths = checkpoints
+    assert _load("Cambrian", paths["phi3"], hub).conv_mode == "chatml_direct"
+    ours = _load("EncredCambrian", paths["phi3"], hub, max_new_tokens=2)
+    assert ours.conv_mode == "phi3"
+    prompt_ids = None
+    with gpu_calls_on_cpu():
+        from PIL import Image
+
+        prompt_ids = ours.process(Image.new("RGB", (40, 40)), MESSAGE_TEXT)[0][0].tolist()
+    # the image token sits where the checkpoint's in-LLM SVA reads it
+    assert prompt_ids.index(-200) == ours.model.config.image_position
+
+
+def _variant(wrapper, masked, mode):
+    """The wrapper as loading entry <base>_mask_<masked> in ``mode`` gives it (the mask is applied
+    after loading, as EncredCambrian.__init__ does), on a copy sharing the towers."""
+    from vlmeval_encred.masking import MaskSpec
+    from vlmeval_encred.model_wrappers.cambrian import ADAPTER
+
+    w = copy.copy(wrapper)
+    w.model = copy.deepcopy(wrapper.model, memo={id(t): t for t in wrapper.model.get_vision_tower_aux_list()})
+    ADAPTER.apply(w.model, MaskSpec(tuple(masked), mode), "tiny")
+    return w
+
+
+@pytest.mark.parametrize("mode", ["zero", "zero_context", "drop"])
+def test_sweep_equals_per_variant_runs(ours_8b, message, mode):
+    """Greedy sweep answers (encoders once, one batched decode) equal each variant's own
+    generate_inner, string for string, fp32 on the CPU, for all 16 subsets."""
+    import itertools
+
+    from vlmeval_encred.sweep.protocol import support_for
+
+    names = ["siglip", "clip", "dinov2", "convnext"]
+    subsets = [s for k in range(len(names) + 1) for s in itertools.combinations(names, k)]
+    support = support_for(ours_8b)
+    with gpu_calls_on_cpu():
+        inputs = support.prepare(ours_8b, message, None)
+        feats = support.encode(ours_8b, inputs, names)
+        per_subset = [{n: (None if n in s else feats[n]) for n in names} for s in subsets]
+        swept = support.fuse_and_generate(ours_8b, inputs, per_subset, mode)
+    want = [_answer(_variant(ours_8b, s, mode), message) for s in subsets]
+    assert swept == want
+    assert len(set(want)) > 1  # the subsets do change the answers of this random model

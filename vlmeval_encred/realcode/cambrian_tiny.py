@@ -201,11 +201,13 @@ def tiny_config(spec: TinySpec | None = None) -> Any:
         stride_of_vision_sampler_layers=spec.sampler_stride, image_position=spec.image_position,
         mm_vision_select_layer=-2, mm_vision_select_feature="patch", mm_use_im_start_end=False,
         mm_use_im_patch_token=False, image_aspect_ratio="pad", tokenizer_padding_side="right",
-        use_cache=True, tie_word_embeddings=False, **spec.extra)
+        use_cache=True, tie_word_embeddings=False,
+        # 10x Llama's 0.02: with it the greedy answers of this random model depend on the towers
+        initializer_range=0.2, **spec.extra)
     if spec.flavor == "phi3":
         from cambrian.model.language_model.cambrian_phi3 import CambrianConfig as Cfg
 
-        common.update(rope_scaling=None, sliding_window=None, pad_token_id=0, _attn_implementation="eager")
+        common.update(rope_scaling=None, sliding_window=None)
     elif spec.flavor == "llama":
         from cambrian.model.language_model.cambrian_llama import CambrianConfig as Cfg
     else:
@@ -238,3 +240,54 @@ def build_tiny_model(cache: Path, spec: TinySpec | None = None, seed: int = 0) -
                 tower.load_model()  # what cambrian.model.builder.load_pretrained_model does
             tower.float().eval()
     return model.float().eval()
+
+
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<|end|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>",
+                  "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                  "<|eot_id|>", "<|system|>", "<|user|>", "<|assistant|>"]
+
+
+def tiny_tokenizer() -> Any:
+    """A byte-level tokenizer (every string encodes; no merges) with the chat templates' special
+    tokens, ``<s>`` prepended like Llama's, as a ``PreTrainedTokenizerFast``."""
+    from tokenizers import Tokenizer, decoders, models, processors
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    for ch in sorted(ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<unk>")
+
+
+def image_position(tokenizer: Any, conv_mode: str) -> int:
+    """Where the image token sits in a prompt of template ``conv_mode`` (the checkpoint's
+    ``config.image_position``, which the in-LLM SVA reads)."""
+    from cambrian.conversation import conv_templates
+    from cambrian.mm_utils import tokenizer_image_token
+
+    conv = conv_templates[conv_mode].copy()
+    conv.append_message(conv.roles[0], "<image>\nquestion")
+    conv.append_message(conv.roles[1], None)
+    ids = tokenizer_image_token(conv.get_prompt(), tokenizer, -200)
+    return ids.index(-200)
+
+
+def save_tiny_checkpoint(path: Path, cache: Path, flavor: str = "llama", conv_mode: str = "llama_3",
+                         seed: int = 0) -> Path:
+    """A loadable tiny Cambrian checkpoint folder (config, weights, tokenizer); its towers load
+    from the fake hub ``cache`` by their upstream ids, as released checkpoints' towers do."""
+    path = Path(path)
+    tok = tiny_tokenizer()
+    spec = TinySpec(flavor=flavor, image_position=image_position(tok, conv_mode))
+    model = build_tiny_model(cache, spec, seed=seed)
+    model.config.vocab_size = model.get_input_embeddings().weight.shape[0]
+    model.save_pretrained(path, safe_serialization=False)
+    tok.save_pretrained(path)
+    return path
