@@ -42,6 +42,7 @@ VLMEvalKit wrapper class is built on first access (module ``__getattr__``).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import re
 import types
@@ -433,32 +434,25 @@ class CambrianSweep:
                         inputs["input_ids"], None, None, None, None, inputs["images"],
                         image_sizes=inputs["image_sizes"])
                 fused.append((masked, out))
-            answers: dict[int, str] = {}
-            groups: list[list[int]] = [[]]
-            for k, (masked, _) in enumerate(fused):
-                if mask_mode == "drop" and len(masked) == len(names):
-                    groups.append([k])  # no keys anywhere: decoded alone, see _no_keys_forward
-                else:
-                    groups[0].append(k)
+            # one batch for every subset that keeps some keys; each all-dropped subset alone
+            no_keys = [k for k, (masked, _) in enumerate(fused) if mask_mode == "drop" and len(masked) == len(names)]
+            groups = [[k for k in range(len(fused)) if k not in no_keys]] + [[k] for k in no_keys]
             eos = _eos_ids(wrapper)
+            answers: dict[int, str] = {}
             for group in (g for g in groups if g):
                 rows = [fused[k][1] for k in group]
-                embeds = torch.cat([r[4] for r in rows], 0)
+                # the attributes upstream's generate() sets for the in-LLM SVA, one row per subset
                 model.vision_tower_aux_feature_list = [torch.cat(t, 0) for t in zip(*(r[6] for r in rows))]
                 model.vision_tower_aux_attention_masks_list = [torch.cat(t, 0) for t in zip(*(r[7] for r in rows))]
-                model.final_vision_feature_size = [s for r in rows for s in r[8]]
+                model.final_vision_feature_size = [size for r in rows for size in r[8]]
                 model.global_context_feature = torch.cat([r[9] for r in rows], 0)
-                view = _SubsetView(model, {}, fused[group[0]][0], mask_mode, lens) if len(group) == 1 and \
-                    len(fused[group[0]][0]) == len(names) and mask_mode == "drop" else None
-                if view is not None:
-                    view.__enter__()
-                try:
-                    # upstream's generate() minus its own feature preparation (done above, per subset)
+                view = _SubsetView(model, {}, fused[group[0]][0], mask_mode, lens) if group[0] in no_keys \
+                    else contextlib.nullcontext()
+                with view:
+                    # upstream's generate() after its own feature preparation (done above, per subset)
                     out = GenerationMixin.generate(model, position_ids=rows[0][1], attention_mask=rows[0][2],
-                                                   inputs_embeds=embeds, **wrapper.gen_kwargs)
-                finally:
-                    if view is not None:
-                        view.__exit__(None, None, None)
+                                                   inputs_embeds=torch.cat([r[4] for r in rows], 0),
+                                                   **wrapper.gen_kwargs)
                 for k, row in zip(group, out):
                     answers[k] = wrapper.tokenizer.decode(_cut_after_eos(row, eos), skip_special_tokens=True).strip()
         return [answers[k] for k in range(len(fused))]

@@ -172,8 +172,11 @@ def test_phi3_gets_its_trained_template(checkpoints):
     """VLMEvalKit's own wrapper gives cambrian-phi3-3b 'chatml_direct'; upstream trained it with 'phi3'."""
     hub, paths = checkpoints
     assert _load("Cambrian", paths["phi3"], hub).conv_mode == "chatml_direct"
-    ours = _load("EncredCambrian", paths["phi3"], hub, max_new_tokens=2)
+    ours = _load("EncredCambrian", paths["phi3"], hub, max_new_tokens=2, mask=("siglip", "convnext"),
+                 mask_mode="drop")
     assert ours.conv_mode == "phi3"
+    assert type(ours.model).__name__ == "CambrianPhi3ForCausalLM"
+    assert ours.encred_report.spec.masked == ("siglip", "convnext")
     prompt_ids = None
     with gpu_calls_on_cpu():
         from PIL import Image
@@ -181,6 +184,9 @@ def test_phi3_gets_its_trained_template(checkpoints):
         prompt_ids = ours.process(Image.new("RGB", (40, 40)), MESSAGE_TEXT)[0][0].tolist()
     # the image token sits where the checkpoint's in-LLM SVA reads it
     assert prompt_ids.index(-200) == ours.model.config.image_position
+    message = [{"type": "image", "value": str(paths["phi3"] / "img.png")}, {"type": "text", "value": MESSAGE_TEXT}]
+    Image.new("RGB", (40, 64), (0, 90, 200)).save(message[0]["value"])
+    assert isinstance(_answer(ours, message), str)  # upstream's phi3 model generates with two towers dropped
 
 
 def _variant(wrapper, masked, mode):
