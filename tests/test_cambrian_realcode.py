@@ -220,3 +220,35 @@ def test_sweep_equals_per_variant_runs(ours_8b, message, mode):
     want = [_answer(_variant(ours_8b, s, mode), message) for s in subsets]
     assert swept == want
     assert len(set(want)) > 1  # the subsets do change the answers of this random model
+
+
+def test_encred_sweep_engine_on_cambrian(ours_8b, tmp_path, monkeypatch):
+    """`encred sweep`'s engine with the Cambrian support on a 2-question VLMEvalKit dataset: its
+    prediction files hold, row for row, what each variant's generate_inner answers to the message
+    VLMEvalKit builds; each tower ran once per question."""
+    from conftest import write_mcq_tsv
+    from vlmeval.dataset import build_dataset
+    from vlmeval.smp import load
+
+    from vlmeval_encred.registry import Entry, get_base
+    from vlmeval_encred.sweep import predfiles
+    from vlmeval_encred.sweep.engine import build_message, run_sweep
+
+    ds = "EncredCambrianSweep_MCQ"
+    write_mcq_tsv(tmp_path / f"{ds}.tsv", n=2)
+    monkeypatch.setenv("LMUData", str(tmp_path))
+    monkeypatch.setenv("PRED_FORMAT", "json")  # the random model emits control characters xlsx refuses
+    base = get_base("cambrian1_8b")
+    chosen = [Entry(base, ()), Entry(base, ("siglip",)), Entry(base, ("clip", "dinov2", "convnext"))]
+    with gpu_calls_on_cpu():
+        report = run_sweep(base, chosen, [ds], str(tmp_path / "sweep"), progress=False, model=ours_8b)
+    rep = report.datasets[0]
+    assert rep.encoder_calls == {"siglip": 2, "clip": 2, "dinov2": 2, "convnext": 2} and rep.decode_calls == 2
+    dataset = build_dataset(ds)
+    for entry in chosen:
+        got = load(predfiles.pred_file(str(tmp_path / "sweep"), entry.name, ds))
+        variant = _variant(ours_8b, entry.masked, "zero")
+        for pos in range(len(dataset.data)):
+            line = dataset.data.iloc[pos]
+            want = _answer(variant, build_message(variant, dataset, line))
+            assert str(got[got["index"] == line["index"]]["prediction"].iloc[0]) == want, (entry.name, pos)

@@ -29,10 +29,11 @@ NEW_TOKENS = 3
 def ensure_importable() -> Path:
     """Put the real Cambrian source on ``sys.path`` (once) and import it; clear errors otherwise."""
     from vlmeval_encred.recipes import EnvironmentMismatch, check_requires
+    from vlmeval_encred.registry import bases
     from vlmeval_encred.upstream import forget_modules, import_root
 
-    check_requires({"transformers": ">=4.37,<4.38"}, what="Cambrian-1's upstream code (cambrian 539ffc3)",
-                   recipe="cambrian")
+    spec = bases("cambrian")[0]  # the catalog says which versions the upstream code needs
+    check_requires(spec.requires, what="Cambrian-1's upstream code", recipe=spec.recipe)
     root = import_root("cambrian")
     mod = sys.modules.get("cambrian")
     if mod is not None and not str(getattr(mod, "__file__", "")).startswith(str(root)):
