@@ -226,6 +226,7 @@ def test_encred_sweep_engine_on_cambrian(ours_8b, tmp_path, monkeypatch):
     """`encred sweep`'s engine with the Cambrian support on a 2-question VLMEvalKit dataset: its
     prediction files hold, row for row, what each variant's generate_inner answers to the message
     VLMEvalKit builds; each tower ran once per question."""
+    import pandas as pd
     from conftest import write_mcq_tsv
     from vlmeval.dataset import build_dataset
     from vlmeval.smp import load
@@ -246,7 +247,7 @@ def test_encred_sweep_engine_on_cambrian(ours_8b, tmp_path, monkeypatch):
     assert rep.encoder_calls == {"siglip": 2, "clip": 2, "dinov2": 2, "convnext": 2} and rep.decode_calls == 2
     dataset = build_dataset(ds)
     for entry in chosen:
-        got = load(predfiles.pred_file(str(tmp_path / "sweep"), entry.name, ds))
+        got = pd.DataFrame(load(predfiles.pred_file(str(tmp_path / "sweep"), entry.name, ds)))
         variant = _variant(ours_8b, entry.masked, "zero")
         for pos in range(len(dataset.data)):
             line = dataset.data.iloc[pos]
