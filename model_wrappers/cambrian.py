@@ -36,8 +36,10 @@ Modes:
           With every tower dropped the cross-attention has no keys at all and
           contributes zero (its output projection has no bias).
 
-Importing this module imports neither ``cambrian`` nor ``vlmeval``: the
-VLMEvalKit wrapper class is built on first access (module ``__getattr__``).
+The wrapper uses each checkpoint's trained conversation template
+(:func:`conv_mode_for`) and carries a ``sweep_support`` (:class:`CambrianSweep`) for
+``encred sweep``.  Importing this module imports neither ``cambrian`` nor ``vlmeval``:
+the VLMEvalKit wrapper class is built on first access (module ``__getattr__``).
 """
 
 from __future__ import annotations
@@ -354,6 +356,13 @@ class _SubsetView:
         setattr(obj, name, value)
 
     def __enter__(self) -> "_SubsetView":
+        try:
+            return self._install()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+
+    def _install(self) -> "_SubsetView":
         model, m = self.model, self.m
         for i in range(len(self.lens)):
             proj = getattr(m, f"mm_projector_aux_{i}")
