@@ -36,17 +36,20 @@ Modes:
           With every tower dropped the cross-attention has no keys at all and
           contributes zero (its output projection has no bias).
 
-Importing this module imports neither ``cambrian`` nor ``vlmeval``: the
-VLMEvalKit wrapper class is built on first access (module ``__getattr__``).
+The wrapper uses each checkpoint's trained conversation template
+(:func:`conv_mode_for`) and carries a ``sweep_support`` (:class:`CambrianSweep`) for
+``encred sweep``.  Importing this module imports neither ``cambrian`` nor ``vlmeval``:
+the VLMEvalKit wrapper class is built on first access (module ``__getattr__``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import re
 import types
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -235,43 +238,230 @@ def _check_registry(base: str, names: list[str]) -> None:
                         f"mm_vision_tower_aux_list gives {', '.join(names)}; fix model_wrappers/catalog.py")
 
 
+# The conversation template each released checkpoint was trained with (upstream
+# inference.py).  VLMEvalKit's Cambrian wrapper picks '8b' -> llama_3, '13b' -> vicuna_v1,
+# anything else -> chatml_direct, which gives cambrian-phi3-3b the wrong template; the
+# template also fixes where the image tokens sit, which the in-LLM SVA reads at the
+# checkpoint's config.image_position.
+CONV_MODES: tuple[tuple[str, str], ...] = (("phi3", "phi3"), ("34b", "chatml_direct"),
+                                           ("13b", "vicuna_v1"), ("8b", "llama_3"))
+
+
+def conv_mode_for(model_path: str) -> str | None:
+    """The trained template for a checkpoint, from its name (last path component); None if unknown."""
+    name = str(model_path).rstrip("/").rsplit("/", 1)[-1].lower()
+    for key, mode in CONV_MODES:
+        if key in name:
+            return mode
+    return None
+
+
 def _build_wrapper() -> type:
     from vlmeval.vlm.cambrian import Cambrian
     from PIL import Image
 
-    from vlmeval_encred.wrapper import EncredMixin
+    from vlmeval_encred.wrapper import EncredMixin, log
 
     class EncredCambrian(EncredMixin, Cambrian):
         """VLMEvalKit's ``Cambrian`` wrapper with encoder masking and overridable greedy decoding.
 
         Keywords: ``mask``, ``mask_mode``, ``encred_base`` (from the registry),
-        ``conv_mode`` (else VLMEvalKit's choice from the path), and generation
-        settings (``max_new_tokens`` default 2048 as VLMEvalKit, ``do_sample`` ...).
+        ``conv_mode`` (else the checkpoint's trained template from its name, see
+        :func:`conv_mode_for`, else VLMEvalKit's choice), and generation settings
+        (``max_new_tokens`` default 2048 as VLMEvalKit, ``do_sample`` ...).
         """
 
         adapter = ADAPTER
 
         def __init__(self, model_path: str = "nyu-visionx/cambrian-8b", **kwargs: Any) -> None:
             spec, base = self.pop_encred_kwargs(kwargs)
-            conv_mode = kwargs.pop("conv_mode", None)
+            conv_mode = kwargs.pop("conv_mode", None) or conv_mode_for(model_path)
             super().__init__(model_path=model_path)
             if conv_mode:
                 self.conv_mode = conv_mode
+            else:
+                log.warning("vlmeval-encred: no known Cambrian template for %r; using VLMEvalKit's choice %r "
+                            "(pass conv_mode=... to override)", model_path, self.conv_mode)
             self.gen_kwargs = self.generation_kwargs({"max_new_tokens": 2048, "use_cache": True}, kwargs)
             _check_registry(base, ADAPTER.names(self.model))
             self.apply_mask(self.model, spec, base or model_path)
 
-        def generate_inner(self, message, dataset=None):
+        def model_inputs(self, message, dataset=None) -> dict[str, Any]:
+            """What ``generate_inner`` gives the model: VLMEvalKit's own prompt and image processing."""
             prompt, image_path = self.message_to_promptimg(message, dataset=dataset)
             image = Image.open(image_path).convert("RGB")
             input_ids, image_tensor, image_sizes, _ = self.process(image, prompt)
+            return {"input_ids": input_ids.to(device=self.model.device, non_blocking=True),
+                    "images": image_tensor, "image_sizes": image_sizes}
+
+        def generate_inner(self, message, dataset=None):
+            inputs = self.model_inputs(message, dataset)
             with torch.inference_mode():
-                out = self.model.generate(input_ids.to(device="cuda", non_blocking=True), images=image_tensor,
-                                          image_sizes=image_sizes, **self.gen_kwargs)
+                out = self.model.generate(inputs["input_ids"], images=inputs["images"],
+                                          image_sizes=inputs["image_sizes"], **self.gen_kwargs)
             return self.tokenizer.batch_decode(out, skip_special_tokens=True)[0].strip()
 
     EncredCambrian.__module__ = __name__
+    EncredCambrian.sweep_support = CambrianSweep()
     return EncredCambrian
 
 
 __getattr__ = lazy_wrapper_getattr(__name__, "EncredCambrian", _build_wrapper)
+
+
+# --- encred sweep support: share encoder outputs across every subset of a sample ---------------
+# :class:`~vlmeval_encred.sweep.protocol.SweepSupport` for ``EncredCambrian``.
+#
+# * ``prepare``: the wrapper's ``model_inputs`` (what ``generate_inner`` calls).
+# * ``encode``: each kept tower once, through its ``mm_projector_aux_i`` -- the projected
+#   features that masking replaces by zeros (tower and projector are what subsets share).
+# * ``fuse_and_generate``: per subset, upstream's own ``prepare_inputs_labels_for_multimodal``
+#   (connector SVA, unpadding, newline tokens) with the subset's features in place of the
+#   towers' outputs and the subset's mask applied where the adapter applies it; then one
+#   greedy decode over all subsets, after setting the attributes upstream's ``generate()``
+#   sets (``vision_tower_aux_feature_list`` ...), concatenated along the batch, so the
+#   SVA layers inside the LLM see each row's own subset.  A subset that drops *every*
+#   tower is decoded on its own: its cross-attentions have no keys (see ``drop``).
+#   Rows are cut after their first end-of-sequence token before decoding, because in a
+#   batch a finished row continues with padding where a batch of one stops.
+
+
+def _eos_ids(wrapper: Any) -> set[int]:
+    eos = getattr(wrapper.model.generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = wrapper.tokenizer.eos_token_id
+    return set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+
+
+def _cut_after_eos(row: torch.Tensor, eos: set[int]) -> torch.Tensor:
+    for pos, tok in enumerate(row.tolist()):
+        if tok in eos:
+            return row[:pos + 1]
+    return row
+
+
+class _SubsetView:
+    """Within the block, the model fuses ``projected`` (tower index -> projected features;
+    masked towers absent) as a variant masking the other towers in ``mode`` would."""
+
+    def __init__(self, model: Any, projected: dict[int, torch.Tensor], masked: tuple[int, ...], mode: str,
+                 lens: list[int]) -> None:
+        self.model, self.m = model, _meta(model)
+        self.projected, self.masked, self.mode, self.lens = projected, masked, mode, lens
+        self.saved: list[tuple[Any, str, Any, bool]] = []
+
+    def _set(self, obj: Any, name: str, value: Any) -> None:
+        had = name in vars(obj) or name in getattr(obj, "_modules", {})
+        self.saved.append((obj, name, getattr(obj, name) if had else None, had))
+        setattr(obj, name, value)
+
+    def __enter__(self) -> "_SubsetView":
+        try:
+            return self._install()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+
+    def _install(self) -> "_SubsetView":
+        model, m = self.model, self.m
+        for i in range(len(self.lens)):
+            proj = getattr(m, f"mm_projector_aux_{i}")
+            if i in self.projected:
+                self._set(m, f"mm_projector_aux_{i}", nn.Identity())
+            elif not isinstance(proj, ZeroFeatures):
+                dtype = next(proj.parameters()).dtype
+                self._set(m, f"mm_projector_aux_{i}", ZeroFeatures(int(m.config.vision_hidden_size), dtype))
+
+        def encode_images(_self: Any, image_aux_list: Any) -> list[torch.Tensor]:
+            return [self.projected[i] if i in self.projected else img.new_zeros((img.shape[0], self.lens[i], 0))
+                    for i, img in enumerate(image_aux_list)]
+
+        self._set(model, "encode_images", types.MethodType(encode_images, model))
+        st = _State(self.masked, self.mode, self.masked)
+        rearrange = model.rearrange_vision_tower_features_inference
+        self._set(model, "rearrange_vision_tower_features_inference", CambrianAdapter._post_rearrange(rearrange, st))
+        if self.mode == "drop" and len(self.masked) == len(self.lens):
+            for mod in m.modules():
+                if type(mod).__name__ == "MultiKVCrossAttention":
+                    self._set(mod, "forward", types.MethodType(_no_keys_forward, mod))
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        for obj, name, value, had in reversed(self.saved):
+            if had:
+                setattr(obj, name, value)
+            else:
+                delattr(obj, name)
+        self.saved.clear()
+
+
+class CambrianSweep:
+    """SweepSupport of the Cambrian family (see the comment above)."""
+
+    def prepare(self, wrapper: Any, message: list[dict[str, Any]], dataset: str | None) -> Any:
+        return wrapper.model_inputs(message, dataset)
+
+    @staticmethod
+    def _index(wrapper: Any) -> dict[str, int]:
+        return {e.name: e.index for e in ADAPTER.encoders(wrapper.model)}
+
+    def encode(self, wrapper: Any, inputs: Any, encoders: Sequence[str]) -> dict[str, torch.Tensor]:
+        m = _meta(wrapper.model)
+        towers = m.get_vision_tower_aux_list()
+        images = inputs["images"]
+        dtype = images[0].dtype
+        index = self._index(wrapper)
+        out = {}
+        with torch.inference_mode():
+            for name in encoders:
+                i = index[name]
+                out[name] = getattr(m, f"mm_projector_aux_{i}")(towers[i](images[i])).to(dtype)
+        return out
+
+    def fuse_and_generate(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]],
+                          mask_mode: str) -> list[str]:
+        from transformers.generation.utils import GenerationMixin
+
+        if mask_mode not in ADAPTER.modes:
+            raise ValueError(f"Cambrian mask mode {mask_mode!r}: expected one of {', '.join(ADAPTER.modes)}")
+        model = wrapper.model
+        index = self._index(wrapper)
+        names = sorted(index, key=index.get)
+        lens = [int(x) for x in _meta(model).config.mm_vision_tower_aux_token_len_list]
+        fused = []
+        with torch.inference_mode():
+            for feats in features_per_subset:
+                projected = {index[n]: t for n, t in feats.items() if t is not None}
+                masked = tuple(i for i in range(len(names)) if i not in projected)
+                if mask_mode == "zero" and 0 in masked:
+                    # the authors' global context: tower 0's real projected features (zeroed where rearranged)
+                    if "_context_tower0" not in inputs:
+                        inputs["_context_tower0"] = self.encode(wrapper, inputs, [names[0]])[names[0]]
+                    projected[0] = inputs["_context_tower0"]
+                with _SubsetView(model, projected, masked, mask_mode, lens):
+                    out = model.prepare_inputs_labels_for_multimodal(
+                        inputs["input_ids"], None, None, None, None, inputs["images"],
+                        image_sizes=inputs["image_sizes"])
+                fused.append((masked, out))
+            # one batch for every subset that keeps some keys; each all-dropped subset alone
+            no_keys = [k for k, (masked, _) in enumerate(fused) if mask_mode == "drop" and len(masked) == len(names)]
+            groups = [[k for k in range(len(fused)) if k not in no_keys]] + [[k] for k in no_keys]
+            eos = _eos_ids(wrapper)
+            answers: dict[int, str] = {}
+            for group in (g for g in groups if g):
+                rows = [fused[k][1] for k in group]
+                # the attributes upstream's generate() sets for the in-LLM SVA, one row per subset
+                model.vision_tower_aux_feature_list = [torch.cat(t, 0) for t in zip(*(r[6] for r in rows))]
+                model.vision_tower_aux_attention_masks_list = [torch.cat(t, 0) for t in zip(*(r[7] for r in rows))]
+                model.final_vision_feature_size = [size for r in rows for size in r[8]]
+                model.global_context_feature = torch.cat([r[9] for r in rows], 0)
+                view = _SubsetView(model, {}, fused[group[0]][0], mask_mode, lens) if group[0] in no_keys \
+                    else contextlib.nullcontext()
+                with view:
+                    # upstream's generate() after its own feature preparation (done above, per subset)
+                    out = GenerationMixin.generate(model, position_ids=rows[0][1], attention_mask=rows[0][2],
+                                                   inputs_embeds=torch.cat([r[4] for r in rows], 0),
+                                                   **wrapper.gen_kwargs)
+                for k, row in zip(group, out):
+                    answers[k] = wrapper.tokenizer.decode(_cut_after_eos(row, eos), skip_special_tokens=True).strip()
+        return [answers[k] for k in range(len(fused))]

@@ -61,12 +61,17 @@ register_base(BaseModelSpec(
 
 # Cambrian-1 (SVA connector); tower order = the checkpoint's mm_vision_tower_aux_list,
 # re-read and checked at load time by model_wrappers/cambrian.py.
+# conv_mode: the template each checkpoint was trained with (upstream inference.py); VLMEvalKit's
+# Cambrian wrapper would give phi3-3b 'chatml_direct'.  Upstream pins transformers 4.37.
 _CAMBRIAN = "vlmeval_encred.model_wrappers.cambrian:EncredCambrian"
-for _name, _ckpt in [("cambrian1_phi3_3b", "nyu-visionx/cambrian-phi3-3b"), ("cambrian1_8b", "nyu-visionx/cambrian-8b"),
-                     ("cambrian1_13b", "nyu-visionx/cambrian-13b"), ("cambrian1_34b", "nyu-visionx/cambrian-34b")]:
+for _name, _ckpt, _conv in [("cambrian1_phi3_3b", "nyu-visionx/cambrian-phi3-3b", "phi3"),
+                            ("cambrian1_8b", "nyu-visionx/cambrian-8b", "llama_3"),
+                            ("cambrian1_13b", "nyu-visionx/cambrian-13b", "vicuna_v1"),
+                            ("cambrian1_34b", "nyu-visionx/cambrian-34b", "chatml_direct")]:
     register_base(BaseModelSpec(
         name=_name, family="cambrian", checkpoint=_ckpt, encoders=("siglip", "clip", "dinov2", "convnext"),
-        wrapper=_CAMBRIAN, modes=("zero", "zero_context", "drop"),
+        wrapper=_CAMBRIAN, modes=("zero", "zero_context", "drop"), loader={"conv_mode": _conv},
+        requires={"transformers": ">=4.37,<4.38"}, recipe="cambrian",
         description="Cambrian-1: Spatial Vision Aggregator over four towers (connector and in-LLM)"))
 
 register_base(BaseModelSpec(

@@ -1,9 +1,11 @@
 """Cambrian-1 masking (model_wrappers/cambrian.py) on a tiny stand-in of the SVA model.
 
 The stand-in (tests/standins/cambrian/) mirrors cambrian_arch.py and
-vision_sampler.py; 7B+ checkpoints and the GPU cannot exist here.  When the
-real ``cambrian`` package is importable, the same checks run with its own
-``VisionTokenSampler`` in place of the stand-in's.
+vision_sampler.py; 7B+ checkpoints and the GPU cannot exist here.  It needs no
+upstream code, so these tests run in the base environment (transformers 5, where
+real Cambrian does not import) and in the ``cambrian`` one; there one test also
+puts upstream's own ``VisionTokenSampler`` into the stand-in.  The checks on
+upstream's complete model are tests/test_cambrian_realcode.py.
 """
 
 from __future__ import annotations
@@ -22,13 +24,19 @@ from vlmeval_encred.model_wrappers.cambrian import ADAPTER, ReleasedTower, ZeroF
 
 NAMES = ["siglip", "clip", "dinov2", "convnext"]
 
+pytestmark = pytest.mark.envs("base", "cambrian")
+
 
 def _real_sampler():
+    from vlmeval_encred.realcode.cambrian import ensure_importable
+    from vlmeval_encred.upstream import UpstreamNotFound
+
     try:
-        from cambrian.model.vision_sampler import VisionTokenSampler
-    except Exception as exc:  # not installable from PyPI
-        pytest.skip(f"cambrian package not importable ({type(exc).__name__}: {exc}); install it from "
-                    "github.com/cambrian-mllm/cambrian to run the integration variant")
+        ensure_importable()
+    except UpstreamNotFound as exc:
+        pytest.skip(str(exc))
+    from cambrian.model.vision_sampler import VisionTokenSampler
+
     return VisionTokenSampler
 
 
@@ -174,6 +182,50 @@ def test_errors_are_specific(base):
         ADAPTER.encoders(linear)
 
 
+def test_catalog_entries_carry_trained_templates_and_requirements():
+    """Each checkpoint's conversation template as upstream's inference.py lists it; VLMEvalKit's
+    wrapper alone would give cambrian-phi3-3b 'chatml_direct'."""
+    from vlmeval_encred.model_wrappers.cambrian import conv_mode_for
+    from vlmeval_encred.registry import Entry, get_base
+
+    want = {"cambrian1_phi3_3b": "phi3", "cambrian1_8b": "llama_3", "cambrian1_13b": "vicuna_v1",
+            "cambrian1_34b": "chatml_direct"}
+    for name, conv in want.items():
+        b = get_base(name)
+        assert b.loader["conv_mode"] == conv == conv_mode_for(b.checkpoint), name
+        assert b.recipe == "cambrian" and b.requires == {"transformers": ">=4.37,<4.38"}
+        kw = Entry(b, ("clip",)).kwargs()
+        assert kw["conv_mode"] == conv and kw["encred_recipe"] == "cambrian"
+    assert conv_mode_for("/models/checkpoints/cambrian-phi3-3b/") == "phi3"
+    assert conv_mode_for("my-finetune") is None
+
+
+@pytest.mark.envs("base")
+def test_masked_entry_fails_before_loading_under_transformers_5(tmp_path):
+    """Under the base environment (transformers 5) a Cambrian entry stops in the wrapper's first
+    line, naming the versions and the recipe: no upstream import, no weights."""
+    import transformers
+
+    from conftest import explain, run_py, vlmeval_env
+
+    assert transformers.__version__.startswith("5.")
+    code = (
+        "import sys, transformers\n"
+        "transformers.PreTrainedModel.from_pretrained = classmethod(lambda *a, **k: sys.exit('weights loaded'))\n"
+        "from vlmeval.config import supported_VLM\n"
+        "from vlmeval_encred.recipes import EnvironmentMismatch\n"
+        "try:\n"
+        "    supported_VLM['cambrian1_phi3_3b_mask_clip']()\n"
+        "except EnvironmentMismatch as exc:\n"
+        "    print('MISMATCH', exc)\n"
+        "assert 'cambrian' not in sys.modules, 'upstream cambrian was imported'\n")
+    proc = run_py(["-c", code], tmp_path, vlmeval_env())
+    assert proc.returncode == 0, explain(proc)
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("MISMATCH"))
+    assert f"transformers {transformers.__version__} is installed" in line
+    assert "transformers>=4.37,<4.38" in line and "recipes/cambrian.txt" in line and "--env cambrian" in line
+
+
 def test_catalog_entries():
     from vlmeval_encred.model_wrappers.cambrian import _check_registry
     from vlmeval_encred.registry import entries, get_base
@@ -194,6 +246,7 @@ def test_import_is_light():
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.envs("cambrian")
 def test_integration_with_real_vision_sampler(inputs):
     sampler = _real_sampler()
     torch.manual_seed(0)
@@ -207,6 +260,7 @@ def test_integration_with_real_vision_sampler(inputs):
     assert torch.allclose(run(d, inputs), out_d, atol=1e-6)
 
 
+@pytest.mark.envs("base")
 def test_wrapper_classes_build_on_vlmevalkit():
     """One interpreter imports vlmeval (~15 s) and builds the three lazily defined wrapper classes."""
     code = (

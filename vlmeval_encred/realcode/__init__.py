@@ -22,6 +22,7 @@ SELFTESTS: dict[str, str] = {
     "deepseek_vl": "vlmeval_encred.realcode.deepseek_vl:SELFTEST",
     "eagle1": "vlmeval_encred.realcode.eagle1:SELFTEST",
     "eagle1_x4": "vlmeval_encred.realcode.eagle1:SELFTEST_X4",
+    "cambrian": "vlmeval_encred.realcode.cambrian:SELFTEST",
 }
 
 
