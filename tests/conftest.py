@@ -82,6 +82,13 @@ def explain(proc: subprocess.CompletedProcess) -> str:
 
 CURRENT_ENV = os.environ.get("ENCRED_ENV_NAME", "base")
 
+# The report's per-sample score cache defaults to ~/.cache; tests (and their subprocesses) use a
+# throw-away one so that a test run never reads or leaves state in the user's cache.
+if "ENCRED_SCORE_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["ENCRED_SCORE_CACHE"] = tempfile.mkdtemp(prefix="encred-test-score-cache-")
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "envs(*names): environments (vlmeval_encred/recipes) this test runs in")
