@@ -36,7 +36,8 @@ def test_doctor_family(family):
     own = load_selftest(family).recipe == CURRENT
     failures = [c for c in fam["checks"] if not c["ok"]] + fam["recipe_mismatches"]
     if own:
-        assert proc.returncode == 0 and fam["ok"], f"doctor fails in {family}'s own environment: {failures}"
+        assert proc.returncode == 0 and fam["ok"], \
+            f"doctor fails in {family}'s own environment: {failures}; VLMEvalKit: {out['vlmeval']}"
         assert any(c["check"] == "zero_equals_run_then_zero" for c in fam["checks"])
     else:
         assert proc.returncode == 1, f"doctor passed for {family} in environment {CURRENT}"

@@ -12,6 +12,7 @@ the same the test suite runs.  Exit status 1 on any failure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -91,13 +92,16 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"encred doctor: no self-test for family {', '.join(unknown)}; "
                          f"families with one: {', '.join(SELFTESTS)}")
     say = (lambda *_a, **_k: None) if args.json else print
-    out: dict[str, Any] = {"versions": _versions(), "vlmeval": _vlmeval(), "upstream": upstream.describe()}
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        out: dict[str, Any] = {"versions": _versions(), "vlmeval": _vlmeval(), "upstream": upstream.describe()}
     say("VLMEvalKit: " + (", ".join(f"{k}={v}" for k, v in out["vlmeval"].items() if k != "ok" and v not in (None, ""))))
     say("versions:   " + ", ".join(f"{k} {v}" for k, v in out["versions"].items()))
     out["families"] = []
     for fam in families:
         say(f"\n== {fam}")
-        rep = family_report(fam, args.subsets, progress=None)
+        # Upstream code prints (loaders, state dicts): keep stdout for the JSON document alone.
+        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+            rep = family_report(fam, args.subsets, progress=None)
         out["families"].append(rep)
         for line in rep["recipe_mismatches"]:
             say(f"[FAIL] {fam} recipe {rep['recipe']}: {line}")
