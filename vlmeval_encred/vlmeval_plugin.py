@@ -143,3 +143,66 @@ def after_dataset(dataset: ModuleType) -> None:
 
     setattr(build_dataset, _MARK, True)
     dataset.build_dataset = build_dataset
+
+
+def after_inference(inference: ModuleType) -> None:
+    """Wrap ``vlmeval.inference.infer_data_job`` so each prediction file of our models gets a
+    provenance sidecar (:mod:`vlmeval_encred.provenance`).
+
+    ``run.py`` binds ``infer_data_job`` with ``from vlmeval.inference import ...`` right after this
+    module executes, so it gets the wrapped function.  Answers are untouched; only rank 0 (which
+    wrote the merged file) writes the sidecar.  Predictions that were complete before the call
+    (reused by ``--reuse`` or a flat earlier run) keep the record of the run that made them.
+    """
+    original = getattr(inference, "infer_data_job", None)
+    if original is None or getattr(original, _MARK, False):
+        return
+    import inspect
+
+    sig = inspect.signature(original)
+
+    @functools.wraps(original)
+    def infer_data_job(*args, **kwargs):
+        try:
+            bound = sig.bind_partial(*args, **kwargs)
+            work_dir, model_name, dataset = (bound.arguments.get(k) for k in ("work_dir", "model_name", "dataset"))
+            pred = _pred_path(work_dir, model_name, dataset)
+            done_before = pred is not None and _complete(pred, dataset)
+        except Exception:
+            pred, done_before = None, False
+        result = original(*args, **kwargs)
+        if pred is not None and int(os.environ.get("RANK", "0")) == 0:
+            try:
+                from . import provenance
+                from .sweep.predfiles import is_run_id
+
+                parent = os.path.dirname(str(work_dir))
+                siblings = [str(work_dir)]
+                if is_run_id(os.path.basename(str(work_dir))):
+                    siblings = [os.path.join(parent, n) for n in sorted(os.listdir(parent), reverse=True)
+                                if is_run_id(n) and os.path.join(parent, n) != str(work_dir)] + [parent]
+                provenance.after_inference(pred, None if done_before else result, model_name,
+                                           dataset.dataset_name, siblings)
+            except Exception as exc:  # provenance must never fail a run
+                warnings.warn(f"vlmeval-encred: no provenance record for {pred}: {type(exc).__name__}: {exc}",
+                              RuntimeWarning, stacklevel=2)
+        return result
+
+    setattr(infer_data_job, _MARK, True)
+    inference.infer_data_job = infer_data_job
+
+
+def _pred_path(work_dir, model_name, dataset) -> str | None:
+    if work_dir is None or model_name is None or dataset is None:
+        return None
+    from vlmeval.smp import get_pred_file_path
+
+    return get_pred_file_path(str(work_dir), model_name, dataset.dataset_name, use_env_format=True)
+
+
+def _complete(pred: str, dataset) -> bool:
+    if not os.path.exists(pred):
+        return False
+    from vlmeval.smp import is_prediction_complete
+
+    return bool(is_prediction_complete(pred, dataset_indices=list(dataset.data["index"]), retry_failed=True))
