@@ -13,7 +13,7 @@ import re
 from typing import Iterable
 
 from ..registry import BaseModelSpec, Entry, RegistryError, entries, parse_entry_name
-from ..suites import load_raw
+from ..suites import dataset_names, load_raw
 
 _K_RE = re.compile(r"^k\s*(=|==|<=|>=|<|>)\s*(\d+)$")
 
@@ -68,9 +68,9 @@ def resolve_datasets(names: Iterable[str], suite_file: str | None = None) -> lis
     for name in names:
         if name in suites:
             for short in suites[name]["benchmarks"]:
-                out.extend(benches[short]["datasets"])
+                out.extend(dataset_names(benches[short]))
         elif name in benches:
-            out.extend(benches[name]["datasets"])
+            out.extend(dataset_names(benches[name]))  # CV-Bench: its two parts
         else:
             out.append(name)
     return list(dict.fromkeys(out))
