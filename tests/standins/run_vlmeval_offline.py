@@ -9,7 +9,12 @@ real: the official datasets cannot be downloaded here, so the tests write small 
 under the official names into ``$LMUData``, and VLMEvalKit would reject them for their MD5 and
 try to download the real ones.  Right after ``vlmeval.dataset`` has executed (a ``sys.meta_path``
 finder, so nothing is imported earlier than in a plain run), every official name that has a
-TSV in ``$LMUData`` is dropped from the ``DATASET_MD5`` tables.  Nothing else is changed.
+TSV in ``$LMUData`` is dropped from the ``DATASET_MD5`` tables.
+
+Tripwire (tests of "evaluates without rebuilding the model"): with
+``ENCRED_TEST_FORBID_BUILD=name1,name2`` the registry entries of those models are replaced,
+right after ``vlmeval.inference`` has executed, by a builder that raises ``TRIPWIRE``.
+Nothing else is changed.
 """
 
 from __future__ import annotations
@@ -36,6 +41,24 @@ def _drop_md5(_module) -> None:
                     md5.pop(n, None)
 
 
+def _forbid_builds(_module) -> None:
+    names = [n for n in os.environ.get("ENCRED_TEST_FORBID_BUILD", "").split(",") if n]
+    if not names:
+        return
+    from vlmeval.config import supported_VLM
+
+    def tripwire(name):
+        def build(*args, **kwargs):
+            raise RuntimeError(f"TRIPWIRE: model {name} was built")
+        return build
+
+    for n in names:
+        supported_VLM[n] = tripwire(n)
+
+
+_HOOKS = {"vlmeval.dataset": _drop_md5, "vlmeval.inference": _forbid_builds}
+
+
 class _After:
     def __init__(self, inner, hook):
         self._inner, self._hook = inner, hook
@@ -53,13 +76,13 @@ class _After:
 
 class _Finder:
     def find_spec(self, fullname, path, target=None):
-        if fullname != "vlmeval.dataset":
+        if fullname not in _HOOKS:
             return None
         import importlib.machinery
 
         spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
         if spec is not None and spec.loader is not None:
-            spec.loader = _After(spec.loader, _drop_md5)
+            spec.loader = _After(spec.loader, _HOOKS[fullname])
         return spec
 
 
