@@ -312,3 +312,31 @@ def test_report_over_two_vlmevalkit_versions_says_so(tmp_path):
     rows = list(ws.iter_rows(values_only=True))
     assert rows[0][:4] == ("variant", "benchmark", "sidecar", "vlmeval")
     assert {r[3] for r in rows[1:] if r[2] == "yes"} == {fl.label, "ms-vlmeval 0.0.20"}
+
+
+# --- encred demo on the checkout -------------------------------------------------------------
+
+@pytest.mark.envs("vlmeval_checkout")
+def test_encred_demo_runs_the_checkouts_run_py_and_reuses_its_run_folders(tmp_path):
+    """`encred demo --quick` with an upstream checkout: every variant through the checkout's
+    run.py main() (no vlmeval.run there), results in run folders, the planted claims recovered;
+    a second run takes the predictions from the first run's folders (--reuse) instead of
+    answering again."""
+    lmu, work = tmp_path / "LMUData", tmp_path / "demo_out"
+    lmu.mkdir()
+    cmd = [sys.executable, "-m", "vlmeval_encred.cli", "demo", "--quick", "--work-dir", str(work)]
+    first = subprocess.run(cmd, cwd=tmp_path, env=vlmeval_env(lmu), capture_output=True, text=True, timeout=1500)
+    assert first.returncode == 0, explain(first)
+    assert _flavour().label in first.stdout and "MISS" not in first.stdout, first.stdout
+    runs = sorted(p for p in (work / BASE).iterdir() if p.is_dir() and p.name.startswith("T"))
+    assert len(runs) == 1 and (runs[0] / "encred_provenance" / f"{BASE}_EncredDemo_OCR.json").is_file()
+    second = subprocess.run(cmd, cwd=tmp_path, env=vlmeval_env(lmu), capture_output=True, text=True, timeout=1500)
+    assert second.returncode == 0, explain(second)
+    assert "(predictions reused)" in second.stdout, second.stdout
+    runs = sorted(p for p in (work / BASE).iterdir() if p.is_dir() and p.name.startswith("T"))
+    assert len(runs) == 2
+    log = (work / "logs" / "encred_demo_vlmeval.log").read_text()
+    assert "will reuse prediction file" in log  # upstream's --reuse message
+    # complete before VLMEvalKit's inference step, so nothing was answered again:
+    rec = json.loads((runs[1] / "encred_provenance" / f"{BASE}_EncredDemo_OCR.json").read_text())
+    assert rec.get("reused_from") == runs[0].name, rec
