@@ -174,7 +174,10 @@ def after_inference(inference: ModuleType) -> None:
 
     @functools.wraps(original)
     def infer_data_job(*args, **kwargs):
-        bound = sig.bind(*args, **kwargs)
+        try:
+            bound = sig.bind(*args, **kwargs)
+        except TypeError:  # a call we do not understand: VLMEvalKit's own function, untouched
+            return original(*args, **kwargs)
         parts = getattr(bound.arguments.get("dataset"), "encred_alias_parts", None)
         if not parts:
             return one(bound)
