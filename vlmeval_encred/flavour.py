@@ -2,7 +2,8 @@
 
 Users run two kinds of VLMEvalKit, which differ in what a plugin may call:
 
-``ms-vlmeval`` (the PyPI wheel, ModelScope's build)
+``ms-vlmeval`` (the PyPI wheel, ModelScope's build; any wheel that installs ``vlmeval``
+with its own ``vlmeval/run.py`` is of this kind, e.g. nvidia-vlmeval, and named in ``label``)
     ``vlmeval`` in site-packages with its own ``vlmeval/run.py``; reachable as
     ``python -m vlmeval`` and ``vlmeval.run.main``; has ``--limit``; writes every
     file flat into ``<work_dir>/<model>/``.
@@ -63,12 +64,13 @@ class Flavour:
     has_limit: bool            # run.py accepts --limit
     has_module_main: bool      # ``python -m vlmeval`` works
     based_on: str | None = None  # ms-vlmeval: the upstream commit it was cut from
+    distribution: str | None = None  # the wheel's name (ms-vlmeval, nvidia-vlmeval, ...) when installed as one
 
     @property
     def label(self) -> str:
         """Short human/sidecar label, e.g. ``ms-vlmeval 0.0.20`` or ``checkout e8e78f0 (0.2rc1)``."""
         if self.kind == "ms-vlmeval":
-            return f"ms-vlmeval {self.version}"
+            return f"{self.distribution or 'ms-vlmeval'} {self.version}"
         return f"checkout {self.commit[:8] if self.commit else 'unknown-commit'} ({self.version})"
 
     def as_dict(self) -> dict[str, Any]:
@@ -120,22 +122,25 @@ def _git_commit(root: Path) -> str | None:
     return marker or None
 
 
-def _ms_dist_owns(package_dir: Path) -> str | None:
-    """The ms-vlmeval version when *this* ``vlmeval`` folder is the one that distribution installed.
+def _owning_dist(package_dir: Path) -> tuple[str, str] | None:
+    """(distribution name, version) of the wheel that installed *this* ``vlmeval`` folder, if any.
 
-    (An overlay environment can see ms-vlmeval's metadata while ``vlmeval`` resolves to a checkout.)
+    (An overlay environment can see ms-vlmeval's metadata while ``vlmeval`` resolves to a checkout,
+    so owning is checked by path, not by name.)  ms-vlmeval first; nvidia-vlmeval and others too.
     """
-    for name in ("ms-vlmeval", "ms_vlmeval"):
+    try:
+        names = md.packages_distributions().get("vlmeval", [])
+    except Exception:
+        names = []
+    for name in dict.fromkeys(["ms-vlmeval", *names]):
         try:
             dist = md.distribution(name)
-        except md.PackageNotFoundError:
-            continue
-        try:
             owned = Path(dist.locate_file("vlmeval/__init__.py")).resolve()
         except Exception:
             continue
-        if owned == (package_dir / "__init__.py").resolve():
-            return dist.version
+        if owned == (package_dir / "__init__.py").resolve() and dist.files and \
+                any(str(f).replace("\\", "/") == "vlmeval/__init__.py" for f in dist.files):
+            return dist.metadata["Name"] or name, dist.version
     return None
 
 
@@ -152,13 +157,13 @@ def describe_root(root: str | os.PathLike) -> Flavour:
 def _describe(pkg: Path) -> Flavour:
     pkg = pkg.resolve()
     root = pkg.parent
-    ms_version = _ms_dist_owns(pkg)
+    owner = _owning_dist(pkg)
     own_run = pkg / "run.py"
-    if ms_version is not None or (own_run.is_file() and not (root / "run.py").is_file()):
+    if owner is not None or (own_run.is_file() and not (root / "run.py").is_file()):
         kind, run_py = "ms-vlmeval", own_run
-        version = ms_version or _init_version(pkg)
+        dist, version = owner or ("ms-vlmeval", _init_version(pkg))
         commit = None
-        based_on = MS_VLMEVAL_UPSTREAM.get(version)
+        based_on = MS_VLMEVAL_UPSTREAM.get(version) if dist.lower() in ("ms-vlmeval", "ms_vlmeval") else None
     else:
         kind, run_py = "checkout", root / "run.py"
         if not run_py.is_file():
@@ -169,7 +174,8 @@ def _describe(pkg: Path) -> Flavour:
     layout = "flat" if _FLAT_PRED_ROOT.search(text) else "run-folders"
     return Flavour(kind=kind, version=version, commit=commit, root=root, package_dir=pkg, run_py=run_py,
                    layout=layout, has_limit="'--limit'" in text or '"--limit"' in text,
-                   has_module_main=(pkg / "__main__.py").is_file(), based_on=based_on)
+                   has_module_main=(pkg / "__main__.py").is_file(), based_on=based_on,
+                   distribution=dist if kind == "ms-vlmeval" else None)
 
 
 def _init_version(pkg: Path) -> str:
