@@ -323,21 +323,24 @@ def test_report_over_two_vlmevalkit_versions_says_so(tmp_path):
 
 @pytest.mark.envs("vlmeval_checkout")
 def test_encred_demo_runs_the_checkouts_run_py_and_reuses_its_run_folders(tmp_path):
-    """`encred demo --quick` with an upstream checkout: every variant through the checkout's
-    run.py main() (no vlmeval.run there), results in run folders, the planted claims recovered;
-    a second run takes the predictions from the first run's folders (--reuse) instead of
-    answering again."""
+    """`encred demo` with an upstream checkout: every variant through the checkout's run.py
+    main() (no vlmeval.run there), results in run folders, the report built; a second run takes
+    the predictions from the first run's folders (--reuse) instead of answering again.
+
+    12 questions per dataset keep it short: the planted claims are checked at full size by
+    tests/test_demo.py (base); here a miss (exit 1) at 12 questions is noise, not a failure,
+    as long as the demo got to its report."""
     lmu, work = tmp_path / "LMUData", tmp_path / "demo_out"
     lmu.mkdir()
-    cmd = [sys.executable, "-m", "vlmeval_encred.cli", "demo", "--quick", "--work-dir", str(work)]
+    cmd = [sys.executable, "-m", "vlmeval_encred.cli", "demo", "--samples-per-category", "12", "--n-boot", "50",
+           "--work-dir", str(work)]
     first = subprocess.run(cmd, cwd=tmp_path, env=vlmeval_env(lmu), capture_output=True, text=True, timeout=1500)
-    assert first.returncode == 0, explain(first)
-    assert _flavour().label in first.stdout and "MISS" not in first.stdout, first.stdout
+    assert first.returncode in (0, 1) and "Report: " in first.stdout, explain(first)
+    assert _flavour().label in first.stdout, first.stdout
     runs = sorted(p for p in (work / BASE).iterdir() if p.is_dir() and p.name.startswith("T"))
     assert len(runs) == 1 and (runs[0] / "encred_provenance" / f"{BASE}_EncredDemo_OCR.json").is_file()
     second = subprocess.run(cmd, cwd=tmp_path, env=vlmeval_env(lmu), capture_output=True, text=True, timeout=1500)
-    assert second.returncode == 0, explain(second)
-    assert "(predictions reused)" in second.stdout, second.stdout
+    assert second.returncode == first.returncode and "(predictions reused)" in second.stdout, explain(second)
     runs = sorted(p for p in (work / BASE).iterdir() if p.is_dir() and p.name.startswith("T"))
     assert len(runs) == 2
     log = (work / "logs" / "encred_demo_vlmeval.log").read_text()
@@ -345,3 +348,4 @@ def test_encred_demo_runs_the_checkouts_run_py_and_reuses_its_run_folders(tmp_pa
     # complete before VLMEvalKit's inference step, so nothing was answered again:
     rec = json.loads((runs[1] / "encred_provenance" / f"{BASE}_EncredDemo_OCR.json").read_text())
     assert rec.get("reused_from") == runs[0].name, rec
+    assert first.stdout.split("Accuracy (%)")[1].split("CUR")[0] == second.stdout.split("Accuracy (%)")[1].split("CUR")[0]
