@@ -125,22 +125,19 @@ def _git_commit(root: Path) -> str | None:
 def _owning_dist(package_dir: Path) -> tuple[str, str] | None:
     """(distribution name, version) of the wheel that installed *this* ``vlmeval`` folder, if any.
 
-    (An overlay environment can see ms-vlmeval's metadata while ``vlmeval`` resolves to a checkout,
-    so owning is checked by path, not by name.)  ms-vlmeval first; nvidia-vlmeval and others too.
+    Looks only at ``*vlmeval*.dist-info`` folders beside the package (a wheel's metadata lives
+    in the same site-packages), so an overlay environment that sees ms-vlmeval's metadata
+    elsewhere while ``vlmeval`` resolves to a checkout is not fooled, and no scan of every
+    installed distribution is needed.  ms-vlmeval, nvidia-vlmeval and others alike.
     """
-    try:
-        names = md.packages_distributions().get("vlmeval", [])
-    except Exception:
-        names = []
-    for name in dict.fromkeys(["ms-vlmeval", *names]):
+    for info in sorted(package_dir.parent.glob("*vlmeval*.dist-info")):
         try:
-            dist = md.distribution(name)
-            owned = Path(dist.locate_file("vlmeval/__init__.py")).resolve()
+            dist = md.Distribution.at(info)
+            files = dist.files or []
         except Exception:
             continue
-        if owned == (package_dir / "__init__.py").resolve() and dist.files and \
-                any(str(f).replace("\\", "/") == "vlmeval/__init__.py" for f in dist.files):
-            return dist.metadata["Name"] or name, dist.version
+        if any(str(f).replace("\\", "/") == "vlmeval/__init__.py" for f in files):
+            return dist.metadata["Name"] or info.name.split("-")[0], dist.version
     return None
 
 
