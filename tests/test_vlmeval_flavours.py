@@ -189,6 +189,7 @@ def test_all_15_short_names_give_the_files_of_the_official_run(tmp_path):
     assert po.returncode == 0, explain(po)
     a = _files(_result_dir(tmp_path / "alias", BASE))
     o = _files(_result_dir(tmp_path / "official", BASE))
+    # same names as the official run, so no file is named after a short name
     assert sorted(a) == sorted(o), (sorted(set(a) ^ set(o)), explain(pa))
     differ = [n for n in a if a[n] != o[n]]
     # The judge cache (<M>_<D>_<judge>_result.pkl) is a dict filled in thread completion order
@@ -203,8 +204,6 @@ def test_all_15_short_names_give_the_files_of_the_official_run(tmp_path):
     for name in official:
         rec = json.loads((side / f"{BASE}_{name}.json").read_text())
         assert rec["dataset"] == name and rec["model"] == BASE
-    assert not [n for n in a if any(f"{BASE}_{s}." in n or f"{BASE}_{s}_" in n
-                                    for s in shorts if s not in official)]
 
 
 # --- sweep -> run.py --reuse evaluates without building the model ----------------------------
