@@ -204,8 +204,17 @@ def _detect_importable() -> Flavour:
 
 
 def current() -> Flavour | None:
-    """:func:`detect`, or None where no VLMEvalKit can be found (for provenance records)."""
+    """:func:`detect`, or None where no VLMEvalKit can be found."""
     try:
         return detect()
+    except FlavourError:
+        return None
+
+
+def installed() -> Flavour | None:
+    """The VLMEvalKit this process imports (``--vlmeval-root`` aside), or None: what provenance
+    records, since prompts and files of this process come from it."""
+    try:
+        return _detect_importable()
     except FlavourError:
         return None

@@ -73,9 +73,9 @@ def _version(dist: str) -> str | None:
 def environment() -> dict[str, Any]:
     """The process-wide part of a record (no model needed)."""
     from . import __version__
-    from .flavour import current
+    from .flavour import installed
 
-    fl = current()
+    fl = installed()
     return {
         "plugin": __version__,
         "vlmeval": fl.label if fl else None,
