@@ -49,9 +49,21 @@ def _standins(lmu: Path, names=None) -> list[str]:
     out = []
     for name, rows in RS.tsvs().items():
         if names is None or name in names:
-            pd.DataFrame(rows[:ROWS]).to_csv(lmu / f"{name}.tsv", sep="\t", index=False)
+            rows = _mme_rows(rows[0]["image"]) if name == "MME" else rows[:ROWS]
+            pd.DataFrame(rows).to_csv(lmu / f"{name}.tsv", sep="\t", index=False)
             out.append(name)
     return out
+
+
+MME_CATEGORIES = ("OCR", "artwork", "celebrity", "color", "count", "existence", "landmark", "position", "posters",
+                  "scene", "code_reasoning", "commonsense_reasoning", "numerical_calculation", "text_translation")
+
+
+def _mme_rows(img: str) -> list[dict]:
+    """One yes/no pair per MME category: upstream's MME_rating (e8e78f0) needs all 14 categories
+    (ms-vlmeval 0.0.20's scores whatever categories exist)."""
+    return [dict(index=i, image=img, question=f"Is it {i}? Please answer yes or no.", answer="Yes" if i % 2 == 0 else "No",
+                 category=MME_CATEGORIES[i // 2], image_path=f"img{i // 2}.jpg") for i in range(2 * len(MME_CATEGORIES))]
 
 
 def _run(args: list[str], env: dict[str, str], timeout: int = 1500) -> subprocess.CompletedProcess:
