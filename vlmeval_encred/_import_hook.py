@@ -21,7 +21,8 @@ import sys
 import warnings
 
 _DISABLE_VAR = "VLMEVAL_ENCRED_DISABLE"  # duplicated from vlmeval_encred to keep start-up import-free
-_AFTER = {"vlmeval.config": "after_config", "vlmeval.dataset": "after_dataset"}
+_AFTER = {"vlmeval.config": "after_config", "vlmeval.dataset": "after_dataset",
+          "vlmeval.inference": "after_inference"}
 
 
 def disabled() -> bool:

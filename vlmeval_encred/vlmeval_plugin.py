@@ -4,9 +4,12 @@
   (the very dict that ``run.py`` and ``vlmeval/inference.py`` look names up in)
   and set each wrapper class as an attribute of ``vlmeval.vlm`` so that
   ``run.py --config cfg.json`` with ``"class": "<Wrapper>"`` resolves it.
-* :func:`after_dataset`: make the paper's short dataset names (``ChartQA``,
-  ``SEED-I``, ...) fail with a message naming the official dataset instead of
-  VLMEvalKit's silent skip.  See docs/datasets.md for why we do not alias them.
+* :func:`after_dataset`: the paper's short dataset names (``ChartQA``,
+  ``SEED-I``, ``CV-Bench``, ...) build an alias over the official datasets
+  (:mod:`vlmeval_encred.aliases`, docs/datasets.md).
+* :func:`after_inference`: inference of an alias runs per official part; each
+  prediction file of our models gets a provenance sidecar
+  (:mod:`vlmeval_encred.provenance`).
 
 Both are idempotent: calling them twice changes nothing.
 """
@@ -17,12 +20,9 @@ import functools
 import os
 import warnings
 from types import ModuleType
+from typing import Any
 
 _MARK = "_vlmeval_encred"
-
-
-class ShortDatasetNameError(ValueError):
-    """A paper short name was given where VLMEvalKit needs an official dataset name."""
 
 
 def after_config(config: ModuleType) -> int:
@@ -108,24 +108,13 @@ def _deferred_class(wrapper: str):
     return build
 
 
-def short_name_message(name: str, lmu_root: str) -> str | None:
-    """The error for a paper short name that VLMEvalKit cannot build, else None."""
-    from .suites import paper_short_names
-
-    official = paper_short_names().get(name)
-    if not official:
-        return None
-    if os.path.exists(os.path.join(lmu_root, f"{name}.tsv")):
-        return None  # the user has their own TSV under that name: VLMEvalKit's usual behaviour
-    alts = " and ".join(f"--data {d}" for d in official)
-    return (f"{name!r} is the paper's short name, not a VLMEvalKit dataset. Its official "
-            f"VLMEvalKit dataset{'s are' if len(official) > 1 else ' is'} {', '.join(official)}: "
-            f"run with {alts}. (vlmeval-encred maps short names only in its reports, so that "
-            f"result files keep the official names and official evaluation.)")
-
-
 def after_dataset(dataset: ModuleType) -> None:
-    """Wrap ``vlmeval.dataset.build_dataset`` so short names fail loudly."""
+    """Wrap ``vlmeval.dataset.build_dataset`` so the paper's short names build an alias dataset.
+
+    Official names, and any name the user has a ``$LMUData/<name>.tsv`` for, go to VLMEvalKit
+    untouched; a paper short name (``ChartQA``, ``CV-Bench``...) becomes a
+    :class:`vlmeval_encred.aliases.AliasDataset` over the official dataset objects.
+    """
     original = dataset.build_dataset
     if getattr(original, _MARK, False):
         return
@@ -134,12 +123,99 @@ def after_dataset(dataset: ModuleType) -> None:
     @functools.wraps(original)
     def build_dataset(dataset_name, **kwargs):
         if dataset_name not in official:
-            from vlmeval.smp import LMUDataRoot
+            from . import aliases
 
-            msg = short_name_message(dataset_name, LMUDataRoot())
-            if msg:
-                raise ShortDatasetNameError(msg)
+            if aliases.alias_targets(dataset_name):
+                from vlmeval.smp import LMUDataRoot
+
+                if not os.path.exists(os.path.join(LMUDataRoot(), f"{dataset_name}.tsv")):
+                    return aliases.build(dataset_name, original, **kwargs)
         return original(dataset_name, **kwargs)
 
     setattr(build_dataset, _MARK, True)
     dataset.build_dataset = build_dataset
+
+
+def after_inference(inference: ModuleType) -> None:
+    """Wrap ``vlmeval.inference.infer_data_job`` (aliases per part; provenance sidecars).
+
+    ``run.py`` binds ``infer_data_job`` with ``from vlmeval.inference import ...`` right after this
+    module executes, so it gets the wrapped function.  For an alias dataset, VLMEvalKit's own
+    ``infer_data_job`` runs once per official part with that part's dataset object (the model sees
+    the official name; files get official names).  Answers are untouched.  After each call rank 0
+    (which wrote the merged file) writes the sidecar; predictions that were complete before the
+    call (``--reuse`` copied them, or an earlier flat run) keep the record of the run that made them.
+    """
+    original = getattr(inference, "infer_data_job", None)
+    if original is None or getattr(original, _MARK, False):
+        return
+    import inspect
+
+    sig = inspect.signature(original)
+
+    def one(bound) -> Any:
+        work_dir, model_name, dataset = (bound.arguments.get(k) for k in ("work_dir", "model_name", "dataset"))
+        try:
+            pred = _pred_path(work_dir, model_name, dataset)
+            done_before = pred is not None and _complete(pred, dataset)
+        except Exception:
+            pred, done_before = None, False
+        result = original(*bound.args, **bound.kwargs)
+        if pred is not None and int(os.environ.get("RANK", "0")) == 0:
+            try:
+                from . import provenance
+
+                provenance.after_inference(pred, None if done_before else result, model_name,
+                                           dataset.dataset_name, _sibling_runs(str(work_dir)))
+            except Exception as exc:  # provenance must never fail a run
+                warnings.warn(f"vlmeval-encred: no provenance record for {pred}: {type(exc).__name__}: {exc}",
+                              RuntimeWarning, stacklevel=3)
+        return result
+
+    @functools.wraps(original)
+    def infer_data_job(*args, **kwargs):
+        try:
+            bound = sig.bind(*args, **kwargs)
+        except TypeError:  # a call we do not understand: VLMEvalKit's own function, untouched
+            return original(*args, **kwargs)
+        parts = getattr(bound.arguments.get("dataset"), "encred_alias_parts", None)
+        if not parts:
+            return one(bound)
+        model = bound.arguments.get("model")
+        for part in parts:
+            bound.arguments["dataset"] = part
+            bound.arguments["model"] = model
+            model = one(bound)  # the model built for the first part serves the next
+        return model
+
+    setattr(infer_data_job, _MARK, True)
+    inference.infer_data_job = infer_data_job
+
+
+def _sibling_runs(work_dir: str) -> list[str]:
+    """Folders a reused prediction may have been copied from: the other run folders, then the flat one."""
+    from .sweep.predfiles import is_run_id
+
+    if not is_run_id(os.path.basename(work_dir)):
+        return [work_dir]
+    parent = os.path.dirname(work_dir)
+    runs = [os.path.join(parent, n) for n in os.listdir(parent) if is_run_id(n)]
+    runs = sorted((r for r in runs if os.path.abspath(r) != os.path.abspath(work_dir) and os.path.isdir(r)),
+                  key=os.path.getmtime, reverse=True)
+    return runs + [parent]
+
+
+def _pred_path(work_dir, model_name, dataset) -> str | None:
+    if work_dir is None or model_name is None or dataset is None:
+        return None
+    from vlmeval.smp import get_pred_file_path
+
+    return get_pred_file_path(str(work_dir), model_name, dataset.dataset_name, use_env_format=True)
+
+
+def _complete(pred: str, dataset) -> bool:
+    if not os.path.exists(pred):
+        return False
+    from vlmeval.smp import is_prediction_complete
+
+    return bool(is_prediction_complete(pred, dataset_indices=list(dataset.data["index"]), retry_failed=True))

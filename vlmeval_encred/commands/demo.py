@@ -3,10 +3,11 @@
 1. Writes the three synthetic demo datasets into VLMEvalKit's data root
    (``$LMUData``; unchanged files are left alone).
 2. Runs every subset of the demo model's encoders (``encred_tiny`` and its
-   ``_mask_`` variants: 2^3 = 8 models) through VLMEvalKit's own entry point
-   (``vlmeval.run.main``, exactly what ``python -m vlmeval`` runs, with
-   ``--judge exact_matching``), in this one process, so VLMEvalKit is imported
-   once instead of eight times.  VLMEvalKit's console output goes to
+   ``_mask_`` variants: 2^3 = 8 models) through the installed VLMEvalKit's own
+   entry point (``main()`` of ms-vlmeval's ``vlmeval/run.py``, what ``python -m
+   vlmeval`` runs, or of an upstream checkout's ``run.py``: see
+   :mod:`vlmeval_encred.flavour`), with ``--judge exact_matching``, in this one
+   process, so VLMEvalKit is imported once instead of eight times.  VLMEvalKit's console output goes to
    ``<work-dir>/logs/encred_demo_vlmeval.log``; a progress bar with an ETA counts
    the questions answered.
 3. Builds the report (``vlmeval_encred.report.api.build_report``, suite
@@ -116,13 +117,30 @@ def _redirect_fds(target):
             os.close(copy)
 
 
-def _run_vlmeval(argv: list[str]) -> None:
-    from vlmeval import run as vrun
+def _load_run_main(fl: Any) -> Any:
+    """``main`` of the installed VLMEvalKit's run.py (ms-vlmeval: ``vlmeval.run``; a checkout: its
+    ``run.py``, loaded from its path as ``python run.py`` would, minus ``if __name__ == "__main__"``)."""
+    if fl.kind == "ms-vlmeval":
+        import vlmeval.run as vrun
 
+        return vrun.main
+    import importlib.util
+
+    name = "_encred_vlmeval_run_py"
+    if name in sys.modules:
+        return sys.modules[name].main
+    spec = importlib.util.spec_from_file_location(name, fl.run_py)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def _run_vlmeval(main: Any, argv: list[str], prog: str = "vlmeval") -> None:
     saved = sys.argv
-    sys.argv = ["vlmeval", *argv]
+    sys.argv = [prog, *argv]
     try:
-        vrun.main()
+        main()
     finally:
         sys.argv = saved
 
@@ -172,7 +190,16 @@ def run(args: argparse.Namespace) -> int:
     reused = _prepare_work_dir(work, variants, _fingerprint(written, PACKAGE_CHECKPOINT))
 
     # 2. VLMEvalKit -------------------------------------------------------------------------
-    print(f"[2/3] {len(variants)} variants x {len(datasets)} datasets through VLMEvalKit "
+    from ..flavour import FlavourError, detect
+
+    try:
+        fl = detect()
+    except FlavourError as exc:
+        raise SystemExit(f"encred demo: {exc}")
+    # A checkout's run.py starts a fresh run folder each time; --reuse makes it take unchanged
+    # predictions from the previous one (ms-vlmeval's flat layout reuses them without it).
+    reuse_arg = ["--reuse"] if fl.layout == "run-folders" else []
+    print(f"[2/3] {len(variants)} variants x {len(datasets)} datasets through VLMEvalKit {fl.label} "
           f"(--judge exact_matching, --work-dir {work}); loading VLMEvalKit ...", flush=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     log_file = work / "logs" / "encred_demo_vlmeval.log"
@@ -181,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
     with open(log_file, "a") as logf, _redirect_fds(logf), contextlib.redirect_stdout(logf), \
             contextlib.redirect_stderr(logf), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import vlmeval.run  # noqa: F401  (the import is the slow part: ~15 s)
+        vlmeval_main = _load_run_main(fl)  # the import is the slow part: ~15 s
 
         from vlmeval_encred.model_wrappers.encred_tiny import EncredTiny
     t_import = time.perf_counter() - t_import
@@ -211,8 +238,9 @@ def run(args: argparse.Namespace) -> int:
             warnings.simplefilter("ignore")
             for i, v in enumerate(variants):
                 bar.set_postfix_str(v.replace(BASE, "") or "full", refresh=False)
-                _run_vlmeval(["--model", v, "--data", *datasets, "--judge", "exact_matching",
-                              "--work-dir", str(work), "--api-nproc", "1"])
+                _run_vlmeval(vlmeval_main, ["--model", v, "--data", *datasets, "--judge", "exact_matching",
+                                            "--work-dir", str(work), "--api-nproc", "1", *reuse_arg],
+                             prog=str(fl.run_py))
                 missing = _outputs_ok(work, v, datasets)
                 if missing:
                     raise SystemExit(f"encred demo: VLMEvalKit did not produce {', '.join(missing)} for {v}; "

@@ -65,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"not computed: {m['metric']} at {m['level']}: needs {m['needs']}")
     if len(res.missing_metrics) > 10:
         print(f"... {len(res.missing_metrics) - 10} more (see the Markdown summary)")
+    for m in res.provenance_warnings:
+        print(f"warning: {m}", file=sys.stderr)
     for k, p in res.files.items():
         print(f"{k}: {p}")
     return 0

@@ -10,7 +10,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "sweep", help="run all selected variants of a base model together, sharing encoder outputs",
         description="Per sample, run each needed encoder once and decode every selected subset as one batch; "
                     "write each variant's prediction file exactly where and as VLMEvalKit's inference would, "
-                    "so `python -m vlmeval --model <variant> --data <ds>` then only evaluates. Resumable.")
+                    "so VLMEvalKit's run.py for that variant then only evaluates (ms-vlmeval: `python -m vlmeval "
+                    "--model <variant> --data <ds>`; an upstream checkout: `python run.py ... --reuse`, which "
+                    "finds the sweep's run folder). Resumable.")
     p.add_argument("--model", required=True, help="base model name (see `encred models`)")
     p.add_argument("--data", required=True, nargs="+",
                    help="suite names (paper15), paper short names or VLMEvalKit dataset names")
@@ -22,6 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="at most this many subsets per generate call (0 = all of a sample's)")
     p.add_argument("--suite-file", default=None, help="benchmarks.yaml to expand suite names from")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--vlmeval-root", default=None,
+                   help="a VLMEvalKit checkout whose run.py and output layout to use (default: the importable "
+                        "vlmeval; also $ENCRED_VLMEVAL_ROOT)")
     c = p.add_argument_group("cluster (submitit job array over (variant or lattice shard, dataset))")
     c.add_argument("--cluster", choices=["slurm", "local", "debug"], default=None,
                    help="submit instead of running here; 'local' runs the same jobs as local processes")
@@ -40,6 +45,19 @@ def run(args: argparse.Namespace) -> int:
     from ..registry import RegistryError, get_base
     from ..sweep.selection import SelectionError, resolve_datasets, select_entries
 
+    import os
+
+    from ..flavour import ROOT_ENV, FlavourError, detect
+
+    try:
+        if args.vlmeval_root:
+            os.environ[ROOT_ENV] = str(detect(args.vlmeval_root).root)  # layout and run.py of that checkout
+        fl = detect()
+        if args.cluster and args.per_variant and args.limit and not fl.has_limit:
+            raise FlavourError(f"--limit with --per-variant: {fl.label}'s run.py ({fl.run_py}) has no --limit; "
+                               "drop --limit or use sweep cells (without --per-variant), which apply it themselves")
+    except FlavourError as exc:
+        raise SystemExit(f"encred sweep: {exc}")
     try:
         base = get_base(args.model)
         chosen = select_entries(base, args.subsets)
@@ -77,7 +95,8 @@ def _submit(args: argparse.Namespace, base, chosen, datasets) -> int:
                                "variant" if args.per_variant else "sweep", args.shards)
     ex = cluster.make_executor(args.work_dir, args.cluster, gpus=args.gpus, timeout_min=args.timeout_min,
                                partition=args.partition)
-    jobs = cluster.launch(cells, args.work_dir, ex, gpus=args.gpus, limit=args.limit, judge=args.judge)
+    jobs = cluster.launch(cells, args.work_dir, ex, gpus=args.gpus, limit=args.limit, judge=args.judge,
+                          vlmeval_root=args.vlmeval_root)
     print(f"submitted {len(jobs)} of {len(cells)} jobs ({len(cells) - len(jobs)} done or running); "
           f"logs under {args.work_dir}/encred_jobs/submitit/")
     if args.wait:

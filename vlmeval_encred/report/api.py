@@ -63,6 +63,9 @@ class ReportResult:
     missing_metrics: list[dict[str, str]] = field(default_factory=list)
     """Metrics that could not be computed: ``metric, level, needs``."""
     notes: list[str] = field(default_factory=list)
+    provenance_warnings: list[str] = field(default_factory=list)
+    """Cells of one CUR or of the lattice made with different VLMEvalKit / transformers versions,
+    dtypes or mask modes (from the prediction files' provenance sidecars; ``cells[i]["provenance"]``)."""
     n_boot: int = 0
     seed: int = 0
     timings: dict[str, float] = field(default_factory=dict)

@@ -10,6 +10,7 @@ from typing import Any
 from . import bootstrap as bs
 from . import metrics as M
 from . import uptodate as U
+from . import provenance as RP
 from . import writers as W
 from .api import ReportError, ReportResult
 from .reader import ModelResults, _Listing
@@ -76,8 +77,10 @@ def run_pipeline(*, work_dir: Path, base_model: str, suite: str, out_dir: Path |
         for b in S.benchmarks:
             part_vals: list[float | None] = []
             statuses, reasons, paths, runs, per_sample_state = [], [], [], [], []
+            prov = []
             for p in b.parts:
                 loc = mr.locate(p)
+                prov.append((p.dataset, RP.for_location(loc.run.path if loc.run else None, v["name"], p.dataset)))
                 val = None
                 status, reason = loc.status, loc.reason
                 if loc.headline is not None:
@@ -118,7 +121,8 @@ def run_pipeline(*, work_dir: Path, base_model: str, suite: str, out_dir: Path |
             bench_scores[kept][b.name] = score
             cells.append({"variant": v["name"], "benchmark": b.name, "status": status,
                           "score": score, "run": ", ".join(runs), "path": "; ".join(paths),
-                          "reason": "; ".join(reasons), "per_sample": "; ".join(per_sample_state) or "ok"})
+                          "reason": "; ".join(reasons), "per_sample": "; ".join(per_sample_state) or "ok",
+                          "provenance": RP.summarize(prov)})
     timings["read"] = time.perf_counter() - t
     if not any(c["status"] in ("ok", "stale") for c in cells):
         first = cells[0]["reason"] if cells else ""
@@ -208,7 +212,8 @@ def run_pipeline(*, work_dir: Path, base_model: str, suite: str, out_dir: Path |
     res.bootstrap = boot_rows
     res.cells = cells
     res.missing_metrics = missing
-    res.notes = boot_notes
+    res.provenance_warnings = RP.warnings(cells, names[full], {e: names[full - {e}] for e in encs})
+    res.notes = boot_notes + [f"provenance: {m}" for m in res.provenance_warnings]
     res.n_boot, res.seed = n_boot, seed
     if write:
         t = time.perf_counter()
@@ -242,7 +247,8 @@ def _tables(r: ReportResult) -> list[tuple[str, list[str], list[list[Any]]]]:
           [[c["variant"], c["benchmark"], c["status"], c["score"], c["run"], c["path"], c["reason"],
             c["per_sample"]] for c in r.cells]),
          ("Missing metrics", ["metric", "level", "needs"],
-          [[m["metric"], m["level"], m["needs"]] for m in r.missing_metrics])]
+          [[m["metric"], m["level"], m["needs"]] for m in r.missing_metrics]),
+         RP.sheet(r.cells)]
     return t
 
 
@@ -312,6 +318,7 @@ def _markdown(r: ReportResult, figs: list[str]) -> str:
                             for c in probs[:60]]), ""]
         if len(probs) > 60:
             out += [f"... and {len(probs) - 60} more (sheet 'Cells' of the workbook).", ""]
+    out += RP.markdown(r.cells, r.provenance_warnings, W.md_table)
     if figs:
         out += ["## Figures", ""] + [f"![{f}]({f})" for f in figs] + [""]
     out += ["## Caveat", "", CAVEAT, ""]

@@ -3,8 +3,10 @@
 A *cell* is one job: ``sweep`` cells run :func:`.engine.run_sweep` for one
 shard of the subset lattice on one dataset (subsets inside a shard share
 encoder outputs); ``variant`` cells run VLMEvalKit itself for one variant and
-one dataset -- ``python -m vlmeval`` with one GPU, ``torchrun --nproc-per-node
-N -m vlmeval`` (VLMEvalKit's own data parallelism) with ``gpus > 1``.
+one dataset -- the installed VLMEvalKit's own entry point (``python -m vlmeval``
+for ms-vlmeval, ``python run.py`` in the checkout for an upstream checkout; see
+:mod:`vlmeval_encred.flavour`) with one GPU, under ``torchrun --nproc-per-node N``
+(VLMEvalKit's own data parallelism) with ``gpus > 1``.
 
 Every cell writes its state to ``<work_dir>/encred_jobs/<base>/<cell id>.json``
 (atomically): ``submitted`` (with submitit's job id and folder), ``running``
@@ -79,6 +81,8 @@ class CellJob:
     judge: str | None = None
     extra_args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    vlmeval_root: str | None = None
+    """A VLMEvalKit checkout to run (``--vlmeval-root``); default: the importable ``vlmeval``."""
 
     def __call__(self) -> str:
         os.environ.update(self.env)
@@ -104,27 +108,33 @@ class CellJob:
                   limit=self.limit, progress=False)
 
     def command(self) -> list[str]:
-        """The VLMEvalKit command line of a variant cell."""
-        args = ["-m", "vlmeval", "--model", self.cell.variants[0], "--data", self.cell.dataset,
-                "--work-dir", self.work_dir, "--reuse"]
+        """The VLMEvalKit command line of a variant cell (run it in :meth:`cwd`)."""
+        from ..flavour import detect
+
+        args = ["--model", self.cell.variants[0], "--data", self.cell.dataset, "--work-dir",
+                os.path.abspath(self.work_dir), "--reuse"]
         if self.judge:
             args += ["--judge", self.judge]
         if self.limit:
-            args += ["--limit", str(self.limit)]
+            args += ["--limit", str(self.limit)]  # refused by flavour.command where run.py lacks it
         args += list(self.extra_args)
-        if self.gpus > 1:
-            return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={self.gpus}", *args]
-        return [sys.executable, *args]
+        return detect(self.vlmeval_root).command(args, nproc=self.gpus)
 
     def _variant(self) -> None:
-        proc = subprocess.run(self.command(), capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(self.command())} exited {proc.returncode}: {proc.stderr[-2000:]}")
+        from ..flavour import detect
         from . import predfiles
 
-        path = predfiles.pred_file(self.work_dir, self.cell.variants[0], self.cell.dataset)
-        if not os.path.exists(path):  # run.py logs a bad model/dataset name and still exits 0
-            raise RuntimeError(f"VLMEvalKit exited 0 but wrote no {path}; see its log: {proc.stdout[-1500:]}")
+        fl = detect(self.vlmeval_root)
+        cmd = self.command()
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=fl.cwd)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-2000:]}")
+        path = predfiles.find_pred_file(self.work_dir, self.cell.variants[0], self.cell.dataset, fl.layout)
+        if path is None:  # run.py logs a bad model/dataset name and still exits 0
+            raise RuntimeError(f"VLMEvalKit ({fl.label}) exited 0 but wrote no prediction for "
+                               f"{self.cell.variants[0]} x {self.cell.dataset} under "
+                               f"{predfiles.model_dir(self.work_dir, self.cell.variants[0])}; see its log: "
+                               f"{proc.stdout[-1500:]}")
 
 
 def plan_cells(base: str, variants: Sequence[str], datasets: Sequence[str], mode: str, shards: int = 1) -> list[Cell]:
@@ -146,7 +156,7 @@ def cell_complete(work_dir: str, cell: Cell) -> bool:
     """Every variant of the cell has a prediction file (checked without building the dataset)."""
     from . import predfiles
 
-    return all(os.path.exists(predfiles.pred_file(work_dir, v, cell.dataset)) for v in cell.variants)
+    return all(predfiles.find_pred_file(work_dir, v, cell.dataset) is not None for v in cell.variants)
 
 
 def make_executor(work_dir: str, cluster: str | None, gpus: int = 1, timeout_min: int = 600,

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from .. import provenance
 from ..registry import BaseModelSpec, Entry
 from . import predfiles
 from .checkpoint import SweepCheckpoint, checkpoint_path
@@ -131,6 +132,8 @@ def run_sweep(base: BaseModelSpec, entries: Sequence[Entry], datasets: Sequence[
     report = SweepReport(base.name, [e.name for e in entries])
     support = None
     mask_mode = base.modes[0]
+    layout = predfiles.layout()
+    run_id = predfiles.new_run_id() if layout == "run-folders" else None  # one run folder per sweep
     for ds_name in datasets:
         t0 = time.perf_counter()
         dataset = _build_dataset(ds_name)
@@ -141,7 +144,8 @@ def run_sweep(base: BaseModelSpec, entries: Sequence[Entry], datasets: Sequence[
         indices = list(dataset.data["index"])
         pending = []
         for e in entries:
-            if predfiles.is_complete(predfiles.pred_file(work_dir, e.name, ds_name), indices):
+            found = predfiles.find_pred_file(work_dir, e.name, ds_name, layout)
+            if found and predfiles.is_complete(found, indices):
                 rep.skipped_variants.append(e.name)
             else:
                 pending.append(e)
@@ -198,8 +202,15 @@ def run_sweep(base: BaseModelSpec, entries: Sequence[Entry], datasets: Sequence[
             ck.close()
         for e in pending:
             preds = {i: ck.get(i)[e.name] for i in indices}
-            path = predfiles.pred_file(work_dir, e.name, ds_name)
-            predfiles.write_atomically(predfiles.prediction_frame(dataset, preds), path)
+            path = predfiles.target_pred_file(work_dir, e.name, ds_name, run_id)
+            frame = predfiles.prediction_frame(dataset, preds)
+            predfiles.write_atomically(frame, path)
+            provenance.write(path, provenance.record(
+                path, writer="encred sweep", model=model, entry_name=e.name,
+                fp=provenance.fingerprint(frame["index"], frame["prediction"]),
+                extra={"dataset": ds_name, "masked": list(e.masked), "mode": mask_mode,
+                       "loaded_as": base.entry_name(load_mask(entries))}))
+            predfiles.link_up(path)
             rep.written.append(path)
         ck.remove()
         rep.seconds = time.perf_counter() - t0

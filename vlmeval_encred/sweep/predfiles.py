@@ -1,32 +1,123 @@
-"""Where VLMEvalKit (ms-vlmeval 0.0.20 layout) keeps a prediction file, and what it holds.
+"""Where VLMEvalKit keeps a prediction file, in either layout, and what it holds.
 
-``run.py`` infers into ``<work_dir>/<model>/`` (flat, no run-id folder in
-this release) and ``infer_data_job`` writes ``get_pred_file_path(...)``:
+``infer_data_job`` writes ``get_pred_file_path(pred_root, ...)``:
 ``<model>_<dataset>.<PRED_FORMAT>`` (xlsx unless ``$PRED_FORMAT`` says tsv or
 json), holding ``dataset.data`` without its ``image`` column plus a
-``prediction`` column of ``str(response)``.  When that file exists and covers
-every index, a later ``run.py`` loads it as previous results and evaluates
-without building the model.  Everything here calls VLMEvalKit's own helpers
-(``get_pred_file_path``, ``dump``, ``is_prediction_complete``) so a change of
-format upstream is followed, not duplicated.
+``prediction`` column of ``str(response)``.  ``pred_root`` depends on the
+installed VLMEvalKit (:mod:`vlmeval_encred.flavour`):
+
+* ``flat`` (ms-vlmeval 0.0.20): ``<work_dir>/<model>/``; a later ``run.py``
+  finds a complete file there and evaluates without building the model.
+* ``run-folders`` (upstream checkout): ``<work_dir>/<model>/<eval id>/`` with
+  ``<eval id>`` = ``T<YYYYmmdd-HHMMSS>`` (VLMEvalKit's own ``build_eval_id``)
+  and a relative link to each file in ``<work_dir>/<model>/``.  ``run.py
+  --reuse`` copies the prediction of the newest run folder (by mtime) that has
+  one into its new run folder, and then only evaluates.  A flat file is
+  invisible to it, so the sweep writes a run folder of its own.
+
+Everything here calls VLMEvalKit's own helpers (``get_pred_file_path``,
+``dump``, ``is_prediction_complete``, ``build_eval_id``) so a change of format
+upstream is followed, not duplicated.
 """
 
 from __future__ import annotations
 
 import os
 import os.path as osp
+import re
 from typing import Any, Mapping
 
 
+_RUN_ID = re.compile(r"^T\d{8}-\d{6}$|^T\d{8}_G[0-9a-fA-F]+$")
+
+
+def layout() -> str:
+    """``flat`` or ``run-folders`` for the installed VLMEvalKit (flat when none is found)."""
+    from ..flavour import current
+
+    fl = current()
+    return fl.layout if fl else "flat"
+
+
 def model_dir(work_dir: str, model_name: str) -> str:
-    """``run.py``'s ``pred_root`` for a model in ms-vlmeval 0.0.20."""
+    """``run.py``'s ``pred_root_meta``: every run of a model lives under it."""
     return osp.join(work_dir, model_name)
 
 
-def pred_file(work_dir: str, model_name: str, dataset_name: str) -> str:
+def is_run_id(name: str) -> bool:
+    return bool(_RUN_ID.match(name))
+
+
+def run_dirs(work_dir: str, model_name: str, exclude: str | None = None) -> list[str]:
+    """Run folders of a model, newest first by mtime (the order ``--reuse`` searches them in)."""
+    root = model_dir(work_dir, model_name)
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return []
+    dirs = [osp.join(root, n) for n in names if is_run_id(n) and osp.isdir(osp.join(root, n))]
+    if exclude is not None:
+        dirs = [d for d in dirs if osp.abspath(d) != osp.abspath(exclude)]
+    return sorted(dirs, key=osp.getmtime, reverse=True)
+
+
+def _name(work_dir: str, model_name: str, dataset_name: str) -> str:
     from vlmeval.smp import get_pred_file_path
 
-    return get_pred_file_path(model_dir(work_dir, model_name), model_name, dataset_name, use_env_format=True)
+    return osp.basename(get_pred_file_path(model_dir(work_dir, model_name), model_name, dataset_name,
+                                           use_env_format=True))
+
+
+def find_pred_file(work_dir: str, model_name: str, dataset_name: str, layout_: str | None = None) -> str | None:
+    """The prediction file the installed ``run.py`` would pick up (with ``--reuse`` for run folders)."""
+    name = _name(work_dir, model_name, dataset_name)
+    if (layout_ or layout()) == "flat":
+        p = osp.join(model_dir(work_dir, model_name), name)
+        return p if osp.isfile(p) else None
+    for d in run_dirs(work_dir, model_name):
+        p = osp.join(d, name)
+        if osp.isfile(p):
+            return p
+    return None
+
+
+def pred_file(work_dir: str, model_name: str, dataset_name: str) -> str:
+    """:func:`find_pred_file`, else where a flat layout would put it (for messages and flat writers)."""
+    return (find_pred_file(work_dir, model_name, dataset_name)
+            or osp.join(model_dir(work_dir, model_name), _name(work_dir, model_name, dataset_name)))
+
+
+def new_run_id() -> str:
+    """A run-folder name as the installed VLMEvalKit makes them."""
+    from vlmeval import smp
+
+    if hasattr(smp, "build_eval_id"):
+        return smp.build_eval_id()
+    return f"T{smp.timestr('day')}_G{smp.githash(digits=8)}"  # older upstream naming
+
+
+def target_pred_file(work_dir: str, model_name: str, dataset_name: str, run_id: str | None) -> str:
+    """Where a writer puts a new prediction: flat, or inside run folder ``run_id``."""
+    base = model_dir(work_dir, model_name)
+    if run_id:
+        base = osp.join(base, run_id)
+    return osp.join(base, _name(work_dir, model_name, dataset_name))
+
+
+def link_up(path: str) -> str | None:
+    """Upstream's convenience link ``<model>/<file>`` -> ``<eval id>/<file>`` (relative).
+
+    Replaces an earlier link, never a regular file (someone's results)."""
+    run = osp.dirname(path)
+    if not is_run_id(osp.basename(run)):
+        return None
+    link = osp.join(osp.dirname(run), osp.basename(path))
+    if osp.lexists(link):
+        if not osp.islink(link):
+            return None
+        os.remove(link)
+    os.symlink(osp.join(osp.basename(run), osp.basename(path)), link)
+    return link
 
 
 def is_complete(path: str, indices: list[Any]) -> bool:

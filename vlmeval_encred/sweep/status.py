@@ -1,6 +1,7 @@
 """``encred status``: what is done, running, pending or failed, per (variant, dataset).
 
-Sources, in order of authority: the prediction files on disk (complete =
+Sources, in order of authority: the prediction files on disk, flat or in
+run folders (complete =
 done, whoever wrote them: a sweep, a per-variant run, or VLMEvalKit by
 hand), a sweep's checkpoint (partial progress), the cell state files that
 :mod:`.cluster` jobs write, and for SLURM jobs submitit's own state query.
@@ -120,11 +121,14 @@ def collect(work_dir: str, base: str) -> list[dict[str, Any]]:
                                                 error=""))
             row["checkpointed_samples"] = n
     # prediction files: done wins
+    from .predfiles import run_dirs
+
     for v in names:
         d = wd / v
         if not d.is_dir():
             continue
-        for f in d.iterdir():
+        # flat files (ms-vlmeval) and the run folders of an upstream checkout (T<date>-<time>/)
+        for f in [p for dd in (d, *map(Path, run_dirs(str(wd), v))) for p in dd.iterdir() if p.is_file()]:
             stem, ext = os.path.splitext(f.name)
             if ext not in (".xlsx", ".tsv", ".json") or not stem.startswith(v + "_"):
                 continue
