@@ -174,15 +174,8 @@ def dino_tower_device(device: str) -> Iterator[None]:
 def offline_hub_cache(cache_dir: str) -> Iterator[None]:
     """Resolve hub ids (the fork's hard-coded CLIP id) from ``cache_dir``, offline, within the block.
 
-    For tests and self-tests only: the fork calls ``CLIPVisionModel.from_pretrained(<hub id>)``
-    with no ``cache_dir``, and the environment variables that choose the cache are read when
-    transformers is imported, so the module globals that hold them are swapped here."""
-    import huggingface_hub.constants as hc
-    import transformers.utils.hub as th
+    For tests and self-tests only (see :mod:`vlmeval_encred.realcode.fakehub`)."""
+    from vlmeval_encred.realcode.fakehub import offline_hub
 
-    saved = (th.TRANSFORMERS_CACHE, th._is_offline_mode, hc.HF_HUB_CACHE, hc.HF_HUB_OFFLINE)
-    th.TRANSFORMERS_CACHE, th._is_offline_mode, hc.HF_HUB_CACHE, hc.HF_HUB_OFFLINE = cache_dir, True, cache_dir, True
-    try:
+    with offline_hub(cache_dir):
         yield
-    finally:
-        th.TRANSFORMERS_CACHE, th._is_offline_mode, hc.HF_HUB_CACHE, hc.HF_HUB_OFFLINE = saved

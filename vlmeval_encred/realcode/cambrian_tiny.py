@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -157,33 +155,12 @@ def write_fake_hub(cache: Path, seed: int = 0) -> Path:
 
 @contextlib.contextmanager
 def offline_hub(cache: Path) -> Iterator[Path]:
-    """Hub look-ups answered from ``cache`` only (no network), for already imported libraries too."""
-    import huggingface_hub.constants as hc
+    """Hub look-ups answered from ``cache`` only (see :mod:`.fakehub`), with the tiny timm towers registered."""
+    from .fakehub import offline_hub as _offline
 
     _register_timm()
-    env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    saved_env = {k: os.environ.get(k) for k in env}
-    saved = [(hc, "HF_HUB_CACHE", hc.HF_HUB_CACHE), (hc, "HF_HUB_OFFLINE", hc.HF_HUB_OFFLINE)]
-    tu = sys.modules.get("transformers.utils.hub")
-    if tu is None:
-        import transformers.utils.hub as tu
-    for name in ("TRANSFORMERS_CACHE", "HF_HUB_CACHE", "PYTORCH_TRANSFORMERS_CACHE", "_is_offline_mode"):
-        if hasattr(tu, name):
-            saved.append((tu, name, getattr(tu, name)))
-    os.environ.update(env)
-    hc.HF_HUB_CACHE, hc.HF_HUB_OFFLINE = str(cache), True
-    for mod, name, _ in saved[2:]:
-        setattr(mod, name, True if name == "_is_offline_mode" else str(cache))
-    try:
-        yield Path(cache)
-    finally:
-        for mod, name, value in saved:
-            setattr(mod, name, value)
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with _offline(cache) as path:
+        yield path
 
 
 def tiny_config(spec: TinySpec | None = None) -> Any:

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import re
 import sys
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .checks import RealCodeSelfTest
+from .fakehub import offline_hub
 
 X5_TOWERS = "clip-448;convnext-1024;sam-1024;det-1024;pix2struct-1024"
 """The X5 checkpoints' ``mm_vision_tower`` (upstream's X5 scripts)."""
@@ -180,35 +180,6 @@ def write_fake_hub(hub: Path, sizes: TinySizes = TinySizes(), seed: int = 0) -> 
 # ------------------------------------------------------------------------------- environment
 
 
-@contextlib.contextmanager
-def _offline_hub(hub: Path) -> Iterator[None]:
-    """Point the Hub client and transformers at ``hub`` in offline mode; restore everything after.
-
-    Both libraries read their cache folder and offline flag into module constants
-    when first imported, so the environment variables alone are not enough in a
-    process that already imported them."""
-    import huggingface_hub.constants as hc
-    import transformers.utils.hub as th
-
-    env = {"HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    saved_env = {k: os.environ.get(k) for k in env}
-    saved = [(hc, "HF_HUB_CACHE", hc.HF_HUB_CACHE), (hc, "HF_HUB_OFFLINE", hc.HF_HUB_OFFLINE),
-             (th, "TRANSFORMERS_CACHE", th.TRANSFORMERS_CACHE), (th, "_is_offline_mode", th._is_offline_mode)]
-    os.environ.update(env)
-    hc.HF_HUB_CACHE, hc.HF_HUB_OFFLINE = str(hub), True
-    th.TRANSFORMERS_CACHE, th._is_offline_mode = str(hub), True
-    try:
-        yield
-    finally:
-        for mod, name, value in saved:
-            setattr(mod, name, value)
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def import_eagle() -> Path:
     """Put the real EAGLE source first on ``sys.path`` (a stand-in ``eagle`` is forgotten first).
 
@@ -266,7 +237,7 @@ def tiny_upstream(workdir: Path, sizes: TinySizes = TinySizes()) -> Iterator[Pat
     for mod, name, value in patches:
         setattr(mod, name, value)
     try:
-        with _offline_hub(hub):
+        with offline_hub(hub):
             yield hub
     finally:
         for mod, name, value in saved:
