@@ -102,7 +102,8 @@ def main() -> int:
         print(f"  {train_s['+'.join(s)]:.0f} s", flush=True)
 
     # 2. VLMEvalKit --------------------------------------------------------------------------
-    from vlmeval_encred.commands.demo import _read_acc, _redirect_fds, _run_vlmeval
+    from vlmeval_encred.commands.demo import _load_run_main, _read_acc, _redirect_fds, _run_vlmeval
+    from vlmeval_encred.flavour import detect
 
     log = work / "vlmeval.log"
     names: dict[tuple[str, ...], str] = {}
@@ -121,12 +122,16 @@ def main() -> int:
         from vlmeval_encred.vlmeval_plugin import after_config
 
         after_config(vcfg)  # the retrained bases registered above
+        flavour = detect()
+        vlmeval_main = _load_run_main(flavour)  # ms-vlmeval's vlmeval.run or a checkout's run.py
+        reuse = ["--reuse"] if flavour.layout == "run-folders" else []
         results = work / "results"
         for model in [*masking.values(), *names.values()]:
             if all(_read_acc(results, model, d) is not None for d in datasets):
                 continue
-            _run_vlmeval(["--model", model, "--data", *datasets, "--judge", "exact_matching",
-                          "--work-dir", str(results), "--api-nproc", "1"])
+            _run_vlmeval(vlmeval_main, ["--model", model, "--data", *datasets, "--judge", "exact_matching",
+                                        "--work-dir", str(results), "--api-nproc", "1", *reuse],
+                         prog=str(flavour.run_py))
     eval_s = time.perf_counter() - t_eval
     acc = {m: {datasets[d]: _read_acc(results, m, d) for d in datasets}
            for m in [*masking.values(), *names.values()]}
