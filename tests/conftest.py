@@ -119,3 +119,17 @@ def pytest_sessionfinish(session, exitstatus):
         for rep in skipped:
             print(f"\nENCRED_NO_SKIPS: skipped in CI: {rep.nodeid}: {rep.longrepr}")
         session.exitstatus = 1
+
+
+def real_selftest(family: str):
+    """The family's real-code self-test with its upstream code imported; skips (outside CI) with the
+    reason when no copy of the upstream repository is found (vlmeval_encred.upstream)."""
+    from vlmeval_encred.realcode import load_selftest
+    from vlmeval_encred.upstream import UpstreamNotFound
+
+    test = load_selftest(family)
+    try:
+        test.import_upstream()
+    except UpstreamNotFound as exc:
+        pytest.skip(f"no copy of the upstream code of {family}: {exc}")
+    return test

@@ -13,21 +13,14 @@ from __future__ import annotations
 
 import pytest
 
-from vlmeval_encred.upstream import UpstreamNotFound
+from conftest import real_selftest
 
 pytestmark = pytest.mark.envs("cambrian")
 
 
 @pytest.fixture(scope="module")
 def selftest():
-    from vlmeval_encred.realcode import load_selftest
-
-    test = load_selftest("cambrian")
-    try:
-        test.import_upstream()
-    except UpstreamNotFound as exc:
-        pytest.skip(str(exc))
-    return test
+    return real_selftest("cambrian")
 
 
 def test_every_subset_and_mode_matches_the_authors_masking(selftest, tmp_path_factory):

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlmeval_encred.upstream import UpstreamNotFound
+from conftest import real_selftest
 
 pytestmark = pytest.mark.envs("deepseek_vl")
 
@@ -32,14 +32,7 @@ PROMPT = "Which bar is taller?"
 
 @pytest.fixture(scope="module")
 def selftest():
-    from vlmeval_encred.realcode import load_selftest
-
-    test = load_selftest("deepseek_vl")
-    try:
-        test.import_upstream()
-    except UpstreamNotFound as exc:
-        pytest.skip(f"no copy of DeepSeek-VL: {exc}")
-    return test
+    return real_selftest("deepseek_vl")
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ on ``sys.path`` (see :func:`on_sys_path`) or install it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import sys
@@ -27,6 +26,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+from .hashing import file_sha256
 
 
 @dataclass(frozen=True)
@@ -86,17 +87,9 @@ def find_archive(repo: UpstreamRepo) -> Path | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _extract(archive: Path, repo: UpstreamRepo) -> Path:
     """Extract once into cache/<name>-<sha12>; concurrent callers race safely (rename is atomic)."""
-    dest = cache_root() / f"{repo.name}-{_sha256(archive)[:12]}"
+    dest = cache_root() / f"{repo.name}-{file_sha256(archive)[:12]}"
     if (dest / ".complete").exists():
         return dest / repo.top
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -12,13 +12,14 @@ removed only if they are ours and unchanged.  Nothing else in the directory is t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+from ..hashing import file_sha256
 
 MANIFEST = ".encred-report-manifest.json"
 
@@ -34,12 +35,7 @@ class OutputConflict(RuntimeError):
     """The output directory holds a file of ours by name that we did not write (or that was edited)."""
 
 
-def _sha(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+_sha = file_sha256  # manifest hashes of the files we write
 
 
 class Stager:
