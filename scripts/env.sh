@@ -3,20 +3,27 @@
 #
 #   bash scripts/env.sh encred demo
 #   bash scripts/env.sh python -m pytest -q tests
-#   bash scripts/env.sh --env eagle1 python -m pytest -q tests -m eagle1   # a family's overlay
+#   bash scripts/env.sh --env eagle1 python -m pytest -q tests   # a family's environment
+#
+# (Environments select tests: a test module declares the environments it runs in, and the
+# tests of other environments are deselected, so `--env eagle1 ... tests` runs Eagle-1's.)
 #
 # Base: a virtual environment cached outside the checkout, keyed by the sha256 of
 # requirements/env.txt; the first build installs ms-vlmeval and with it the CUDA
 # build of torch (~6.8 GB, ~5 min).
 #
 # Overlays (--env NAME or ENCRED_ENV=NAME): the pins a family's real upstream code
-# needs (vlmeval_encred/recipes/NAME.txt, e.g. transformers 4.44 for EAGLE) installed into
-# a small venv of their own that sees the base's packages *behind* its own (a .pth
-# file appends the base's site-packages).  Keyed by the sha256 of the base and
-# overlay files (and env-NAME.post, an optional install script run with the
-# overlay's python), so a second run reuses it in seconds and the 7 GB base is
-# never copied or changed.  This checkout is installed editable into whichever
-# environment runs (seconds).
+# needs (its recipe, e.g. transformers 4.44 for EAGLE) installed into a small venv of
+# their own that sees the base's packages *behind* its own (a .pth file appends the
+# base's site-packages).  Keyed by the sha256 of the base and overlay files (and the
+# recipe's optional .post install script, run with the overlay's python), so a second
+# run reuses it in seconds and the 7 GB base is never copied or changed.
+#
+# This checkout: installed editable into a layer of its own, `.venvs/<env>` inside the
+# checkout (a pip-less venv whose .pth adds the shared base or overlay behind it).  The
+# shared environments never hold any checkout, so a second clone, a CI run or another
+# branch cannot re-point this checkout's `encred` to its code.  `.venv` links to
+# `.venvs/base`.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -66,18 +73,33 @@ if [ -n "$ENV_NAME" ] && [ "$ENV_NAME" != base ]; then
   RUN="$OV"
 fi
 
-# (Re)install this checkout editable when the environment points elsewhere or setup.py changed.
-STAMP="$RUN/.encred-source"
-WANT="$ROOT $(sha256sum "$ROOT/setup.py" | cut -c1-12)"
-if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
-  "$RUN/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$ROOT" >&2
-  printf '%s' "$WANT" > "$STAMP.tmp.$$" && mv -f "$STAMP.tmp.$$" "$STAMP"   # a new file, never rewritten in place
+# Older versions of this script installed the calling checkout into the shared environment
+# itself; such an install would shadow every other checkout's code, so it is removed once.
+if [ -f "$RUN/.encred-source" ]; then
+  "$RUN/bin/python" -m pip uninstall -q -y vlmeval-encred >&2 || true
+  rm -f "$RUN/.encred-source"
+fi
+
+# This checkout's own layer on top of RUN (seconds to build; rebuilt when RUN or setup.py changes).
+LAYER="$ROOT/.venvs/${ENV_NAME:-base}"
+WANT="$RUN $(sha256sum "$ROOT/setup.py" | cut -c1-12)"
+if [ "$(cat "$LAYER/.encred-layer" 2>/dev/null)" != "$WANT" ]; then
+  rm -rf "$LAYER"
+  mkdir -p "$ROOT/.venvs"
+  "$RUN/bin/python" -m venv --without-pip "$LAYER"
+  RUN_SITE=$("$RUN/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  LAYER_SITE=$("$LAYER/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  # 00_: processed first, so the shared packages (and the overlay's own .pth files) are there
+  # before this checkout's start-up hook runs; addsitedir also processes RUN's .pth files.
+  printf 'import site; site.addsitedir(%s)\n' "'$RUN_SITE'" > "$LAYER_SITE/00_encred_shared_env.pth"
+  "$LAYER/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$ROOT" >&2
+  printf '%s' "$WANT" > "$LAYER/.encred-layer.tmp.$$" && mv -f "$LAYER/.encred-layer.tmp.$$" "$LAYER/.encred-layer"
 fi
 flock -u 9
 
-[ "$RUN" = "$VENV" ] && { ln -sfn "$VENV" "$ROOT/.venv" 2>/dev/null || true; }
-export PATH="$RUN/bin:$PATH"
-export VIRTUAL_ENV="$RUN"
+if [ -z "$ENV_NAME" ] || [ "$ENV_NAME" = base ]; then ln -sfn ".venvs/base" "$ROOT/.venv" 2>/dev/null || true; fi
+export PATH="$LAYER/bin:$PATH"
+export VIRTUAL_ENV="$LAYER"
 export ENCRED_ENV_NAME="${ENV_NAME:-base}"
 cd "$ROOT"
 exec "$@"
