@@ -7,6 +7,20 @@ run if they disagree.
 """
 
 from vlmeval_encred.registry import BaseModelSpec, register_base
+from vlmeval_encred.upstream import UpstreamRepo, register_source
+
+# The upstream repositories the families' real code comes from (a user's clone, registered with
+# `encred sources add NAME PATH`), and the commits our real-code tests pin.
+register_source(UpstreamRepo("eagle", "https://github.com/NVlabs/EAGLE", "fef95f103b5e9899acbbe2c237e5b99147ab7e8e",
+                             package="eagle", used_by="eagle1"))
+register_source(UpstreamRepo("cambrian", "https://github.com/cambrian-mllm/cambrian",
+                             "539ffc3254bba004e5d012b65c0ad6cb308897c5", package="cambrian", used_by="cambrian"))
+register_source(UpstreamRepo("deepseek_vl", "https://github.com/deepseek-ai/DeepSeek-VL",
+                             "681bffb4519856ad27cc17531aacde31ddf6f1a7", package="deepseek_vl", used_by="deepseek_vl"))
+register_source(UpstreamRepo("mmvp", "https://github.com/tsb0601/MMVP", "763500597e65c3446f09047837ceda76f4e264bf",
+                             package="llava", import_root="LLaVA", used_by="imof"))
+register_source(UpstreamRepo("dinov2", "https://github.com/facebookresearch/dinov2",
+                             "b8931f7bf91576930313be2c6d6af376033b35f0", package="dinov2", used_by="imof"))
 
 _EAGLE1 = "vlmeval_encred.model_wrappers.eagle1:EncredEagle"
 _EAGLE_X5 = ("clip", "convnext", "sam", "eva02", "pix2struct")

@@ -16,7 +16,7 @@
 # needs (its recipe, e.g. transformers 4.44 for EAGLE) installed into a small venv of
 # their own that sees the base's packages *behind* its own (a .pth file appends the
 # base's site-packages).  Keyed by the sha256 of the base and overlay files (and the
-# recipe's optional .post install script, run with the overlay's python), so a second
+# recipe's optional .post script, run with the overlay's python each time), so a second
 # run reuses it in seconds and the 7 GB base is never copied or changed.
 #
 # This checkout: installed editable into a layer of its own, `.venvs/<env>` inside the
@@ -67,9 +67,11 @@ if [ -n "$ENV_NAME" ] && [ "$ENV_NAME" != base ]; then
     # zz_: .pth files run in name order, so the base comes after anything the overlay adds.
     echo "$BASE_SITE" > "$OV_SITE/zz_encred_base_env.pth"
     "$OV/bin/python" -m pip install -q -r "$OREQ" >&2
-    if [ -f "$OPOST" ]; then ENCRED_ROOT="$ROOT" PYTHON="$OV/bin/python" bash "$OPOST" >&2; fi
     touch "$OV/.complete"
   fi
+  # The recipe's .post step runs each time (it is quick): it may point the overlay at a source the
+  # user registered (encred sources), which can change between runs.
+  if [ -f "$OPOST" ]; then ENCRED_ROOT="$ROOT" PYTHON="$OV/bin/python" bash "$OPOST" >&2; fi
   RUN="$OV"
 fi
 

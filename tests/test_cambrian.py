@@ -28,13 +28,11 @@ pytestmark = pytest.mark.envs("base", "cambrian")
 
 
 def _real_sampler():
+    from conftest import need_sources
     from vlmeval_encred.realcode.cambrian import ensure_importable
-    from vlmeval_encred.upstream import UpstreamNotFound
 
-    try:
-        ensure_importable()
-    except UpstreamNotFound as exc:
-        pytest.skip(str(exc))
+    need_sources("cambrian")
+    ensure_importable()
     from cambrian.model.vision_sampler import VisionTokenSampler
 
     return VisionTokenSampler
@@ -247,6 +245,7 @@ def test_import_is_light():
 
 
 @pytest.mark.envs("cambrian")
+@pytest.mark.realcode("cambrian")
 def test_integration_with_real_vision_sampler(inputs):
     sampler = _real_sampler()
     torch.manual_seed(0)

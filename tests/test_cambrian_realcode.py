@@ -15,7 +15,7 @@ import pytest
 
 from conftest import real_selftest
 
-pytestmark = pytest.mark.envs("cambrian")
+pytestmark = [pytest.mark.envs("cambrian"), pytest.mark.realcode("cambrian")]
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,10 @@ def test_doctor_family(family):
     out = json.loads(proc.stdout)
     fam = out["families"][0]
     own = load_selftest(family).recipe == CURRENT
+    if own:
+        from conftest import need_sources
+
+        need_sources(*load_selftest(family).upstream)
     failures = [c for c in fam["checks"] if not c["ok"]] + fam["recipe_mismatches"] \
         + ([out["vlmeval"]] if not out["vlmeval"]["ok"] else [])
     assert (proc.returncode == 0) == (fam["ok"] and out["vlmeval"]["ok"]), "exit status disagrees with the checks"
@@ -47,7 +51,7 @@ def test_doctor_family(family):
     if proc.returncode == 1:
         assert failures, "doctor failed without naming a problem"
         named = json.dumps(failures)
-        assert any(word in named for word in ("installed", "Error", "recipe", "transformers")), named
+        assert any(word in named for word in ("installed", "Error", "recipe", "transformers", "source")), named
     else:
         # Another family's environment that happens to satisfy this recipe too (e.g. eagle1 and
         # imof both pin transformers 4.44.2): passing there is right, and the checks really ran.

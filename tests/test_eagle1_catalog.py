@@ -6,8 +6,8 @@
   for that model size class.  Masks address towers by that order, so a wrong
   catalog order would mask the wrong tower on a real checkpoint (the adapter
   refuses at load time, but only after a 7B+ download).  Needs only the EAGLE
-  snapshot archive (no model, no weights); skipped with the reason when no copy
-  is found (UpstreamNotFound).  Assumption, stated: the ``-Plus`` checkpoints
+  registered clone (no model, no weights); "not run here" when no clone
+  is registered.  Assumption, stated: the ``-Plus`` checkpoints
   use their size class's layout (upstream ships no scripts of their own for
   them); the adapter still checks the loaded checkpoint's ``mm_vision_tower``.
 * Environment: building a masked Eagle entry from VLMEvalKit's
@@ -27,18 +27,19 @@ import pytest
 
 from vlmeval_encred.registry import bases
 
+pytestmark = pytest.mark.realcode("eagle")
+
 TAG = re.compile(r"eagle-(x\d)", re.IGNORECASE)
 VISION_TOWER = re.compile(r"--vision_tower\s+[\"']?([^\"'\s]+)")
 
 
 def _upstream_layouts() -> dict[str, set[str]]:
     """Size class ("x4"/"x5") -> the ``--vision_tower`` strings of upstream's scripts for it."""
-    from vlmeval_encred.upstream import UpstreamNotFound, source_dir
+    from conftest import need_sources
+    from vlmeval_encred.upstream import source_dir
 
-    try:
-        scripts = source_dir("eagle") / "scripts"
-    except UpstreamNotFound as exc:
-        pytest.skip(f"EAGLE source not found: {exc}")
+    need_sources("eagle")
+    scripts = source_dir("eagle") / "scripts"
     layouts: dict[str, set[str]] = {}
     for script in sorted(scripts.glob("*.sh")):
         tag = TAG.search(script.name)

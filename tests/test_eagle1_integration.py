@@ -1,9 +1,8 @@
 """Eagle-1 masking against the real ``eagle`` package (github NVlabs/EAGLE), environment ``eagle1``.
 
-The real package comes from the EAGLE snapshot (:mod:`vlmeval_encred.upstream`:
-``ENCRED_SRC_EAGLE`` or the pinned archive); it needs transformers 4.37-4.44,
-hence the ``eagle1`` environment.  Skipped, with the reason, only where no copy
-of the source is found (UpstreamNotFound).  What runs:
+The real package comes from the user's registered EAGLE clone (:mod:`vlmeval_encred.upstream`:
+``encred sources add eagle ...`` or ``ENCRED_SRC_EAGLE``); it needs transformers 4.37-4.44,
+hence the ``eagle1`` environment.  "Not run here" where no clone is registered.  What runs:
 
 * the real upstream classes our adapter relies on exist with the contract it
   assumes (module paths, ``load_pretrained_model``'s ``device_map``, the
@@ -31,9 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vlmeval_encred.masking import MaskSpec, count_params, forward_call_recorder
-from vlmeval_encred.upstream import UpstreamNotFound
 
-pytestmark = pytest.mark.envs("eagle1")
+pytestmark = [pytest.mark.envs("eagle1"), pytest.mark.realcode("eagle")]
 TOWERS = "clip-448;convnext-1024;sam-1024;det-1024;pix2struct-1024"
 NAMES = ("clip", "convnext", "sam", "eva02", "pix2struct")
 
@@ -43,10 +41,7 @@ def real_eagle():
     """The real ``eagle`` package first on sys.path (a stand-in imported earlier is forgotten)."""
     from vlmeval_encred.realcode.eagle1 import import_eagle
 
-    try:
-        return import_eagle()
-    except UpstreamNotFound as exc:
-        pytest.skip(f"EAGLE source not found: {exc}")
+    return import_eagle()
 
 
 class TinyTower(nn.Module):

@@ -17,7 +17,7 @@ also runs the model and those inputs in float32 instead of float16 (the
 exactness claim of the sweep is stated for float32 on the CPU).
 
 Skipped, with the reason, only where the EAGLE source is not found
-(UpstreamNotFound); CI provides the snapshot archive.
+('not run here' when no EAGLE clone is registered: encred sources add eagle <clone>).
 """
 
 from __future__ import annotations
@@ -30,9 +30,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vlmeval_encred.upstream import UpstreamNotFound
 
-pytestmark = pytest.mark.envs("eagle1")
+pytestmark = [pytest.mark.envs("eagle1"), pytest.mark.realcode("eagle")]
 
 X5 = ("clip", "convnext", "sam", "eva02", "pix2struct")
 X4 = ("clip", "convnext", "eva02", "pix2struct")
@@ -42,12 +41,9 @@ LIMIT = None if os.environ.get("ENCRED_EAGLE1_ALL_SUBSETS") == "1" else 8
 
 
 def _need_upstream():
-    from vlmeval_encred.upstream import source_dir
+    from conftest import need_sources
 
-    try:
-        source_dir("eagle")
-    except UpstreamNotFound as exc:
-        pytest.skip(f"EAGLE source not found: {exc}")
+    need_sources("eagle")
 
 
 def _check(selftest, workdir, limit):
@@ -90,7 +86,7 @@ def test_x4_layout_zero_and_drop(tmp_path):
 
 
 def test_tower_classes_are_upstreams(tmp_path):
-    """The towers in the fusion are EAGLE's own classes, loaded from the snapshot, not stand-ins."""
+    """The towers in the fusion are EAGLE's own classes, loaded from the registered clone, not stand-ins."""
     from vlmeval_encred.realcode.eagle1 import SELFTEST
     from vlmeval_encred.upstream import import_root
 

@@ -1,7 +1,7 @@
 """I-MoF on the MMVP repository's real LLaVA fork (environment ``imof``: transformers 4.44).
 
 The model is the fork's own ``LlavaLlamaForCausalLM`` with its real ``CLIPVisionTower``
-and ``DINOVisionTower``, DINOv2 built by the real hub code of the dinov2 snapshot; only
+and ``DINOVisionTower``, DINOv2 built by the real hub code of the registered dinov2 clone; only
 sizes are tiny and weights random (see vlmeval_encred/realcode/imof.py).  Replaced
 because they cannot exist here: the CLIP checkpoint behind the fork's hard-coded hub id
 (a random tiny CLIP in a throw-away offline hub cache) and DINOv2's pretrained weights
@@ -21,9 +21,9 @@ import torch
 from vlmeval_encred.masking import MaskSpec
 from vlmeval_encred.model_wrappers.imof import ADAPTER, ReleasedTower
 from vlmeval_encred.realcode import imof as rc
-from vlmeval_encred.upstream import UpstreamNotFound, source_dir
+from vlmeval_encred.upstream import source_dir
 
-pytestmark = pytest.mark.envs("imof")
+pytestmark = [pytest.mark.envs("imof"), pytest.mark.realcode("mmvp", "dinov2")]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -31,11 +31,10 @@ def fork():
     """The fork imported (through the compat layer) only when these tests run, not at collection."""
     from vlmeval_encred.compat.llava_fork import import_fork
 
-    try:
-        source_dir("dinov2")
-        return import_fork()
-    except UpstreamNotFound as exc:  # outside CI only: CI runs with the snapshots present
-        pytest.skip(f"upstream source not found: {exc}")
+    from conftest import need_sources
+
+    need_sources("mmvp", "dinov2")
+    return import_fork()
 
 
 ST = rc.SELFTEST

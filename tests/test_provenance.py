@@ -12,7 +12,8 @@ import pytest
 from vlmeval_encred import provenance as P
 from vlmeval_encred.report import provenance as RP
 
-pytestmark = pytest.mark.envs("base", "vlmeval_checkout")
+pytestmark = [pytest.mark.envs("base", "vlmeval_checkout"),
+              pytest.mark.realcode("vlmevalkit", envs=("vlmeval_checkout",))]
 
 
 def test_sidecar_is_written_atomically_beside_the_prediction(tmp_path):

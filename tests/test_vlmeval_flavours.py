@@ -1,7 +1,7 @@
 """The same integration tests against both VLMEvalKits our users run.
 
 ``base``: ms-vlmeval 0.0.20 (``python -m vlmeval``, flat outputs).  ``vlmeval_checkout``: the
-upstream checkout snapshot (open-compass/VLMEvalKit e8e78f0) used as users use it -- its
+user's registered upstream clone (open-compass/VLMEvalKit, tested at e8e78f0) used as users use it -- its
 ``run.py`` run with the checkout as working directory, run folders ``T<date>-<time>/`` and
 links, ``--reuse`` searching run folders only (recipes/vlmeval_checkout.txt/.post).
 
@@ -29,7 +29,8 @@ import pytest
 
 from conftest import CURRENT_ENV, ROOT, explain, vlmeval_env
 
-pytestmark = pytest.mark.envs("base", "vlmeval_checkout")
+pytestmark = [pytest.mark.envs("base", "vlmeval_checkout"),
+              pytest.mark.realcode("vlmevalkit", envs=("vlmeval_checkout",))]
 
 LAUNCHER = ROOT / "tests" / "standins" / "run_vlmeval_offline.py"
 ROWS = 6  # stand-in rows per dataset (MMVP/MME pairs, MMMU dev+validation and 2D sources survive)

@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "profile": "vlmeval_encred.commands.profile",
     "doctor": "vlmeval_encred.commands.doctor",
     "rank": "vlmeval_encred.commands.rank",
+    "sources": "vlmeval_encred.commands.sources",
 }
 
 DESCRIPTION = """\

@@ -1,4 +1,4 @@
-"""sha256 of a file, streamed: one helper for the report's manifest and the upstream archive cache."""
+"""sha256 of a file, streamed (the report's manifest)."""
 
 from __future__ import annotations
 

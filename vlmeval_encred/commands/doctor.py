@@ -93,9 +93,12 @@ def run(args: argparse.Namespace) -> int:
                          f"families with one: {', '.join(SELFTESTS)}")
     say = (lambda *_a, **_k: None) if args.json else print
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
-        out: dict[str, Any] = {"versions": _versions(), "vlmeval": _vlmeval(), "upstream": upstream.describe()}
+        rows = upstream.table()
+        out: dict[str, Any] = {"versions": _versions(), "vlmeval": _vlmeval(),
+                               "sources": [dataclasses.asdict(r) for r in rows]}
     say("VLMEvalKit: " + (", ".join(f"{k}={v}" for k, v in out["vlmeval"].items() if k != "ok" and v not in (None, ""))))
     say("versions:   " + ", ".join(f"{k} {v}" for k, v in out["versions"].items()))
+    say("upstream sources (encred sources list):\n" + upstream.format_table(rows))
     out["families"] = []
     for fam in families:
         say(f"\n== {fam}")

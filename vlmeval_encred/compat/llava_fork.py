@@ -99,10 +99,10 @@ def _mpt_importable() -> bool:
 
 
 def _source_on_path() -> str:
-    """Where ``llava`` will come from: ENCRED_SRC_MMVP, else an installed ``llava``, else the snapshot."""
+    """Where ``llava`` will come from: ENCRED_SRC_MMVP, else an installed ``llava``, else the registered clone (encred sources)."""
     from vlmeval_encred import upstream
 
-    repo = upstream.REPOS["mmvp"]
+    repo = upstream.get("mmvp")
     if not os.environ.get(repo.env_var) and importlib.util.find_spec("llava") is not None:
         return "installed"
     root = str(upstream.import_root("mmvp"))
