@@ -38,7 +38,7 @@ ROOT_ENV = "ENCRED_VLMEVAL_ROOT"
 """A VLMEvalKit checkout to drive instead of the importable ``vlmeval`` (same as ``--vlmeval-root``)."""
 
 SNAPSHOT_COMMIT_FILE = ".encred-source-commit"
-"""Written by recipes/vlmeval_checkout.post into a snapshot copy that has no ``.git``."""
+"""Written by ``encred sources add`` into a tree extracted from a bare git directory (no ``.git``)."""
 
 MS_VLMEVAL_UPSTREAM = {"0.0.20": "354a485c"}
 """Upstream commit each ms-vlmeval release was cut from (measured; see docs/plugin.md)."""
