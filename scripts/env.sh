@@ -92,7 +92,10 @@ if [ "$(cat "$LAYER/.encred-layer" 2>/dev/null)" != "$WANT" ]; then
   # 00_: processed first, so the shared packages (and the overlay's own .pth files) are there
   # before this checkout's start-up hook runs; addsitedir also processes RUN's .pth files.
   printf 'import site; site.addsitedir(%s)\n' "'$RUN_SITE'" > "$LAYER_SITE/00_encred_shared_env.pth"
-  "$LAYER/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$ROOT" >&2
+  # pip runs setuptools' egg_info, which loads every installed egg_info.writers entry point;
+  # under an overlay one of the base's (e.g. kernels) may not import against the overlay's
+  # pins, so the metadata is built by the base interpreter and installed into the layer.
+  "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation --prefix "$LAYER" -e "$ROOT" >&2
   printf '%s' "$WANT" > "$LAYER/.encred-layer.tmp.$$" && mv -f "$LAYER/.encred-layer.tmp.$$" "$LAYER/.encred-layer"
 fi
 flock -u 9

@@ -55,6 +55,9 @@ REPOS: dict[str, UpstreamRepo] = {r.name: r for r in [
     UpstreamRepo("mmvp", "tsb0601-MMVP-", "MMVP", "LLaVA", "llava", "https://github.com/tsb0601/MMVP"),
     UpstreamRepo("dinov2", "facebookresearch-dinov2-", "dinov2", "", "dinov2",
                  "https://github.com/facebookresearch/dinov2"),
+    # NVIDIA's vision code of Eagle2-9B (multi-backbone tower, SigLIP and ConvNeXt towers, config class)
+    # as kept under Eagle2_5/eaglevl/model/multimodal_encoder; the chat model is not in it.
+    UpstreamRepo("eagle2", "NVlabs-Eagle-", "Eagle", "Eagle2_5", "eaglevl", "https://github.com/NVlabs/Eagle"),
     UpstreamRepo("vlmevalkit", "open-compass-VLMEvalKit-", "VLMEvalKit", "", "vlmeval",
                  "https://github.com/open-compass/VLMEvalKit"),
 ]}
