@@ -19,6 +19,10 @@ register_source(UpstreamRepo("deepseek_vl", "https://github.com/deepseek-ai/Deep
                              "681bffb4519856ad27cc17531aacde31ddf6f1a7", package="deepseek_vl", used_by="deepseek_vl"))
 register_source(UpstreamRepo("mmvp", "https://github.com/tsb0601/MMVP", "763500597e65c3446f09047837ceda76f4e264bf",
                              package="llava", import_root="LLaVA", used_by="imof"))
+# NVIDIA's vision code of Eagle2-9B (multi-backbone tower, SigLIP and ConvNeXt towers, config class) as
+# kept under Eagle2_5/eaglevl/model/multimodal_encoder; the chat model itself is not in any public repository.
+register_source(UpstreamRepo("eagle2", "https://github.com/NVlabs/Eagle", "783f656d127ee498137b5ff52603ce36c292d317",
+                             package="eaglevl", import_root="Eagle2_5", used_by="eagle2"))
 register_source(UpstreamRepo("dinov2", "https://github.com/facebookresearch/dinov2",
                              "b8931f7bf91576930313be2c6d6af376033b35f0", package="dinov2", used_by="imof"))
 

@@ -23,6 +23,7 @@ SELFTESTS: dict[str, str] = {
     "eagle1": "vlmeval_encred.realcode.eagle1:SELFTEST",
     "eagle1_x4": "vlmeval_encred.realcode.eagle1:SELFTEST_X4",
     "cambrian": "vlmeval_encred.realcode.cambrian:SELFTEST",
+    "eagle2": "vlmeval_encred.realcode.eagle2:SELFTEST",
 }
 
 
