@@ -47,8 +47,8 @@ Tiny geometry, offline, float32
   Eagle2-9B's two layouts); when no ``internvl`` is importable a placeholder
   module is registered whose classes raise if anything builds a RADIO tower.
 
-Source: ``ENCRED_SRC_EAGLE2`` = a checkout (or ``git archive``) of NVlabs/Eagle,
-or an archive ``NVlabs-Eagle-<commit>.tar.gz`` (see vlmeval_encred/upstream.py).
+Source: the user's clone of NVlabs/Eagle, registered with ``encred sources add eagle2 <clone>``
+(or ``ENCRED_SRC_EAGLE2``; see vlmeval_encred/upstream.py).
 """
 
 from __future__ import annotations
