@@ -12,7 +12,9 @@ what that saved is in ``DatasetReport.decoding``).  Finished
 samples go to an append-only checkpoint (see :mod:`.checkpoint`); when a
 variant has every sample, its prediction file is written where and as
 VLMEvalKit's own inference writes it (see :mod:`.predfiles`), so ``run.py``
-for that variant goes straight to evaluation.
+for that variant goes straight to evaluation (:mod:`.evalcmd` builds that command).
+A limited sweep writes into ``<work_dir>/encred_limit<N>/`` instead, out of reach of
+a full run; :mod:`.locks` keeps two sweeps from writing the same files.
 
 The model is loaded once, through ``vlmeval.config.supported_VLM`` like any
 run, as the entry that masks only the encoders *no* selected subset keeps
