@@ -39,10 +39,10 @@ def test_local_array_then_status_shows_done_and_failed(tmp_path, monkeypatch):
     assert sorted(outcomes) == ["error", "ok"]
 
     rows = {(r["variant"], r["dataset"]): r for r in collect(work, "deepseek_vl_tiny_random")}
-    assert all(rows[(v, "EncredClusterOK")]["state"] == "done" for v in variants)
+    assert all(rows[(v, "EncredClusterOK")]["state"] == "predicted" for v in variants)  # sweep cells predict; evaluation is separate
     failed = rows[(variants[0], "EncredClusterMissing")]
     assert failed["state"] == "failed" and "EncredClusterMissing" in failed["error"]
-    assert "done: 4" in render(list(rows.values())) and "failed: 4" in render(list(rows.values()))
+    assert "predicted: 4" in render(list(rows.values())) and "failed: 4" in render(list(rows.values()))
 
     # resume: the done cell is skipped, only the failed one would be submitted again
     class NoSubmit:

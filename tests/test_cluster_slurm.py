@@ -145,14 +145,14 @@ def test_slurm_array_pending_running_cancelled_done_failed(slurm, tmp_path):
     assert f"Starting with JobEnvironment(job_id={array_id}_1," in jobs[1].stdout()
 
     rows = {(r["variant"], r["dataset"]): r for r in collect(work, BASE)}
-    assert all(rows[(v, "EncredClusterOK")]["state"] == "done" for v in variants)
+    assert all(rows[(v, "EncredClusterOK")]["state"] == "predicted" for v in variants)  # sweep cells predict; evaluation is separate
     assert all(rows[(v, "EncredClusterOK")]["job"] == f"{array_id}_0" for v in variants)
     failed = rows[(variants[0], "EncredClusterMissing")]
     assert failed["state"] == "failed" and "EncredClusterMissing" in failed["error"]
     assert failed["job"] == f"{array_id}_1"
     assert "CANCELLED" in rows[(variants[0], "EncredClusterCancel")]["error"]
     text = render(list(rows.values()))
-    assert "done: 4" in text and "failed: 5" in text
+    assert "predicted: 4" in text and "failed: 5" in text
 
 
 def _encred(*args: str) -> subprocess.CompletedProcess:

@@ -266,7 +266,7 @@ def test_sweep_output_is_evaluated_by_run_py_without_building_the_model(tmp_path
             rec = json.loads((new / "encred_provenance" / f"{v}_ChartQA_TEST.json").read_text())
             assert rec["writer"] == "encred sweep" and rec.get("reused_from"), rec
     rows = {(r["variant"], r["dataset"]): r["state"] for r in collect(str(work), BASE)}
-    assert all(rows.get((v, "ChartQA_TEST")) == "done" for v in variants), rows
+    assert all(rows.get((v, "ChartQA_TEST")) == "evaluated" for v in variants), rows  # run.py evaluated each
 
 
 # --- a report over cells from two VLMEvalKit versions ----------------------------------------

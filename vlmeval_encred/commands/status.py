@@ -1,4 +1,4 @@
-"""``encred status``: done / running / pending / failed per (variant, dataset) of a base model."""
+"""``encred status``: evaluated / predicted / partial / running / pending / failed per (variant, dataset)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ import json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("status", help="show which (variant, dataset) cells are done, running or failed",
-                       description="Reads prediction files, sweep checkpoints and the job records that "
-                                   "`encred sweep --cluster ...` writes (plus SLURM's state via submitit).")
+    p = sub.add_parser("status", help="show which (variant, dataset) cells are evaluated, predicted, partial, "
+                                      "running or failed",
+                       description="Reads prediction files (evaluated: VLMEvalKit's evaluation outputs are newer "
+                                   "than the prediction; predicted: complete but not evaluated; partial: samples "
+                                   "missing or failed), sweep checkpoints, limited runs (<work-dir>/encred_limit<N>/) "
+                                   "and the job records that `encred sweep --cluster ...` writes (plus SLURM's state "
+                                   "via submitit). Exit status 1 when something failed.")
     p.add_argument("--work-dir", default="./outputs")
     p.add_argument("--model", required=True, help="base model name")
     p.add_argument("--json", action="store_true")

@@ -10,16 +10,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "sweep", help="run all selected variants of a base model together, sharing encoder outputs",
         description="Per sample, run each needed encoder once and decode every selected subset as one batch; "
                     "write each variant's prediction file exactly where and as VLMEvalKit's inference would, "
-                    "so VLMEvalKit's run.py for that variant then only evaluates (ms-vlmeval: `python -m vlmeval "
-                    "--model <variant> --data <ds>`; an upstream checkout: `python run.py ... --reuse`, which "
-                    "finds the sweep's run folder). Resumable.")
+                    "then print the command that evaluates them without inferring (VLMEvalKit's run.py with "
+                    "--reuse --mode eval). With --limit N the files go to <work-dir>/encred_limit<N>/, never "
+                    "where a full run.py would take them. Resumable; a second sweep of the same files while "
+                    "one runs stops at once (exit 1) naming the running one.")
     p.add_argument("--model", required=True, help="base model name (see `encred models`)")
     p.add_argument("--data", required=True, nargs="+",
                    help="suite names (paper15), paper short names or VLMEvalKit dataset names")
     p.add_argument("--subsets", default="all",
                    help="'all', 'k=1' (one encoder masked), 'k<=2', or comma-separated entry names")
     p.add_argument("--work-dir", default="./outputs", help="VLMEvalKit work dir (default ./outputs)")
-    p.add_argument("--limit", type=int, default=None, help="first N samples only (as run.py --limit)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="first N samples only (as run.py --limit); written to <work-dir>/encred_limit<N>/")
     p.add_argument("--decode-batch", type=int, default=0,
                    help="at most this many subsets per generate call (0 = all of a sample's)")
     p.add_argument("--suite-file", default=None, help="benchmarks.yaml to expand suite names from")
@@ -74,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
                         progress=not args.no_progress)
     except (SweepError, SweepUnsupportedError) as exc:
         raise SystemExit(f"encred sweep: {exc}")
+    if args.limit:
+        print(f"limited to the first {args.limit} samples: prediction files are in {rep.work_dir}/ "
+              f"(not where a full run.py looks)")
     for d in rep.datasets:
         calls = ", ".join(f"{k}={v}" for k, v in d.encoder_calls.items()) or "-"
         print(f"{d.dataset}: {d.samples} samples, {d.computed_samples} computed, {len(d.written)} prediction "
@@ -84,7 +89,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"  LLM prefill: {dec.prefilled_tokens} of {dec.prompt_tokens} prompt positions computed "
                   f"(template prefix shared across subsets, run {dec.prefix_runs}x); "
                   f"{dec.rows_dropped_early} finished rows left the batch early")
+    _print_evaluation(fl, [e.name for e in chosen], datasets, args.work_dir, args.limit, args.judge)
     return 0
+
+
+def _print_evaluation(fl, variants, datasets, work_dir, limit, judge) -> None:
+    from ..sweep.evalcmd import evaluation_command
+
+    how = ("evaluates the first {0} samples; builds no model".format(limit) if limit
+           else "--mode eval: evaluates, and skips rather than infers an incomplete prediction")
+    print(f"evaluate with {fl.label} ({how}):")
+    print("  " + evaluation_command(fl, variants, datasets, work_dir, limit, judge))
 
 
 def _submit(args: argparse.Namespace, base, chosen, datasets) -> int:
@@ -99,6 +114,11 @@ def _submit(args: argparse.Namespace, base, chosen, datasets) -> int:
                           vlmeval_root=args.vlmeval_root)
     print(f"submitted {len(jobs)} of {len(cells)} jobs ({len(cells) - len(jobs)} done or running); "
           f"logs under {args.work_dir}/encred_jobs/submitit/")
+    if not args.per_variant:  # per-variant cells run VLMEvalKit's run.py, which evaluates itself
+        from ..flavour import detect
+
+        print("once `encred status` shows them predicted, ", end="")
+        _print_evaluation(detect(), [e.name for e in chosen], datasets, args.work_dir, args.limit, args.judge)
     if args.wait:
         for j in jobs:
             try:

@@ -16,9 +16,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-def checkpoint_path(work_dir: str | os.PathLike, base: str, dataset: str) -> Path:
-    """``<work_dir>/<base>/encred_sweep/<base>_<dataset>.jsonl`` (beside the base's own results)."""
-    return Path(work_dir) / base / "encred_sweep" / f"{base}_{dataset}.jsonl"
+def checkpoint_path(work_dir: str | os.PathLike, base: str, dataset: str, tag: str = "") -> Path:
+    """``<work_dir>/<base>/encred_sweep/<base>_<dataset>.jsonl`` (beside the base's own results);
+    ``<base>_<dataset>@<tag>.jsonl`` for a tagged sweep (a cluster shard), so that shards of one
+    dataset never share a checkpoint (the first to finish would delete the others')."""
+    name = f"{base}_{dataset}@{tag}.jsonl" if tag else f"{base}_{dataset}.jsonl"
+    return Path(work_dir) / base / "encred_sweep" / name
+
+
+def parse_checkpoint_name(base: str, filename: str) -> tuple[str, str] | None:
+    """(dataset, tag) of a checkpoint file name of ``base``, or None."""
+    if not (filename.startswith(base + "_") and filename.endswith(".jsonl")):
+        return None
+    stem = filename[len(base) + 1:-len(".jsonl")]
+    ds, _, tag = stem.partition("@")
+    return ds, tag
 
 
 @dataclass

@@ -11,7 +11,8 @@ for ms-vlmeval, ``python run.py`` in the checkout for an upstream checkout; see
 Every cell writes its state to ``<work_dir>/encred_jobs/<base>/<cell id>.json``
 (atomically): ``submitted`` (with submitit's job id and folder), ``running``
 (with host and pid), ``done`` or ``failed`` (with the error).  ``launch``
-skips cells whose prediction files are complete or that are still running,
+skips cells whose prediction files are complete (every sample, no failed answer) or that
+are still running,
 so re-running the same command resumes a sweep; :mod:`.status` reads these
 files, the prediction files and, on SLURM, submitit's view of the job.
 """
@@ -86,7 +87,8 @@ class CellJob:
 
     def __call__(self) -> str:
         os.environ.update(self.env)
-        write_state(self.work_dir, self.cell, "running", host=socket.gethostname(), pid=os.getpid())
+        write_state(self.work_dir, self.cell, "running", host=socket.gethostname(), pid=os.getpid(),
+                    limit=self.limit or None)
         try:
             if self.cell.kind == "sweep":
                 self._sweep()
@@ -104,15 +106,18 @@ class CellJob:
         from .engine import run_sweep
 
         base = get_base(self.cell.base)
+        # a checkpoint per shard: shards of one dataset run at once and must not share one
         run_sweep(base, [parse_entry_name(v) for v in self.cell.variants], [self.cell.dataset], self.work_dir,
-                  limit=self.limit, progress=False)
+                  limit=self.limit, progress=False, checkpoint_tag=f"shard{self.cell.shard}")
 
     def command(self) -> list[str]:
         """The VLMEvalKit command line of a variant cell (run it in :meth:`cwd`)."""
         from ..flavour import detect
+        from .predfiles import limited_work_dir
 
+        # a limited run keeps its partial prediction out of the work dir (see predfiles.limited_work_dir)
         args = ["--model", self.cell.variants[0], "--data", self.cell.dataset, "--work-dir",
-                os.path.abspath(self.work_dir), "--reuse"]
+                limited_work_dir(os.path.abspath(self.work_dir), self.limit), "--reuse"]
         if self.judge:
             args += ["--judge", self.judge]
         if self.limit:
@@ -124,16 +129,21 @@ class CellJob:
         from ..flavour import detect
         from . import predfiles
 
+        from .locks import hold, output_lock
+
         fl = detect(self.vlmeval_root)
         cmd = self.command()
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=fl.cwd)
+        wd = predfiles.limited_work_dir(self.work_dir, self.limit)
+        with hold([output_lock(wd, self.cell.variants[0], self.cell.dataset)],
+                  what=f"{self.cell.variants[0]} x {self.cell.dataset} in {wd}"):
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=fl.cwd)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-2000:]}")
-        path = predfiles.find_pred_file(self.work_dir, self.cell.variants[0], self.cell.dataset, fl.layout)
+        path = predfiles.find_pred_file(wd, self.cell.variants[0], self.cell.dataset, fl.layout)
         if path is None:  # run.py logs a bad model/dataset name and still exits 0
             raise RuntimeError(f"VLMEvalKit ({fl.label}) exited 0 but wrote no prediction for "
                                f"{self.cell.variants[0]} x {self.cell.dataset} under "
-                               f"{predfiles.model_dir(self.work_dir, self.cell.variants[0])}; see its log: "
+                               f"{predfiles.model_dir(wd, self.cell.variants[0])}; see its log: "
                                f"{proc.stdout[-1500:]}")
 
 
@@ -152,11 +162,19 @@ def plan_cells(base: str, variants: Sequence[str], datasets: Sequence[str], mode
     return cells
 
 
-def cell_complete(work_dir: str, cell: Cell) -> bool:
-    """Every variant of the cell has a prediction file (checked without building the dataset)."""
+def cell_complete(work_dir: str, cell: Cell, limit: int | None = None) -> bool:
+    """Every variant of the cell has a *complete* prediction file (checked without building the
+    dataset; see :func:`.status.prediction_state`): a file missing samples or holding failed
+    answers does not make a relaunch skip the cell."""
     from . import predfiles
+    from .status import prediction_state
 
-    return all(predfiles.find_pred_file(work_dir, v, cell.dataset) is not None for v in cell.variants)
+    wd = predfiles.limited_work_dir(work_dir, limit)
+    for v in cell.variants:
+        path = predfiles.find_pred_file(wd, v, cell.dataset)
+        if path is None or prediction_state(path, v, cell.dataset, limit)["state"] not in ("predicted", "evaluated"):
+            return False
+    return True
 
 
 def make_executor(work_dir: str, cluster: str | None, gpus: int = 1, timeout_min: int = 600,
@@ -183,7 +201,7 @@ def launch(cells: Sequence[Cell], work_dir: str, executor: Any, **job_kw: Any) -
     """Submit the cells not already complete or running, as one array; return submitit jobs."""
     from .status import cell_states
 
-    todo = [c for c in cells if not cell_complete(work_dir, c)]
+    todo = [c for c in cells if not cell_complete(work_dir, c, job_kw.get("limit"))]
     todo = [c for c, (state, _) in zip(todo, cell_states(work_dir, todo)) if state not in ("running", "pending")]
     if not todo:
         return []

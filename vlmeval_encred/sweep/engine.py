@@ -12,7 +12,9 @@ what that saved is in ``DatasetReport.decoding``).  Finished
 samples go to an append-only checkpoint (see :mod:`.checkpoint`); when a
 variant has every sample, its prediction file is written where and as
 VLMEvalKit's own inference writes it (see :mod:`.predfiles`), so ``run.py``
-for that variant goes straight to evaluation.
+for that variant goes straight to evaluation (:mod:`.evalcmd` builds that command).
+A limited sweep writes into ``<work_dir>/encred_limit<N>/`` instead, out of reach of
+a full run; :mod:`.locks` keeps two sweeps from writing the same files.
 
 The model is loaded once, through ``vlmeval.config.supported_VLM`` like any
 run, as the entry that masks only the encoders *no* selected subset keeps
@@ -32,6 +34,7 @@ from ..registry import BaseModelSpec, Entry
 from . import predfiles
 from .checkpoint import SweepCheckpoint, checkpoint_path
 from .decoding import DecodeStats, collect
+from .locks import LockHeld, hold, output_lock
 from .protocol import support_for
 
 log = logging.getLogger("vlmeval_encred")
@@ -61,6 +64,9 @@ class SweepReport:
     variants: list[str]
     datasets: list[DatasetReport] = field(default_factory=list)
     load_seconds: float = 0.0
+    work_dir: str = ""
+    """Where the prediction files went: the work dir, or its ``encred_limit<N>/`` for a limited sweep."""
+    limit: int | None = None
 
 
 def load_mask(entries: Sequence[Entry]) -> tuple[str, ...]:
@@ -111,17 +117,25 @@ def _chunks(seq: list, size: int) -> list[list]:
 
 def run_sweep(base: BaseModelSpec, entries: Sequence[Entry], datasets: Sequence[str], work_dir: str,
               *, limit: int | None = None, decode_batch: int = 0, sync_every: int = 10, progress: bool = True,
-              model: Any = None, on_sample: Callable[[str, Any], None] | None = None) -> SweepReport:
+              model: Any = None, on_sample: Callable[[str, Any], None] | None = None,
+              checkpoint_tag: str = "") -> SweepReport:
     """Sweep ``entries`` of ``base`` over ``datasets`` into ``work_dir``; see the module docstring.
 
     ``decode_batch``: at most this many subsets per ``generate`` call (0: all of a sample's).
     ``model``: an already loaded wrapper of ``base`` (benchmarks reuse one); else loaded here.
     ``on_sample(dataset, index)``: called after each sample is checkpointed (tests use it to
     simulate a kill).
+    ``limit``: the first N samples only; everything then goes to
+    :func:`.predfiles.limited_work_dir` (``<work_dir>/encred_limit<N>/``), never where
+    ``run.py`` looks for the full run (it would infer the remaining samples there).
+    ``checkpoint_tag``: a checkpoint (and its lock) of its own, e.g. per cluster shard, so
+    shards of one dataset running at once never share, rewrite or delete each other's.
+
+    Per dataset the sweep holds :mod:`.locks` (its checkpoint, and every selected variant's
+    output) while it computes and writes; if another live process holds one, it raises
+    :class:`SweepError` naming that process instead of computing the same files again.
     """
     import os
-
-    from tqdm import tqdm
 
     if os.environ.get("SPLIT_THINK"):
         raise SweepError("SPLIT_THINK is set: VLMEvalKit would split thinking traces into an extra column; "
@@ -129,8 +143,9 @@ def run_sweep(base: BaseModelSpec, entries: Sequence[Entry], datasets: Sequence[
     entries = list(entries)
     if not entries:
         raise SweepError("no entries selected")
-    report = SweepReport(base.name, [e.name for e in entries])
-    support = None
+    work_dir = predfiles.limited_work_dir(str(work_dir), limit)
+    report = SweepReport(base.name, [e.name for e in entries], work_dir=work_dir, limit=limit or None)
+    support_box: list[Any] = [None]
     mask_mode = base.modes[0]
     layout = predfiles.layout()
     run_id = predfiles.new_run_id() if layout == "run-folders" else None  # one run folder per sweep
@@ -142,79 +157,96 @@ def run_sweep(base: BaseModelSpec, entries: Sequence[Entry], datasets: Sequence[
         rep = DatasetReport(ds_name, samples=len(dataset.data))
         report.datasets.append(rep)
         indices = list(dataset.data["index"])
-        pending = []
-        for e in entries:
-            found = predfiles.find_pred_file(work_dir, e.name, ds_name, layout)
-            if found and predfiles.is_complete(found, indices):
-                rep.skipped_variants.append(e.name)
-            else:
-                pending.append(e)
-        ck_path = checkpoint_path(work_dir, base.name, ds_name)
-        if not pending:
-            if ck_path.exists():
-                ck_path.unlink()
-            continue
-        if model is None:
-            t_load = time.perf_counter()
-            model = load_model(base, entries)
-            report.load_seconds += time.perf_counter() - t_load
-        if support is None:
-            support = support_for(model)
-        model.set_dump_image(dataset.dump_image)
-        ck = SweepCheckpoint.open(ck_path, sync_every=sync_every)
-        data = dataset.data
-        already = sum(1 for i in indices if all(e.name in ck.get(i) for e in pending))
-        bar = tqdm(total=len(indices), initial=already, disable=not progress, unit="sample",
-                   desc=f"sweep {base.name}/{ds_name} x{len(pending)} variants")
-        scope = contextlib.ExitStack()
-        rep.decoding = scope.enter_context(collect())
+        ck_path = checkpoint_path(work_dir, base.name, ds_name, checkpoint_tag)
+        lock_paths = [ck_path.with_suffix(".lock")] + [output_lock(work_dir, e.name, ds_name) for e in entries]
         try:
-            for pos in range(len(data)):
-                line = data.iloc[pos]
-                idx = line["index"]
-                have = ck.get(idx)
-                todo = [e for e in pending if e.name not in have]
-                if not todo:
-                    continue
-                message = build_message(model, dataset, line)
-                inputs = support.prepare(model, message, ds_name)
-                needed = [x for x in base.encoders if any(x in e.kept for e in todo)]
-                feats = support.encode(model, inputs, needed) if needed else {}
-                for x in needed:
-                    rep.encoder_calls[x] = rep.encoder_calls.get(x, 0) + 1
-                preds: dict[str, str] = {}
-                for chunk in _chunks(todo, decode_batch):
-                    per_subset = [{x: (feats[x] if x in e.kept else None) for x in base.encoders} for e in chunk]
-                    outs = support.fuse_and_generate(model, inputs, per_subset, mask_mode)
-                    if len(outs) != len(chunk):
-                        raise SweepError(f"{type(support).__name__}.fuse_and_generate returned {len(outs)} "
-                                         f"answers for {len(chunk)} subsets")
-                    rep.decode_calls += 1
-                    preds.update({e.name: str(o) for e, o in zip(chunk, outs)})
-                ck.add(idx, preds)
-                rep.computed_samples += 1
-                bar.update(1)
-                if on_sample is not None:
-                    on_sample(ds_name, idx)
-        finally:
-            scope.close()
-            bar.close()
-            ck.close()
-        for e in pending:
-            preds = {i: ck.get(i)[e.name] for i in indices}
-            path = predfiles.target_pred_file(work_dir, e.name, ds_name, run_id)
-            frame = predfiles.prediction_frame(dataset, preds)
-            predfiles.write_atomically(frame, path)
-            provenance.write(path, provenance.record(
-                path, writer="encred sweep", model=model, entry_name=e.name,
-                fp=provenance.fingerprint(frame["index"], frame["prediction"]),
-                extra={"dataset": ds_name, "masked": list(e.masked), "mode": mask_mode,
-                       "loaded_as": base.entry_name(load_mask(entries))}))
-            predfiles.link_up(path)
-            rep.written.append(path)
-        ck.remove()
+            with hold(lock_paths, what=f"{base.name} x {ds_name} in {work_dir}"):
+                model = _sweep_dataset(base, entries, dataset, ds_name, indices, rep, report, work_dir, ck_path,
+                                       model, support_box, mask_mode, layout, run_id, decode_batch, sync_every,
+                                       progress, on_sample)
+        except LockHeld as exc:
+            raise SweepError(str(exc)) from None
         rep.seconds = time.perf_counter() - t0
     return report
+
+
+def _sweep_dataset(base, entries, dataset, ds_name, indices, rep, report, work_dir, ck_path, model, support_box,
+                   mask_mode, layout, run_id, decode_batch, sync_every, progress, on_sample):
+    """One dataset of :func:`run_sweep`, under its locks; returns the (possibly just loaded) model."""
+    from tqdm import tqdm
+
+    pending = []
+    for e in entries:
+        found = predfiles.find_pred_file(work_dir, e.name, ds_name, layout)
+        if found and predfiles.is_complete(found, indices):
+            rep.skipped_variants.append(e.name)
+        else:
+            pending.append(e)
+    if not pending:
+        if ck_path.exists():
+            ck_path.unlink()
+        return model
+    if model is None:
+        t_load = time.perf_counter()
+        model = load_model(base, entries)
+        report.load_seconds += time.perf_counter() - t_load
+    if support_box[0] is None:
+        support_box[0] = support_for(model)
+    support = support_box[0]
+    model.set_dump_image(dataset.dump_image)
+    ck = SweepCheckpoint.open(ck_path, sync_every=sync_every)
+    data = dataset.data
+    already = sum(1 for i in indices if all(e.name in ck.get(i) for e in pending))
+    bar = tqdm(total=len(indices), initial=already, disable=not progress, unit="sample",
+               desc=f"sweep {base.name}/{ds_name} x{len(pending)} variants")
+    scope = contextlib.ExitStack()
+    rep.decoding = scope.enter_context(collect())
+    try:
+        for pos in range(len(data)):
+            line = data.iloc[pos]
+            idx = line["index"]
+            have = ck.get(idx)
+            todo = [e for e in pending if e.name not in have]
+            if not todo:
+                continue
+            message = build_message(model, dataset, line)
+            inputs = support.prepare(model, message, ds_name)
+            needed = [x for x in base.encoders if any(x in e.kept for e in todo)]
+            feats = support.encode(model, inputs, needed) if needed else {}
+            for x in needed:
+                rep.encoder_calls[x] = rep.encoder_calls.get(x, 0) + 1
+            preds: dict[str, str] = {}
+            for chunk in _chunks(todo, decode_batch):
+                per_subset = [{x: (feats[x] if x in e.kept else None) for x in base.encoders} for e in chunk]
+                outs = support.fuse_and_generate(model, inputs, per_subset, mask_mode)
+                if len(outs) != len(chunk):
+                    raise SweepError(f"{type(support).__name__}.fuse_and_generate returned {len(outs)} "
+                                     f"answers for {len(chunk)} subsets")
+                rep.decode_calls += 1
+                preds.update({e.name: str(o) for e, o in zip(chunk, outs)})
+            ck.add(idx, preds)
+            rep.computed_samples += 1
+            bar.update(1)
+            if on_sample is not None:
+                on_sample(ds_name, idx)
+    finally:
+        scope.close()
+        bar.close()
+        ck.close()
+    for e in pending:
+        preds = {i: ck.get(i)[e.name] for i in indices}
+        path = predfiles.target_pred_file(work_dir, e.name, ds_name, run_id)
+        frame = predfiles.prediction_frame(dataset, preds)
+        predfiles.write_atomically(frame, path)
+        provenance.write(path, provenance.record(
+            path, writer="encred sweep", model=model, entry_name=e.name,
+            fp=provenance.fingerprint(frame["index"], frame["prediction"]),
+            extra={"dataset": ds_name, "samples": len(indices), "masked": list(e.masked), "mode": mask_mode,
+                   "loaded_as": base.entry_name(load_mask(entries))}))
+        predfiles.link_up(path)
+        rep.written.append(path)
+    ck.remove()
+    return model
 
 
 def load_model(base: BaseModelSpec, entries: Sequence[Entry]) -> Any:

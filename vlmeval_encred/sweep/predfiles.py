@@ -155,3 +155,23 @@ def write_atomically(frame: Any, path: str) -> None:
         for leftover in (tmp, osp.splitext(tmp)[0] + ".pkl"):
             if osp.exists(leftover):
                 os.remove(leftover)
+
+
+LIMIT_PREFIX = "encred_limit"
+
+
+def limited_work_dir(work_dir: str, limit: int | None) -> str:
+    """Where a run limited to the first ``limit`` samples keeps its VLMEvalKit outputs.
+
+    ``<work_dir>/encred_limit<N>/`` -- a VLMEvalKit work dir of its own, never ``work_dir``:
+    a prediction of N samples where ``run.py`` looks for the full run would make the next
+    ``run.py`` (ms-vlmeval without ``--limit``; an upstream checkout, which has no
+    ``--limit``, with ``--reuse``) build the model and infer every remaining sample.
+    ``work_dir`` itself when ``limit`` is falsy."""
+    return osp.join(work_dir, f"{LIMIT_PREFIX}{int(limit)}") if limit else work_dir
+
+
+def limit_of(dirname: str) -> int | None:
+    """N for a ``encred_limit<N>`` folder name, else None."""
+    m = re.fullmatch(re.escape(LIMIT_PREFIX) + r"(\d+)", dirname)
+    return int(m.group(1)) if m else None

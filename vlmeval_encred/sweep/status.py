@@ -1,10 +1,14 @@
-"""``encred status``: what is done, running, pending or failed, per (variant, dataset).
+"""``encred status``: what is evaluated, predicted, partial, running, pending or failed,
+per (variant, dataset) -- and per limit, for runs limited to the first N samples
+(kept in ``<work_dir>/encred_limit<N>/``).
 
 Sources, in order of authority: the prediction files on disk, flat or in
-run folders (complete =
-done, whoever wrote them: a sweep, a per-variant run, or VLMEvalKit by
-hand), a sweep's checkpoint (partial progress), the cell state files that
-:mod:`.cluster` jobs write, and for SLURM jobs submitit's own state query.
+run folders, whoever wrote them (a sweep, a per-variant run, or VLMEvalKit by
+hand): ``evaluated`` when VLMEvalKit's evaluation outputs (or its status.json
+metrics) are newer than the prediction, ``predicted`` when complete but not
+evaluated, ``partial`` when samples are missing or answers failed; a sweep's
+checkpoint (partial progress); the cell state files that :mod:`.cluster` jobs
+write; and for SLURM jobs submitit's own state query.
 """
 
 from __future__ import annotations
@@ -96,60 +100,215 @@ def cell_state(work_dir: str, cell: Cell) -> tuple[str, dict[str, Any]]:
     return cell_states(work_dir, [cell])[0]
 
 
-def collect(work_dir: str, base: str) -> list[dict[str, Any]]:
-    """One row per (variant, dataset) known from prediction files, checkpoints or job records."""
-    from ..registry import entries
+FAIL_TEXT = "Failed to obtain answer"
+"""What VLMEvalKit writes as the prediction of a sample that failed (its ``FAIL_MSG``/``INFER_FAIL_MSG``
+start so); ``run.py`` infers such samples again, so a file holding one is not complete."""
 
-    rows: dict[tuple[str, str], dict[str, Any]] = {}
-    names = {e.name for e in entries(base=base)}
+
+def _read_predictions(path: str):
+    import pandas as pd
+
+    ext = os.path.splitext(path)[1]
+    if ext == ".xlsx":
+        return pd.read_excel(path)
+    if ext == ".tsv":
+        return pd.read_csv(path, sep="\t")
+    if ext == ".json":
+        return pd.read_json(path)
+    raise ValueError(f"unknown prediction format {ext}")
+
+
+def _expected_samples(path: str, dataset: str, limit: int | None) -> int | None:
+    """How many samples the dataset (or its first ``limit``) has, when it can be told cheaply:
+    the provenance sidecar of a sweep's file, else ``$LMUData/<dataset>.tsv``; None otherwise."""
+    import json
+
+    from .. import provenance
+
+    try:
+        n = json.loads(provenance.sidecar_path(path).read_text()).get("samples")
+        if isinstance(n, int):
+            return n
+    except (OSError, ValueError):
+        pass
+    tsv = Path(os.environ.get("LMUData") or Path.home() / "LMUData") / f"{dataset}.tsv"
+    if not tsv.is_file():
+        return None
+    try:
+        import pandas as pd
+
+        n = len(pd.read_csv(tsv, sep="\t", usecols=["index"]))
+    except Exception:
+        return None
+    return min(n, limit) if limit else n
+
+
+def _evaluated(path: str, variant: str, dataset: str) -> bool:
+    """VLMEvalKit evaluated this prediction: an evaluation output of it (``_acc``, ``_score``...) or
+    metrics in the run's ``status.json``, written no earlier than the prediction itself (an older
+    evaluation belongs to an earlier prediction)."""
+    import json
+
+    folder = os.path.dirname(path)
+    t = os.path.getmtime(path)
+    prefix = f"{variant}_{dataset}"
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return False
+    for n in names:
+        stem = os.path.splitext(n)[0]
+        if stem.startswith(prefix) and stem[len(prefix):].startswith(tuple(x for x in _EVAL_SUFFIXES
+                                                                            if x not in ("_tmp", "_PREV"))):
+            if os.path.getmtime(os.path.join(folder, n)) >= t:
+                return True
+    st = os.path.join(folder, "status.json")
+    try:
+        rec = json.loads(Path(st).read_text())
+        metrics = rec.get("datasets", {}).get(dataset, {}).get("metrics")
+        return bool(metrics) and os.path.getmtime(st) >= t
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def prediction_state(path: str, variant: str, dataset: str, limit: int | None = None) -> dict[str, Any]:
+    """``evaluated`` / ``predicted`` / ``partial`` for one prediction file, with the counts behind it.
+
+    ``partial``: fewer rows than the dataset has (when that is known, see
+    :func:`_expected_samples`) or answers VLMEvalKit marks as failed -- ``run.py`` would infer
+    those samples again; ``predicted``: complete, not (or not since) evaluated."""
+    info: dict[str, Any] = dict(file=path)
+    try:
+        frame = _read_predictions(path)
+        preds = [str(x) for x in frame["prediction"]]
+    except Exception as exc:
+        return dict(info, state="partial", error=f"unreadable prediction file: {type(exc).__name__}: {exc}")
+    expected = _expected_samples(path, dataset, limit)
+    failed = sum(FAIL_TEXT in x for x in preds)
+    info.update(rows=len(preds), expected=expected, failed_answers=failed)
+    if failed or (expected is not None and len(preds) < expected):
+        info["state"] = "partial"
+    else:
+        info["state"] = "evaluated" if _evaluated(path, variant, dataset) else "predicted"
+    return info
+
+
+def _roots(work_dir: str) -> list[tuple[Path, int | None]]:
+    """The work dir and its limited runs' work dirs (``encred_limit<N>/``)."""
+    from .predfiles import limit_of
+
     wd = Path(work_dir)
+    out: list[tuple[Path, int | None]] = [(wd, None)]
+    if wd.is_dir():
+        for d in sorted(wd.iterdir()):
+            n = limit_of(d.name)
+            if n is not None and d.is_dir():
+                out.append((d, n))
+    return out
+
+
+def _prediction_files(root: Path, variant: str) -> dict[str, str]:
+    """dataset -> the prediction file ``run.py`` would take (newest run folder first, then flat)."""
+    from .predfiles import run_dirs
+
+    d = root / variant
+    found: dict[str, str] = {}
+    if not d.is_dir():
+        return found
+    for dd in [*map(Path, run_dirs(str(root), variant)), d]:
+        for f in sorted(dd.iterdir()):
+            stem, ext = os.path.splitext(f.name)
+            if ext not in (".xlsx", ".tsv", ".json") or not stem.startswith(variant + "_") or not f.is_file():
+                continue
+            ds = stem[len(variant) + 1:]
+            if f.name.startswith(".") or ds.endswith(_EVAL_SUFFIXES) or "_checkpoint" in ds:
+                continue  # our temporary files, and VLMEvalKit's evaluation outputs
+            found.setdefault(ds, str(f))
+    return found
+
+
+def collect(work_dir: str, base: str) -> list[dict[str, Any]]:
+    """One row per (variant, dataset, limit) known from prediction files, checkpoints or job records.
+
+    States: ``evaluated`` (prediction complete and evaluated by VLMEvalKit), ``predicted``
+    (complete, not evaluated), ``partial`` (a checkpoint, or a prediction file missing samples
+    or holding failed answers), ``running``, ``pending``, ``failed``."""
+    import json
+
+    from ..registry import entries
+    from .checkpoint import parse_checkpoint_name
+
+    rows: dict[tuple[str, str, int | None], dict[str, Any]] = {}
+    names = {e.name for e in entries(base=base)}
+
+    def row(v: str, ds: str, limit: int | None, **kw: Any) -> dict[str, Any]:
+        r = rows.setdefault((v, ds, limit), dict(variant=v, dataset=ds, limit=limit, state="", via="", job="",
+                                                 error=""))
+        r.update(kw)
+        return r
+
     # job records
     jd = jobs_dir(work_dir, base)
     recs = [r for r in map(read_state, sorted(jd.glob("*.json")) if jd.is_dir() else []) if r.get("cell")]
     for rec, state in zip(recs, record_states(recs)):
         c = rec["cell"]
         for v in c["variants"]:
-            rows[(v, c["dataset"])] = dict(variant=v, dataset=c["dataset"], state=state, via=c["kind"],
-                                           job=rec.get("job_id", ""), error=rec.get("error", ""))
-    # sweep checkpoints: partial progress of a sweep that is not (or no longer) a job
-    ck_dir = wd / base / "encred_sweep"
-    for f in sorted(ck_dir.glob(f"{base}_*.jsonl")) if ck_dir.is_dir() else []:
-        ds = f.stem[len(base) + 1:]
-        n = sum(1 for _ in open(f, encoding="utf-8"))
-        for v in names:
-            row = rows.setdefault((v, ds), dict(variant=v, dataset=ds, state="partial", via="sweep", job="",
-                                                error=""))
-            row["checkpointed_samples"] = n
-    # prediction files: done wins
-    from .predfiles import run_dirs
-
-    for v in names:
-        d = wd / v
-        if not d.is_dir():
-            continue
-        # flat files (ms-vlmeval) and the run folders of an upstream checkout (T<date>-<time>/)
-        for f in [p for dd in (d, *map(Path, run_dirs(str(wd), v))) for p in dd.iterdir() if p.is_file()]:
-            stem, ext = os.path.splitext(f.name)
-            if ext not in (".xlsx", ".tsv", ".json") or not stem.startswith(v + "_"):
+            row(v, c["dataset"], rec.get("limit") or None, state=state, via=c["kind"], job=rec.get("job_id", ""),
+                error=rec.get("error", ""))
+    for root, limit in _roots(work_dir):
+        # sweep checkpoints: partial progress of a sweep that is not (or no longer) a job
+        ck_dir = root / base / "encred_sweep"
+        for f in sorted(ck_dir.glob(f"{base}_*.jsonl")) if ck_dir.is_dir() else []:
+            parsed = parse_checkpoint_name(base, f.name)
+            if parsed is None:
                 continue
-            ds = stem[len(v) + 1:]
-            if f.name.startswith(".") or ds.endswith(_EVAL_SUFFIXES):
-                continue  # our temporary files, and VLMEvalKit's evaluation outputs
-            row = rows.setdefault((v, ds), dict(variant=v, dataset=ds, via="", job="", error=""))
-            row["state"], row["error"] = "done", ""
-    return sorted(rows.values(), key=lambda r: (r["dataset"], r["variant"]))
+            counts: dict[str, int] = {}
+            for line in open(f, encoding="utf-8"):
+                try:
+                    for v in json.loads(line)["preds"]:
+                        counts[v] = counts.get(v, 0) + 1
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn last line
+            for v, n in counts.items():
+                r = row(v, parsed[0], limit)
+                if r["state"] in ("", "done"):
+                    r["state"] = "partial"
+                r.setdefault("via", "sweep")
+                r["checkpointed_samples"] = r.get("checkpointed_samples", 0) + n
+        # prediction files decide, unless a job is still at work on them
+        for v in sorted(names):
+            for ds, path in _prediction_files(root, v).items():
+                info = prediction_state(path, v, ds, limit)
+                r = row(v, ds, limit)
+                if r["state"] in ("running", "pending") and info["state"] == "partial":
+                    continue
+                r.update(state=info["state"], file=path, rows=info.get("rows"), expected=info.get("expected"),
+                         failed_answers=info.get("failed_answers", 0), error=info.get("error", ""))
+    for r in rows.values():
+        if r["state"] == "done":  # the job said it finished, yet no prediction file is there
+            r.update(state="failed", error="job finished but its prediction file is missing (deleted or moved?)")
+    return sorted(rows.values(), key=lambda r: (r["dataset"], r["limit"] or 0, r["variant"]))
 
 
 def render(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "nothing found"
     w = max(len(r["variant"]) for r in rows)
-    lines = [f"{'variant':<{w}}  {'dataset':<24} {'state':<9} {'via':<8} job/error"]
+    lines = [f"{'variant':<{w}}  {'dataset':<24} {'state':<9} {'via':<8} details"]
     for r in rows:
-        extra = r.get("error") or r.get("job") or ""
-        if r.get("checkpointed_samples") and r["state"] != "done":
-            extra = f"{r['checkpointed_samples']} samples checkpointed {extra}".strip()
-        lines.append(f"{r['variant']:<{w}}  {r['dataset']:<24} {r['state']:<9} {r.get('via', ''):<8} {extra}")
+        extra = [r.get("error") or r.get("job") or ""]
+        if r.get("limit"):
+            extra.insert(0, f"limit {r['limit']} (encred_limit{r['limit']}/)")
+        if r["state"] == "partial":
+            if r.get("rows") is not None:
+                extra.insert(0, f"{r['rows']} of {r.get('expected') or '?'} samples predicted"
+                                + (f", {r['failed_answers']} failed answers" if r.get("failed_answers") else ""))
+            elif r.get("checkpointed_samples"):
+                extra.insert(0, f"{r['checkpointed_samples']} samples checkpointed")
+        elif r["state"] == "predicted":
+            extra.insert(0, "not evaluated yet")
+        line = f"{r['variant']:<{w}}  {r['dataset']:<24} {r['state']:<9} {r.get('via', ''):<8} "
+        lines.append((line + "; ".join(x for x in extra if x)).rstrip())
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
