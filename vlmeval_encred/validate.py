@@ -39,11 +39,15 @@ class ValidationError(ValueError):
 def nearest(value: str, candidates: Iterable[str], n: int = 3, cutoff: float = 0.6) -> list[str]:
     """Up to ``n`` candidates most similar to ``value`` (case-insensitive difflib ratio).
 
-    A case-insensitive exact match comes first: ``EAGLE_X5`` should suggest ``eagle_x5``.
+    A case-insensitive exact match comes first (``EAGLE_X5`` suggests ``eagle_x5``), then names
+    that start with ``value`` (``a100`` suggests ``a100_80gb_bf16``), then difflib's closest.
     """
     cands = list(dict.fromkeys(candidates))
     low = {c.lower(): c for c in cands}
-    out = [low[value.lower()]] if value.lower() in low else []
+    v = value.lower()
+    out = [low[v]] if v in low else []
+    if len(v) >= 3:  # a prefix the user stopped typing: 'a100' -> 'a100_80gb_bf16'
+        out += [c for k, c in low.items() if k.startswith(v) and c not in out][:n]
     for m in difflib.get_close_matches(value.lower(), list(low), n=n, cutoff=cutoff):
         if low[m] not in out:
             out.append(low[m])
