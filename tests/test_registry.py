@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -42,8 +43,9 @@ def test_parse_round_trip_and_kept_encoders():
     ("eagle_x9", "no base model 'eagle_x9' (nearest bases: eagle_x5"),
 ])
 def test_bad_names_say_what_is_valid(name, hint):
-    with pytest.raises(RegistryError, match=hint.replace("(", r"\(")):
+    with pytest.raises(RegistryError) as exc:
         parse_entry_name(name)
+    assert re.search(hint if ".*" in hint else re.escape(hint), str(exc.value)), str(exc.value)
 
 
 def test_spec_validation():
