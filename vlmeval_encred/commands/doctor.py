@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..validate import int_range, unknown_name
+from ..validate import int_range, nearest
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -91,8 +91,10 @@ def run(args: argparse.Namespace) -> int:
     families = args.family or list(SELFTESTS)
     unknown = [f for f in families if f not in SELFTESTS]
     if unknown:
+        near = {u: nearest(u, SELFTESTS) for u in unknown}
         raise SystemExit("encred doctor: --family: " + "; ".join(
-            unknown_name("family with a self-test", u, SELFTESTS) for u in unknown))
+            f"no self-test for family {u}" + (f" (nearest valid: {', '.join(near[u])})" if near[u] else "")
+            for u in unknown) + f"; families with one: {', '.join(SELFTESTS)}")
     say = (lambda *_a, **_k: None) if args.json else print
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         out: dict[str, Any] = {"versions": _versions(), "vlmeval": _vlmeval(), "upstream": upstream.describe()}
