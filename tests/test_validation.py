@@ -156,3 +156,18 @@ def test_nearest_helper():
     assert validate.nearest("EAGLE_X5", ["eagle_x5", "eagle_x4"])[0] == "eagle_x5"
     assert validate.nearest("a100", ["a100_80gb_bf16", "h100_sxm_bf16"]) == ["a100_80gb_bf16"]
     assert validate.nearest("zzz", ["eagle_x5"]) == []
+
+
+def test_report_encoders_cannot_redefine_a_registered_base(tmp_path, capsys):
+    """New case: `--encoders clip,sam` on eagle_x5 used to be accepted, making eagle_x5_mask_clip_sam
+    (three towers on) the 'no-vision' baseline of every IG/CUR without a word."""
+    (tmp_path / "w").mkdir()
+    rc = main(["report", "--work-dir", str(tmp_path / "w"), "--model", "eagle_x5", "--encoders", "clip,sam",
+               "--no-figures", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "registered base with encoders clip,convnext,sam,eva02,pix2struct" in err, err
+    assert not (tmp_path / "o").exists()
+    # the registered list itself (same order) is harmless and goes on to the report ("no results")
+    rc = main(["report", "--work-dir", str(tmp_path / "w"), "--model", "eagle_x5", "--encoders",
+               "clip,convnext,sam,eva02,pix2struct", "--no-figures", "--out", str(tmp_path / "o")])
+    assert rc == 2 and "registered base" not in capsys.readouterr().err

@@ -48,6 +48,11 @@ def run(args: argparse.Namespace) -> int:
     encoders = [e.strip() for e in args.encoders.split(",") if e.strip()] if args.encoders else None
     if len(args.model) > 1:
         return _compare(args, encoders)
+    if encoders:
+        problem = _encoders_of_registered_base(args.model[0], encoders)
+        if problem:
+            print(f"encred report: {problem}", file=sys.stderr)
+            return 2
     try:
         res = build_report(args.work_dir, args.model[0], suite=args.suite, out_dir=args.out,
                            suite_file=args.suite_file, n_boot=args.n_boot, seed=args.seed,
@@ -75,6 +80,23 @@ def run(args: argparse.Namespace) -> int:
     for k, p in res.files.items():
         print(f"{k}: {p}")
     return 0
+
+
+def _encoders_of_registered_base(model: str, encoders: list[str]) -> str | None:
+    """``--encoders`` names the towers of a base the registry does not know.  For a registered
+    base a different list would silently redefine the lattice: with ``--encoders clip,sam`` on
+    eagle_x5, ``eagle_x5_mask_clip_sam`` (three towers still on) would be the no-vision baseline
+    and IG/CUR would be wrong without any warning."""
+    from ..registry import _BASES, bases
+
+    bases()  # loads the catalog
+    spec = _BASES.get(model)
+    if spec is None or tuple(encoders) == spec.encoders:
+        return None
+    return (f"--encoders {','.join(encoders)}: {model} is a registered base with encoders "
+            f"{','.join(spec.encoders)} (in this order); --encoders is only for unregistered bases; "
+            "drop it (a subset or another order would make a partly masked variant the full model or "
+            "the no-vision baseline)")
 
 
 def _compare(args: argparse.Namespace, encoders: list[str] | None) -> int:
