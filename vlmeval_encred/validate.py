@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import math
-import sys
 from typing import Callable, Iterable, NoReturn
 
 MIN_N_BOOT = 100
@@ -208,8 +207,3 @@ class OneLineParser(argparse.ArgumentParser):
         message = " ".join(message.split())
         self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
-
-def fail(command: str, message: str) -> NoReturn:
-    """Stop a command with one line on stderr and exit status 2 (used after parsing)."""
-    print(f"{command}: {message}", file=sys.stderr)
-    raise SystemExit(2)
