@@ -275,7 +275,7 @@ def test_overwrite_policy_and_atomicity(work, tmp_path, monkeypatch):
 def test_cli(work, tmp_path, capsys):
     from vlmeval_encred.cli import main
 
-    rc = main(["report", "--work-dir", str(work), "--model", RS.BASE, "--encoders", "a,b", "--n-boot", "50",
+    rc = main(["report", "--work-dir", str(work), "--model", RS.BASE, "--encoders", "a,b", "--n-boot", "100",
                "--out", str(tmp_path / "o"), "--no-figures"])
     out = capsys.readouterr().out
     assert rc == 0 and "60 ok" in out and "markdown:" in out

@@ -343,7 +343,7 @@ def test_encred_demo_runs_the_checkouts_run_py_and_reuses_its_run_folders(tmp_pa
     as long as the demo got to its report."""
     lmu, work = tmp_path / "LMUData", tmp_path / "demo_out"
     lmu.mkdir()
-    cmd = [sys.executable, "-m", "vlmeval_encred.cli", "demo", "--samples-per-category", "12", "--n-boot", "50",
+    cmd = [sys.executable, "-m", "vlmeval_encred.cli", "demo", "--samples-per-category", "12", "--n-boot", "100",
            "--work-dir", str(work)]
     first = subprocess.run(cmd, cwd=tmp_path, env=vlmeval_env(lmu), capture_output=True, text=True, timeout=1500)
     assert first.returncode in (0, 1) and "Report: " in first.stdout, explain(first)

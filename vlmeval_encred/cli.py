@@ -37,7 +37,9 @@ hide the models from VLMEvalKit.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from .validate import OneLineParser
+
+    parser = OneLineParser(
         prog="encred", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     from . import __version__
 

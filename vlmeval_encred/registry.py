@@ -151,8 +151,17 @@ def get_base(name: str) -> BaseModelSpec:
     try:
         return _BASES[name]
     except KeyError:
-        raise RegistryError(
-            f"unknown base model {name!r}; known: {', '.join(sorted(_BASES))}") from None
+        raise RegistryError(_unknown_base_message(name)) from None
+
+
+def _unknown_base_message(name: str) -> str:
+    from .validate import unknown_name
+
+    base_part, sep, _ = name.partition(MASK_SEP)
+    if sep and base_part in _BASES:
+        return (f"{name!r} is a masked entry of base model {base_part!r}; this argument takes a base model "
+                f"name (variants are derived from it), e.g. {base_part!r}")
+    return unknown_name("base model", name, _BASES, hint="`encred models` lists them")
 
 
 def families() -> list[str]:
@@ -171,13 +180,59 @@ def parse_entry_name(name: str) -> Entry:
     """Inverse of :meth:`BaseModelSpec.entry_name`, with errors that say what is valid."""
     _ensure_catalog()
     base_name, sep, rest = name.partition(MASK_SEP)
-    spec = get_base(base_name)
+    if base_name not in _BASES:
+        raise RegistryError(unknown_entry_message(name))
+    spec = _BASES[base_name]
     if not sep:
         return Entry(spec, ())
     masked = tuple(rest.split("_")) if rest else ()
-    canonical = spec.canonical(masked)
-    if canonical != masked or not masked:
-        raise RegistryError(
-            f"{name!r} is not a canonical entry name: masked encoders must be listed once each in "
-            f"the base's order ({'_'.join(spec.encoders)}); did you mean {spec.entry_name(canonical)!r}?")
-    return Entry(spec, masked)
+    if masked and all(m in spec.encoders for m in masked) and spec.canonical(masked) == masked:
+        return Entry(spec, masked)
+    raise RegistryError(unknown_entry_message(name))
+
+
+def all_entry_names() -> list[str]:
+    """Every registered VLMEvalKit model name (bases and their masked variants)."""
+    return [e.name for e in entries()]
+
+
+def unknown_entry_message(name: str) -> str:
+    """One line saying why ``name`` is not a registered entry and what the valid names are.
+
+    Covers a misspelt or unknown base, a misspelt encoder, encoders out of the canonical
+    order, a repeated encoder and an empty mask; always ends with the nearest valid names.
+    """
+    from .validate import nearest
+
+    _ensure_catalog()
+    names = all_entry_names()
+    near = nearest(name, names)
+    tail = f"; nearest valid names: {', '.join(near)}" if near else ""
+    base_name, sep, rest = name.partition(MASK_SEP)
+    spec = _BASES.get(base_name)
+    if spec is None:
+        bnear = nearest(base_name, _BASES)
+        return (f"model {name!r} is not registered by vlmeval-encred: no base model {base_name!r}"
+                + (f" (nearest bases: {', '.join(bnear)})" if bnear else "")
+                + f"{tail}; names are <base> or <base>{MASK_SEP}<enc>[_<enc>...] (`encred models` lists all)")
+    order = "_".join(spec.encoders)
+    masked = tuple(rest.split("_")) if rest else ()
+    if not masked or not all(masked):
+        return (f"model {name!r} is not registered: nothing after {MASK_SEP!r} (use {spec.name!r} for the "
+                f"full model, or mask encoders of {spec.name} in the canonical order {order})"
+                + (f"; nearest valid names: {', '.join(n for n in near if n != name)}" if near else ""))
+    unknown = [m for m in masked if m not in spec.encoders]
+    if unknown:
+        fixes = []
+        for u in unknown:
+            en = nearest(u, spec.encoders, n=1)
+            fixes.append(f"{u!r}" + (f" (did you mean {en[0]!r}?)" if en else ""))
+        return (f"model {name!r} is not registered: base model {spec.name} has no encoder "
+                f"{', '.join(fixes)}; its encoders, in canonical order: {order}{tail}")
+    repeated = sorted({m for m in masked if masked.count(m) > 1}, key=spec.encoders.index)
+    fixed = spec.entry_name(masked)
+    if repeated:
+        return (f"model {name!r} is not registered: encoder {', '.join(map(repr, repeated))} is listed more "
+                f"than once; each masked encoder appears once, in the canonical order {order}: use {fixed!r}")
+    return (f"model {name!r} is not registered: masked encoders must follow {spec.name}'s canonical order "
+            f"{order}; use {fixed!r}")

@@ -3,7 +3,11 @@
 * :func:`after_config`: add every registry entry to ``vlmeval.config.supported_VLM``
   (the very dict that ``run.py`` and ``vlmeval/inference.py`` look names up in)
   and set each wrapper class as an attribute of ``vlmeval.vlm`` so that
-  ``run.py --config cfg.json`` with ``"class": "<Wrapper>"`` resolves it.
+  ``run.py --config cfg.json`` with ``"class": "<Wrapper>"`` resolves it.  It also
+  guards our names (:class:`GuardedModels`, :func:`check_argv`): a name that looks
+  like one of ours but is not registered stops the process with our message and a
+  non-zero exit instead of VLMEvalKit's bare ``KeyError``, which its ``run.py`` logs
+  and then exits 0.
 * :func:`after_dataset`: the paper's short dataset names (``ChartQA``,
   ``SEED-I``, ``CV-Bench``, ...) build an alias over the official datasets
   (:mod:`vlmeval_encred.aliases`, docs/datasets.md).
@@ -18,11 +22,166 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import warnings
 from types import ModuleType
 from typing import Any
 
 _MARK = "_vlmeval_encred"
+
+
+class UnknownModelName(SystemExit):
+    """A model name that looks like one of ours but is not registered.
+
+    A :class:`SystemExit` on purpose: VLMEvalKit's ``run.py`` wraps each (model, dataset)
+    combination in ``except Exception``, logs the error and carries on to exit 0, so any
+    ``Exception`` (the plain ``KeyError`` included) would leave a run that "succeeded" with no
+    results.  ``SystemExit`` passes through those handlers; Python prints the message and the
+    process exits with status 1.
+    """
+
+
+class GuardedModels(dict):
+    """``supported_VLM`` with one change: a missing name that looks like ours raises
+    :class:`UnknownModelName` (our message) instead of ``KeyError``.
+
+    Everything else is a plain dict: ``in``, ``get`` and missing names of other models
+    behave as before (``KeyError``), so VLMEvalKit and other plugins see no difference.
+    """
+
+    def __missing__(self, key):
+        try:
+            msg = guard_message(key, self) if isinstance(key, str) else None
+        except Exception:  # the guard must never turn a plain KeyError into something worse
+            msg = None
+        if msg:
+            raise UnknownModelName(msg)
+        raise KeyError(key)
+
+
+_FAILED_WRAPPERS: dict[str, str] = {}  # base name -> why its wrapper could not be imported
+
+
+def looks_like_ours(name: str, known: list[str] | None = None) -> bool:
+    """Does ``name`` resemble a vlmeval-encred entry name?
+
+    Yes when it contains ``_mask_`` (any case, or ``-mask-``), starts with a registered base
+    model's name, or its closest match among all known model names (``known``: VLMEvalKit's
+    and ours) is one of ours with a difflib ratio of at least 0.8.  Names closer to one of
+    VLMEvalKit's own models are left to VLMEvalKit.
+    """
+    from .registry import MASK_SEP, all_entry_names, bases
+    from .validate import nearest
+
+    low = name.lower()
+    if MASK_SEP in low or "-mask-" in low:
+        return True
+    if any(low.startswith(b.name) for b in bases()):
+        return True
+    ours = all_entry_names()
+    pool = list(dict.fromkeys([*ours, *(known or ())]))
+    best = nearest(name, pool, n=1, cutoff=0.8)
+    return bool(best) and best[0] in set(ours)
+
+
+def guard_message(name: str, supported=None) -> str | None:
+    """Our one-line message for ``name``, or ``None`` when VLMEvalKit should handle it."""
+    if supported is not None and name in supported:
+        return None
+    known = [k for k in (supported or {}) if isinstance(k, str)]
+    if not looks_like_ours(name, known):
+        return None
+    from .registry import MASK_SEP, RegistryError, parse_entry_name, unknown_entry_message
+
+    base = name.partition(MASK_SEP)[0]
+    try:
+        parse_entry_name(name)
+    except RegistryError:
+        why = unknown_entry_message(name)
+    else:  # a valid name of ours that is not in supported_VLM: its family did not register here
+        why = (f"model {name!r} is one of vlmeval-encred's, but its family was not registered in this "
+               f"environment ({_FAILED_WRAPPERS.get(base, 'its wrapper could not be imported')}); "
+               "`encred doctor` checks the environment")
+    return f"vlmeval-encred: {why}. Stopped before loading any weights."
+
+
+def _vlmeval_cli_args() -> list[str] | None:
+    """The command-line arguments when this process is VLMEvalKit's own entry point, else ``None``.
+
+    ``python run.py ...`` (an upstream checkout, or torchrun's per-rank ``python run.py``),
+    ``python -m vlmeval ...`` (``sys.argv[0]`` is then ``.../vlmeval/__main__.py``) and
+    ``python -m vlmeval.run ...``.  While ``-m`` is still importing the package ``sys.argv[0]``
+    is ``'-m'``, and the module comes from ``sys.orig_argv``.
+    """
+    argv = list(sys.argv)
+    if not argv:
+        return None
+    a0 = argv[0]
+    if os.path.basename(a0) == "__main__.py":  # `-m pkg` runs pkg/__main__.py with argv[0] its path
+        return argv[1:] if os.path.basename(os.path.dirname(os.path.abspath(a0))) == "vlmeval" else None
+    if a0 == "-m":
+        orig = list(getattr(sys, "orig_argv", []))
+        try:
+            mod = orig[orig.index("-m") + 1]
+        except (ValueError, IndexError):
+            return None
+        return argv[1:] if mod in ("vlmeval", "vlmeval.run") else None
+    if os.path.basename(a0) == "run.py":  # a checkout's run.py, or `python -m vlmeval.run`
+        return argv[1:]
+    return None
+
+
+def _models_in(args: list[str]) -> list[str]:
+    """The values of ``--model`` (``--model a b``, ``--model=a``, repeated)."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith("--model="):
+            out.append(a.split("=", 1)[1])
+        elif a == "--model":
+            i += 1
+            while i < len(args) and not args[i].startswith("-"):
+                out.append(args[i])
+                i += 1
+            continue
+        i += 1
+    return out
+
+
+def check_argv(supported) -> None:
+    """When this process is VLMEvalKit's entry point, check its ``--model`` names now.
+
+    Runs as ``vlmeval.config`` finishes executing, i.e. before ``run.py`` parses its arguments,
+    builds any dataset (which may download it) or runs an earlier model of the list for hours.
+    ``--config`` runs are left to :class:`GuardedModels` (their names are the config's keys).
+    """
+    args = _vlmeval_cli_args()
+    if args is None or any(a == "--config" or a.startswith("--config=") for a in args):
+        return
+    for name in _models_in(args):
+        msg = guard_message(name, supported)
+        if msg:
+            raise UnknownModelName(msg)
+
+
+def _guard(config: ModuleType) -> dict:
+    """Replace ``config.supported_VLM`` by a :class:`GuardedModels` holding the same entries.
+
+    Runs right after ``vlmeval.config`` executed, so ``from vlmeval.config import supported_VLM``
+    anywhere afterwards binds the guarded dict; a module that took the old one earlier (an import
+    cycle) is re-pointed too.
+    """
+    old = config.supported_VLM
+    if isinstance(old, GuardedModels) or not isinstance(old, dict):
+        return old
+    new = GuardedModels(old)
+    for mod in list(sys.modules.values()):
+        ns = getattr(mod, "__dict__", None)
+        if isinstance(ns, dict) and ns.get("supported_VLM") is old:
+            ns["supported_VLM"] = new
+    config.supported_VLM = new
+    return new
 
 
 def after_config(config: ModuleType) -> int:
@@ -31,13 +190,14 @@ def after_config(config: ModuleType) -> int:
 
     from .registry import entries
 
-    supported = config.supported_VLM
+    supported = _guard(config)
     classes: dict[str, type] = {}
     failed: dict[str, str] = {}
     added = 0
     for entry in entries():
         wrapper = entry.base.wrapper
         if wrapper in failed:
+            _FAILED_WRAPPERS[entry.base.name] = f"{wrapper}: {failed[wrapper]}"
             continue
         existing = supported.get(entry.name)
         if existing is not None and not getattr(existing, _MARK, False):
@@ -54,6 +214,7 @@ def after_config(config: ModuleType) -> int:
                     classes[wrapper] = entry.base.load_wrapper_class()
                 except Exception as exc:  # one family's import problem must not hide the others
                     failed[wrapper] = f"{type(exc).__name__}: {exc}"
+                    _FAILED_WRAPPERS[entry.base.name] = f"{wrapper}: {failed[wrapper]}"
                     continue
         builder = functools.partial(classes[wrapper], **entry.kwargs())
         setattr(builder, _MARK, True)
@@ -71,6 +232,10 @@ def after_config(config: ModuleType) -> int:
         detail = "; ".join(f"{w} ({why})" for w, why in failed.items())
         warnings.warn(f"vlmeval-encred: models of these wrappers were not registered: {detail}",
                       RuntimeWarning, stacklevel=2)
+    try:
+        check_argv(supported)  # raises UnknownModelName (a SystemExit) for a wrong name of ours
+    except Exception:  # a bug in the check must not break VLMEvalKit; GuardedModels still guards
+        pass
     return added
 
 

@@ -41,6 +41,7 @@ STATE_FILE = ".encred_demo_state.json"
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..demo.data import DEFAULT_SAMPLES
+    from ..validate import MIN_N_BOOT, int_range, n_boot
 
     p = sub.add_parser(
         "demo", help="run the CPU demo end to end (data, all 8 masked variants via VLMEvalKit, report)",
@@ -49,11 +50,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "the report. Needs no GPU and no downloads; a few minutes on 2 CPU cores.")
     p.add_argument("--work-dir", default="./encred_demo_out",
                    help="VLMEvalKit --work-dir for the variants' results and the report (default: %(default)s)")
-    p.add_argument("--samples-per-category", type=int, default=None,
+    p.add_argument("--samples-per-category", type=int_range(1), default=None,
                    help=f"questions per demo dataset (default {DEFAULT_SAMPLES}; {QUICK_SAMPLES} with --quick)")
     p.add_argument("--quick", action="store_true",
                    help=f"{QUICK_SAMPLES} questions per dataset and a smaller bootstrap (about a minute)")
-    p.add_argument("--n-boot", type=int, default=None, help="bootstrap resamples (default 1000; 200 with --quick)")
+    p.add_argument("--n-boot", type=n_boot, default=None,
+                   help=f"bootstrap resamples: 0 = no intervals, else at least {MIN_N_BOOT} (default 1000; 200 with --quick)")
     p.set_defaults(func=run)
 
 
@@ -171,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     from ..registry import entries
 
     t_start = time.perf_counter()
-    n = args.samples_per_category or (QUICK_SAMPLES if args.quick else demo_data.DEFAULT_SAMPLES)
+    n = args.samples_per_category if args.samples_per_category is not None else (QUICK_SAMPLES if args.quick else demo_data.DEFAULT_SAMPLES)
     n_boot = args.n_boot if args.n_boot is not None else (200 if args.quick else 1000)
     work = Path(args.work_dir).expanduser().resolve()
     err = sys.stderr

@@ -20,6 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..validate import int_range, nearest
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -31,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "Exits 1 if anything fails.")
     p.add_argument("--family", action="append", default=None,
                    help="only this family (repeatable); default: every family with a self-test")
-    p.add_argument("--subsets", type=int, default=None, metavar="N",
+    p.add_argument("--subsets", type=int_range(1), default=None, metavar="N",
                    help="check only N encoder subsets per family (singles first, then the largest); "
                         "default: every subset")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -89,8 +91,10 @@ def run(args: argparse.Namespace) -> int:
     families = args.family or list(SELFTESTS)
     unknown = [f for f in families if f not in SELFTESTS]
     if unknown:
-        raise SystemExit(f"encred doctor: no self-test for family {', '.join(unknown)}; "
-                         f"families with one: {', '.join(SELFTESTS)}")
+        near = {u: nearest(u, SELFTESTS) for u in unknown}
+        raise SystemExit("encred doctor: --family: " + "; ".join(
+            f"no self-test for family {u}" + (f" (nearest valid: {', '.join(near[u])})" if near[u] else "")
+            for u in unknown) + f"; families with one: {', '.join(SELFTESTS)}")
     say = (lambda *_a, **_k: None) if args.json else print
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         rows = upstream.table()

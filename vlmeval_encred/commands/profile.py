@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..validate import float_range, int_range
+
 PLAN_DEFAULT_BASES = ("eagle_x5", "eagle_x4_8b_plus", "cambrian1_8b", "imof_13b", "eagle2_9b", "deepseek_vl_7b_hf")
 
 
@@ -21,17 +23,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="base model name (--plan: comma-separated names or 'all'; "
                                                  f"default {','.join(PLAN_DEFAULT_BASES)})")
     p.add_argument("--subsets", default="all", help="'all', 'k=1', 'k<=2' or entry names")
-    p.add_argument("--samples", type=int, default=2, help="synthetic messages per measurement")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--samples", type=int_range(1), default=2, help="synthetic messages per measurement")
+    p.add_argument("--repeats", type=int_range(1), default=5, help="timed runs per variant (>= 1)")
+    p.add_argument("--warmup", type=int_range(0), default=1, help="untimed runs first (>= 0)")
     p.add_argument("--out", default=None, help="output prefix (default ./encred_out/profile_<model>)")
     g = p.add_argument_group("--plan (analytic, real sizes)")
     g.add_argument("--plan", action="store_true", help="print the cost model's tables instead of measuring")
     g.add_argument("--data", default="paper15", help="suite / short / official dataset names (default paper15)")
     g.add_argument("--gpu", default="a100_80gb_bf16", help="reference GPU in costdata.yaml (default a100_80gb_bf16)")
-    g.add_argument("--mfu", type=float, default=None, help="override the GPU's assumed FLOP utilisation (0-1)")
-    g.add_argument("--mbu", type=float, default=None, help="override the GPU's assumed bandwidth utilisation (0-1)")
-    g.add_argument("--answer-tokens", type=int, default=None,
+    g.add_argument("--mfu", type=float_range(0, 1, lo_open=True, what="a fraction of the peak, not a percentage"), default=None, help="override the GPU's assumed FLOP utilisation (0-1)")
+    g.add_argument("--mbu", type=float_range(0, 1, lo_open=True, what="a fraction of the peak, not a percentage"), default=None, help="override the GPU's assumed bandwidth utilisation (0-1)")
+    g.add_argument("--answer-tokens", type=int_range(1), default=None,
                    help="override every dataset's assumed answer length (tokens incl. end of sequence)")
     p.set_defaults(func=run)
 

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..validate import int_range
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -17,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="base model name (see `encred models`)")
     p.add_argument("--data", required=True, nargs="+",
                    help="suite names (paper15), paper short names or VLMEvalKit dataset names")
-    p.add_argument("--limit", type=int, default=None, help="first N samples of each dataset")
+    p.add_argument("--limit", type=int_range(1), default=None, help="first N samples of each dataset")
     p.add_argument("--suite-file", default=None, help="benchmarks.yaml to expand suite names from")
     p.add_argument("--work-dir", default="./outputs", help="VLMEvalKit work dir (default ./outputs)")
     p.add_argument("--out", help="output directory (default: <work-dir>/encred_rank/<model>)")
@@ -34,11 +36,12 @@ def run(args: argparse.Namespace) -> int:
     from ..sweep.engine import SweepError
     from ..sweep.features import effective_ranks
     from ..sweep.protocol import SweepUnsupportedError
-    from ..sweep.selection import SelectionError, resolve_datasets
+    from ..sweep.selection import SelectionError, check_datasets, resolve_datasets
 
     try:
         base = get_base(args.model)
         datasets = resolve_datasets(args.data, args.suite_file)
+        check_datasets(datasets, args.suite_file)
     except (RegistryError, SelectionError) as exc:
         print(f"encred rank: {exc}", file=sys.stderr)
         return 2

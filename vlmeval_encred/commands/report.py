@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..validate import MIN_N_BOOT, n_boot, seed
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -26,8 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--suite-file", help="a benchmarks.yaml of your own (same schema; docs/benchmarks.md)")
     p.add_argument("--out", help="output directory (default: <work-dir>/encred_report/<model>/<suite>)")
     p.add_argument("--encoders", help="comma-separated encoder names for a base that is not registered")
-    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (0 = off; default 2000)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-boot", type=n_boot, default=2000,
+                   help=f"bootstrap resamples: 0 = no intervals, else at least {MIN_N_BOOT} (default 2000)")
+    p.add_argument("--seed", type=seed, default=0, help="bootstrap random seed (>= 0)")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--force", action="store_true",
                    help="replace same-named files in --out even if this tool did not write them")
@@ -45,6 +48,11 @@ def run(args: argparse.Namespace) -> int:
     encoders = [e.strip() for e in args.encoders.split(",") if e.strip()] if args.encoders else None
     if len(args.model) > 1:
         return _compare(args, encoders)
+    if encoders:
+        problem = _encoders_of_registered_base(args.model[0], encoders)
+        if problem:
+            print(f"encred report: {problem}", file=sys.stderr)
+            return 2
     try:
         res = build_report(args.work_dir, args.model[0], suite=args.suite, out_dir=args.out,
                            suite_file=args.suite_file, n_boot=args.n_boot, seed=args.seed,
@@ -61,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     ov = res.scores.get(res.variants[0]["name"], {}).get("Overall")
     print(f"full model Overall: {'n/a' if ov is None else f'{ov:.2f}'}; IG Overall: "
           + ("n/a" if res.ig.get("Overall") is None else f"{res.ig['Overall']:.2f}"))
+    if args.n_boot == 0:
+        print("bootstrap intervals: off (--n-boot 0); no CUR/IG interval is computed or starred")
     for m in res.missing_metrics[:10]:
         print(f"not computed: {m['metric']} at {m['level']}: needs {m['needs']}")
     if len(res.missing_metrics) > 10:
@@ -70,6 +80,23 @@ def run(args: argparse.Namespace) -> int:
     for k, p in res.files.items():
         print(f"{k}: {p}")
     return 0
+
+
+def _encoders_of_registered_base(model: str, encoders: list[str]) -> str | None:
+    """``--encoders`` names the towers of a base the registry does not know.  For a registered
+    base a different list would silently redefine the lattice: with ``--encoders clip,sam`` on
+    eagle_x5, ``eagle_x5_mask_clip_sam`` (three towers still on) would be the no-vision baseline
+    and IG/CUR would be wrong without any warning."""
+    from ..registry import _BASES, bases
+
+    bases()  # loads the catalog
+    spec = _BASES.get(model)
+    if spec is None or tuple(encoders) == spec.encoders:
+        return None
+    return (f"--encoders {','.join(encoders)}: {model} is a registered base with encoders "
+            f"{','.join(spec.encoders)} (in this order); --encoders is only for unregistered bases; "
+            "drop it (a subset or another order would make a partly masked variant the full model or "
+            "the no-vision baseline)")
 
 
 def _compare(args: argparse.Namespace, encoders: list[str] | None) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..validate import int_range
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -20,9 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subsets", default="all",
                    help="'all', 'k=1' (one encoder masked), 'k<=2', or comma-separated entry names")
     p.add_argument("--work-dir", default="./outputs", help="VLMEvalKit work dir (default ./outputs)")
-    p.add_argument("--limit", type=int, default=None,
+    p.add_argument("--limit", type=int_range(1), default=None,
                    help="first N samples only (as run.py --limit); written to <work-dir>/encred_limit<N>/")
-    p.add_argument("--decode-batch", type=int, default=0,
+    p.add_argument("--decode-batch", type=int_range(0, extra=" (0 = all of a sample's subsets)"), default=0,
                    help="at most this many subsets per generate call (0 = all of a sample's)")
     p.add_argument("--suite-file", default=None, help="benchmarks.yaml to expand suite names from")
     p.add_argument("--no-progress", action="store_true")
@@ -34,10 +36,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="submit instead of running here; 'local' runs the same jobs as local processes")
     c.add_argument("--per-variant", action="store_true",
                    help="one plain VLMEvalKit run per (variant, dataset) instead of sweep shards")
-    c.add_argument("--shards", type=int, default=1, help="split the lattice into this many sweep jobs per dataset")
-    c.add_argument("--gpus", type=int, default=1, help="GPUs per job (>1: torchrun data parallelism, per-variant)")
+    c.add_argument("--shards", type=int_range(1), default=1, help="split the lattice into this many sweep jobs per dataset")
+    c.add_argument("--gpus", type=int_range(0, extra=" (0 = CPU-only jobs)"), default=1, help="GPUs per job (>1: torchrun data parallelism, per-variant)")
     c.add_argument("--partition", default=None)
-    c.add_argument("--timeout-min", type=int, default=600)
+    c.add_argument("--timeout-min", type=int_range(1), default=600, help="minutes per job (default 600)")
     c.add_argument("--judge", default=None, help="--judge for per-variant VLMEvalKit runs (e.g. exact_matching)")
     c.add_argument("--wait", action="store_true", help="wait for the jobs and print `encred status`")
     p.set_defaults(func=run)
@@ -45,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..registry import RegistryError, get_base
-    from ..sweep.selection import SelectionError, resolve_datasets, select_entries
+    from ..sweep.selection import SelectionError, check_datasets, resolve_datasets, select_entries
 
     import os
 
@@ -64,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         base = get_base(args.model)
         chosen = select_entries(base, args.subsets)
         datasets = resolve_datasets(args.data, args.suite_file)
+        check_datasets(datasets, args.suite_file)
     except (RegistryError, SelectionError) as exc:
         raise SystemExit(f"encred sweep: {exc}")
     if args.cluster:

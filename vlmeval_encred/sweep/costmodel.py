@@ -320,8 +320,9 @@ def load_data(path: str | None = None) -> dict[str, Any]:
 def gpu(name: str, mfu: float | None = None, mbu: float | None = None, path: str | None = None) -> GPU:
     data = load_data(path)["gpus"]
     if name not in data:
-        raise CostDataError(f"unknown reference GPU {name!r}; known: {', '.join(sorted(data))} "
-                            f"(add one to {path or DATA_FILE})")
+        from ..validate import unknown_name
+
+        raise CostDataError(unknown_name("reference GPU", name, sorted(data), hint=f"add one to {path or DATA_FILE}"))
     g = dict(data[name])
     if mfu is not None:
         g["mfu"] = mfu
@@ -333,7 +334,11 @@ def gpu(name: str, mfu: float | None = None, mbu: float | None = None, path: str
 def dataset(name: str, answer_tokens: int | None = None, path: str | None = None) -> Dataset:
     data = load_data(path)["datasets"]
     if name not in data:
-        raise CostDataError(f"no question count for dataset {name!r} in {path or DATA_FILE}; known: "
+        from ..validate import nearest
+
+        near = nearest(name, data)
+        raise CostDataError(f"no question count for dataset {name!r} in {path or DATA_FILE}"
+                            + (f"; nearest: {', '.join(near)}" if near else "") + "; known: "
                             f"{', '.join(sorted(data))}. Add `{name}: {{questions: N, question_tokens: N, "
                             "answer_tokens: N, source: ...}` there")
     d = data[name]
