@@ -1,0 +1,16 @@
+"""Cambrian-1 (cambrian-mllm/cambrian): four towers through the Spatial Vision Aggregator.
+
+Files: catalog.py (bases, upstream ``cambrian``, self-test ``cambrian``), modeling.py (adapter, wrapper ``EncredCambrian``, sweep), selftest.py, tiny.py (a tiny Cambrian checkpoint and offline hub), recipe.txt, costdata.yaml.
+
+Importing this package imports nothing else; names of ``modeling`` (the adapter, the
+VLMEvalKit wrapper, the sweep support) are forwarded on first use, so
+``from vlmeval_encred.model_wrappers.cambrian import ADAPTER`` keeps working.
+"""
+
+
+def __getattr__(name: str):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    from . import modeling
+
+    return getattr(modeling, name)

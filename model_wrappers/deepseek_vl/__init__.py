@@ -1,0 +1,16 @@
+"""DeepSeek-VL 7B through the original ``deepseek_vl`` package (HybridVisionTower: SigLIP low-res + SAM high-res).
+
+Files: catalog.py (bases, upstream ``deepseek_vl``, self-test ``deepseek_vl``), modeling.py (adapter, wrapper ``EncredDeepSeekVL``, sweep), selftest.py, recipe.txt, costdata.yaml.
+
+Importing this package imports nothing else; names of ``modeling`` (the adapter, the
+VLMEvalKit wrapper, the sweep support) are forwarded on first use, so
+``from vlmeval_encred.model_wrappers.deepseek_vl import EncredDeepSeekVL`` keeps working.
+"""
+
+
+def __getattr__(name: str):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    from . import modeling
+
+    return getattr(modeling, name)

@@ -1,0 +1,16 @@
+"""The CPU demo model (``vlmeval_encred.demo.model``) as a VLMEvalKit model: three planted towers.
+
+Files: catalog.py (base, ``demo`` hook), modeling.py (adapter, wrapper ``EncredTiny``, sweep), costdata.yaml.
+
+Importing this package imports nothing else; names of ``modeling`` (the adapter, the
+VLMEvalKit wrapper, the sweep support) are forwarded on first use, so
+``from vlmeval_encred.model_wrappers.encred_tiny import EncredTiny`` keeps working.
+"""
+
+
+def __getattr__(name: str):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    from . import modeling
+
+    return getattr(modeling, name)
