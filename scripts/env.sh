@@ -102,7 +102,14 @@ if [ "$(cat "$LAYER/.encred-layer" 2>/dev/null)" != "$WANT" ]; then
   # 00_: processed first, so the shared packages (and the overlay's own .pth files) are there
   # before this checkout's start-up hook runs; addsitedir also processes RUN's .pth files.
   printf 'import site; site.addsitedir(%s)\n' "'$RUN_SITE'" > "$LAYER_SITE/00_encred_shared_env.pth"
-  "$LAYER/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$ROOT" >&2
+  # Built by the base environment's python (its packages agree with each other; an overlay's older
+  # pins can break a base package's setuptools plug-in, e.g. kernels' egg_info writer importing a
+  # newer huggingface_hub), installed into the layer; the console script then runs the layer's python.
+  "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation --no-warn-script-location \
+    --prefix "$LAYER" -e "$ROOT" >&2
+  for script in "$LAYER"/bin/encred; do
+    [ -f "$script" ] && sed -i "1s|^#!.*python.*$|#!$LAYER/bin/python|" "$script"
+  done
   printf '%s' "$WANT" > "$LAYER/.encred-layer.tmp.$$" && mv -f "$LAYER/.encred-layer.tmp.$$" "$LAYER/.encred-layer"
 fi
 flock -u 9
