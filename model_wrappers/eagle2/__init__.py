@@ -9,8 +9,9 @@ VLMEvalKit wrapper, the sweep support) are forwarded on first use, so
 
 
 def __getattr__(name: str):
-    if name.startswith("__"):
-        raise AttributeError(name)
-    from . import modeling
+    # Submodule names (asked for while they are being imported) and dunders are not forwarded.
+    if name.startswith("__") or name in ("catalog", "modeling", "selftest", "tiny", "compat"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-    return getattr(modeling, name)
+    return getattr(importlib.import_module(__name__ + ".modeling"), name)
