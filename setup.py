@@ -3,7 +3,8 @@
 Two things are unusual and handled here:
 
 * ``model_wrappers/`` at the repository root is installed as
-  ``vlmeval_encred.model_wrappers`` (never as a top-level ``model_wrappers``).
+  ``vlmeval_encred.model_wrappers`` (never as a top-level ``model_wrappers``), with one
+  subpackage per family folder and each folder's ``recipe.txt`` and ``costdata.yaml``.
 * ``vlmeval_encred_hook.pth`` must land at the root of site-packages, in
   regular *and* editable installs.  setuptools only copies root-level files of
   ``build_lib`` into regular wheels, and leaves them out of PEP 660 editable
@@ -50,7 +51,9 @@ except ImportError:  # very old setuptools: legacy develop installs have no .pth
     pass
 
 packages = find_packages(include=["vlmeval_encred", "vlmeval_encred.*"])
-packages.append("vlmeval_encred.model_wrappers")
+# model_wrappers/ and one subpackage per family folder (model_wrappers/<family>/).
+packages += ["vlmeval_encred.model_wrappers"] + [
+    "vlmeval_encred.model_wrappers." + p for p in find_packages(where="model_wrappers")]
 
 setup(
     name="vlmeval-encred",
@@ -61,7 +64,10 @@ setup(
     python_requires=">=3.10",
     packages=packages,
     package_dir={"vlmeval_encred.model_wrappers": "model_wrappers"},
-    package_data={"vlmeval_encred": ["benchmarks.yaml", "sweep/costdata.yaml", "recipes/*.txt", "recipes/*.post", "demo/checkpoint/*.json", "demo/checkpoint/*.safetensors"]},
+    package_data={"vlmeval_encred": ["benchmarks.yaml", "sweep/costdata.yaml", "recipes/*.txt", "recipes/*.post",
+                                     "demo/checkpoint/*.json", "demo/checkpoint/*.safetensors"],
+                  # each family folder's environment recipe and cost data
+                  "vlmeval_encred.model_wrappers": ["*/recipe.txt", "*/costdata.yaml"]},
     include_package_data=False,
     install_requires=[
         # vlmeval itself comes from the user's VLMEvalKit (a checkout or ms-vlmeval);

@@ -26,7 +26,7 @@ def record(out_dir: Path) -> None:
     import transformers
 
     from vlmeval_encred.realcode.checks import run_selftest
-    from vlmeval_encred.realcode.imof import SELFTEST
+    from vlmeval_encred.model_wrappers.imof.selftest import SELFTEST
 
     work = Path(tempfile.mkdtemp())
     print(SELFTEST.import_upstream())

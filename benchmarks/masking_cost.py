@@ -39,7 +39,7 @@ from typing import Any, Callable
 import torch
 
 from vlmeval_encred.masking import count_params
-from vlmeval_encred.tiny_models import HybridSizes, build_deepseek_vl_hybrid
+from vlmeval_encred.model_wrappers.deepseek_vl_hf.tiny import HybridSizes, build_deepseek_vl_hybrid
 
 # Vision proportions of DeepSeek-VL 7B, scaled for a CPU: SAM image/grid 4x SigLIP's side.
 BENCH_SIZES = HybridSizes(

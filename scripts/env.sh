@@ -13,7 +13,8 @@
 # build of torch (~6.8 GB, ~5 min).
 #
 # Overlays (--env NAME or ENCRED_ENV=NAME): the pins a family's real upstream code
-# needs (its recipe, e.g. transformers 4.44 for EAGLE) installed into a small venv of
+# needs (its recipe model_wrappers/NAME/recipe.txt, e.g. transformers 4.44 for EAGLE; or a
+# recipe of no family, vlmeval_encred/recipes/NAME.txt) installed into a small venv of
 # their own that sees the base's packages *behind* its own (a .pth file appends the
 # base's site-packages).  Keyed by the sha256 of the base and overlay files (and the
 # recipe's optional .post script, run with the overlay's python each time), so a second
@@ -50,10 +51,17 @@ fi
 RUN="$VENV"
 
 if [ -n "$ENV_NAME" ] && [ "$ENV_NAME" != base ]; then
-  OREQ="$ROOT/vlmeval_encred/recipes/$ENV_NAME.txt"
+  # A family's recipe (model_wrappers/NAME/recipe.txt) or one that belongs to no family
+  # (vlmeval_encred/recipes/NAME.txt, with an optional NAME.post); .ci/run lists the same two places.
+  if [ -f "$ROOT/model_wrappers/$ENV_NAME/recipe.txt" ]; then
+    OREQ="$ROOT/model_wrappers/$ENV_NAME/recipe.txt"
+  else
+    OREQ="$ROOT/vlmeval_encred/recipes/$ENV_NAME.txt"
+  fi
   OPOST="$ROOT/vlmeval_encred/recipes/$ENV_NAME.post"
   if [ ! -f "$OREQ" ]; then
-    echo "[env.sh] unknown environment '$ENV_NAME': no $OREQ (have: base $(cd "$ROOT/vlmeval_encred/recipes" && ls *.txt 2>/dev/null | sed 's/\.txt$//' | tr '\n' ' '))" >&2
+    HAVE=$(cd "$ROOT" && { ls model_wrappers/*/recipe.txt | cut -d/ -f2; ls vlmeval_encred/recipes/*.txt | xargs -n1 basename | sed 's/\.txt$//'; } 2>/dev/null | sort | tr '\n' ' ')
+    echo "[env.sh] unknown environment '$ENV_NAME': no model_wrappers/$ENV_NAME/recipe.txt nor $OREQ (have: base $HAVE)" >&2
     exit 2
   fi
   OKEY=$( (cat "$REQ" "$OREQ"; [ -f "$OPOST" ] && cat "$OPOST" || true) | sha256sum | cut -c1-12)
@@ -94,12 +102,14 @@ if [ "$(cat "$LAYER/.encred-layer" 2>/dev/null)" != "$WANT" ]; then
   # 00_: processed first, so the shared packages (and the overlay's own .pth files) are there
   # before this checkout's start-up hook runs; addsitedir also processes RUN's .pth files.
   printf 'import site; site.addsitedir(%s)\n' "'$RUN_SITE'" > "$LAYER_SITE/00_encred_shared_env.pth"
-  # Built with the base environment's python (its setuptools plugins import cleanly there; an
-  # overlay's older pins can break them, e.g. kernels' egg_info writer needs huggingface_hub>=1),
-  # installed into the layer; the console script then runs the layer's python.
+  # Built by the base environment's python (its packages agree with each other; an overlay's older
+  # pins can break a base package's setuptools plug-in, e.g. kernels' egg_info writer importing a
+  # newer huggingface_hub), installed into the layer; the console script then runs the layer's python.
   "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation --no-warn-script-location \
     --prefix "$LAYER" -e "$ROOT" >&2
-  sed -i "1s|.*|#!$LAYER/bin/python|" "$LAYER/bin/encred"
+  for script in "$LAYER"/bin/encred; do
+    [ -f "$script" ] && sed -i "1s|^#!.*python.*$|#!$LAYER/bin/python|" "$script"
+  done
   printf '%s' "$WANT" > "$LAYER/.encred-layer.tmp.$$" && mv -f "$LAYER/.encred-layer.tmp.$$" "$LAYER/.encred-layer"
 fi
 flock -u 9

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.envs("base", "cambrian")
 
 def _real_sampler():
     from conftest import need_sources
-    from vlmeval_encred.realcode.cambrian import ensure_importable
+    from vlmeval_encred.model_wrappers.cambrian.selftest import ensure_importable
 
     need_sources("cambrian")
     ensure_importable()
@@ -221,7 +221,7 @@ def test_masked_entry_fails_before_loading_under_transformers_5(tmp_path):
     assert proc.returncode == 0, explain(proc)
     line = next(l for l in proc.stdout.splitlines() if l.startswith("MISMATCH"))
     assert f"transformers {transformers.__version__} is installed" in line
-    assert "transformers>=4.37,<4.38" in line and "recipes/cambrian.txt" in line and "--env cambrian" in line
+    assert "transformers>=4.37,<4.38" in line and "cambrian/recipe.txt" in line and "--env cambrian" in line
 
 
 def test_catalog_entries():

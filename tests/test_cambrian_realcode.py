@@ -103,7 +103,7 @@ def gpu_calls_on_cpu():
 @pytest.fixture(scope="module")
 def checkpoints(selftest, tmp_path_factory):
     """Tiny checkpoints named like the released ones (the wrappers choose templates by name)."""
-    from vlmeval_encred.realcode.cambrian_tiny import save_tiny_checkpoint, write_fake_hub
+    from vlmeval_encred.model_wrappers.cambrian.tiny import save_tiny_checkpoint, write_fake_hub
 
     root = tmp_path_factory.mktemp("cambrian-ckpt")
     hub = write_fake_hub(root / "hf-hub")
@@ -123,7 +123,7 @@ def message(tmp_path_factory):
 
 
 def _load(cls_name, path, hub, **kwargs):
-    from vlmeval_encred.realcode.cambrian_tiny import offline_hub
+    from vlmeval_encred.model_wrappers.cambrian.tiny import offline_hub
 
     with offline_hub(hub), gpu_calls_on_cpu():
         if cls_name == "Cambrian":

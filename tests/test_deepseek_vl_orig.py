@@ -57,7 +57,7 @@ def ckpt(tmp_path_factory) -> str:
     from deepseek_vl.models import VLChatProcessor
     from deepseek_vl.models.modeling_vlm import MultiModalityCausalLM, MultiModalityConfig
 
-    from vlmeval_encred.tiny_models import build_tokenizer
+    from vlmeval_encred.model_wrappers.deepseek_vl_hf.tiny import build_tokenizer
 
     tok = build_tokenizer()
     cfg = MultiModalityConfig(
@@ -252,4 +252,4 @@ def test_wrong_environment_fails_before_loading(monkeypatch):
         entry.base.load_wrapper_class()(**entry.kwargs())
     msg = str(err.value)
     assert f"transformers {have} is installed" in msg and "transformers>=4.38.2,<5" in msg
-    assert "recipes/deepseek_vl.txt" in msg and "--env deepseek_vl" in msg
+    assert "deepseek_vl/recipe.txt" in msg and "--env deepseek_vl" in msg

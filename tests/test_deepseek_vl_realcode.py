@@ -48,14 +48,14 @@ def base(selftest, workdir):
 @pytest.fixture(scope="module")
 def ckpt(selftest, workdir) -> str:
     """The tiny checkpoint (the same folder the self-test's build() uses)."""
-    from vlmeval_encred.realcode.deepseek_vl import build_tiny_checkpoint
+    from vlmeval_encred.model_wrappers.deepseek_vl.selftest import build_tiny_checkpoint
 
     return str(build_tiny_checkpoint(workdir / "deepseek_vl_tiny"))
 
 
 @pytest.fixture(scope="module")
 def message(selftest, workdir):
-    from vlmeval_encred.realcode.deepseek_vl import test_image
+    from vlmeval_encred.model_wrappers.deepseek_vl.selftest import test_image
 
     png = test_image(workdir / "msg.png")
     return [dict(type="image", value=png), dict(type="text", value=PROMPT)]

@@ -300,14 +300,14 @@ def test_module_import_does_not_import_eagle(monkeypatch):
                 raise ImportError(f"test: importing {name!r} is refused")
             return None
 
-    import vlmeval_encred.model_wrappers as pkg
-    import vlmeval_encred.model_wrappers.eagle1 as current  # vlmeval (and its hook) loaded as usual first
+    import vlmeval_encred.model_wrappers.eagle1 as pkg
+    import vlmeval_encred.model_wrappers.eagle1.modeling as current  # vlmeval (and its hook) loaded as usual first
 
     for name in [m for m in sys.modules if m == "eagle" or m.startswith("eagle.")]:
         monkeypatch.delitem(sys.modules, name)
     # Restored afterwards, so VLMEvalKit's registered partials keep pointing at the module's class.
     monkeypatch.delitem(sys.modules, current.__name__)
-    monkeypatch.setattr(pkg, "eagle1", current)
+    monkeypatch.setattr(pkg, "modeling", current)
     monkeypatch.setattr(sys, "meta_path", [RefuseEagle(), *sys.meta_path])
-    module = importlib.import_module("vlmeval_encred.model_wrappers.eagle1")
+    module = importlib.import_module("vlmeval_encred.model_wrappers.eagle1.modeling")
     assert module is not current and hasattr(module, "EncredEagle") and "eagle" not in sys.modules

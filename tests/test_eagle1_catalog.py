@@ -71,7 +71,7 @@ def test_catalog_tower_order_is_upstreams():
         if base.encoders != derived:
             wrong.append(f"{base.name}: catalog {','.join(base.encoders)} but upstream {upstream!r} -> "
                          f"{','.join(derived)}")
-    assert not wrong, "model_wrappers/catalog.py disagrees with EAGLE/scripts:\n" + "\n".join(wrong)
+    assert not wrong, "model_wrappers/eagle1/catalog.py disagrees with EAGLE/scripts:\n" + "\n".join(wrong)
 
 
 def test_eagle_entries_name_requirements_and_recipe():

@@ -39,7 +39,7 @@ NAMES = ("clip", "convnext", "sam", "eva02", "pix2struct")
 @pytest.fixture(autouse=True)
 def real_eagle():
     """The real ``eagle`` package first on sys.path (a stand-in imported earlier is forgotten)."""
-    from vlmeval_encred.realcode.eagle1 import import_eagle
+    from vlmeval_encred.model_wrappers.eagle1.selftest import import_eagle
 
     return import_eagle()
 

@@ -7,7 +7,7 @@ all five tower classes with the models they build, its projector builder and
 ``generate_inner``); our adapter, wrapper and sweep support.  How the model is
 made tiny and offline (a fake Hub cache under the Hub ids upstream hard-codes;
 upstream's ConvNeXt/EVA-02 factories called with small sizes because theirs are
-hard-coded in Python) is explained in :mod:`vlmeval_encred.realcode.eagle1`.
+hard-coded in Python) is explained in :mod:`vlmeval_encred.model_wrappers.eagle1.selftest`.
 
 Mocked, because no GPU exists here: VLMEvalKit's ``Eagle`` loads with
 ``device_map="cuda"`` and moves inputs with ``.to(device='cuda',
@@ -58,14 +58,14 @@ def _check(selftest, workdir, limit):
 
 def test_selftest_is_registered():
     from vlmeval_encred.realcode import load_selftest
-    from vlmeval_encred.realcode.eagle1 import SELFTEST, SELFTEST_X4
+    from vlmeval_encred.model_wrappers.eagle1.selftest import SELFTEST, SELFTEST_X4
 
     assert load_selftest("eagle1") is SELFTEST
     assert load_selftest("eagle1_x4") is SELFTEST_X4
 
 
 def test_x5_every_tower_zero_and_drop(tmp_path):
-    from vlmeval_encred.realcode.eagle1 import SELFTEST
+    from vlmeval_encred.model_wrappers.eagle1.selftest import SELFTEST
 
     results = _check(SELFTEST, tmp_path, LIMIT)
     build = next(r for r in results if r.check == "build")
@@ -78,7 +78,7 @@ def test_x5_every_tower_zero_and_drop(tmp_path):
 
 
 def test_x4_layout_zero_and_drop(tmp_path):
-    from vlmeval_encred.realcode.eagle1 import SELFTEST_X4
+    from vlmeval_encred.model_wrappers.eagle1.selftest import SELFTEST_X4
 
     results = _check(SELFTEST_X4, tmp_path, 5 if LIMIT else None)
     build = next(r for r in results if r.check == "build")
@@ -87,7 +87,7 @@ def test_x4_layout_zero_and_drop(tmp_path):
 
 def test_tower_classes_are_upstreams(tmp_path):
     """The towers in the fusion are EAGLE's own classes, loaded from the registered clone, not stand-ins."""
-    from vlmeval_encred.realcode.eagle1 import SELFTEST
+    from vlmeval_encred.model_wrappers.eagle1.selftest import SELFTEST
     from vlmeval_encred.upstream import import_root
 
     _need_upstream()
@@ -115,7 +115,7 @@ def test_tower_classes_are_upstreams(tmp_path):
 def tiny(tmp_path_factory):
     """A tiny X5 checkpoint saved to disk, and the block in which upstream can load it offline."""
     _need_upstream()
-    from vlmeval_encred.realcode.eagle1 import build_checkpoint, tiny_upstream
+    from vlmeval_encred.model_wrappers.eagle1.selftest import build_checkpoint, tiny_upstream
 
     work = tmp_path_factory.mktemp("eagle1")
     with tiny_upstream(work):

@@ -278,7 +278,7 @@ def test_requires_checked_before_any_weights_load(monkeypatch):
         assert loads
     else:
         with pytest.raises(EnvironmentMismatch, match=rf"transformers {have} is installed, eagle2_9b needs "
-                                                      r"transformers>=4.37.2,<=4.39.2.*recipes/eagle2\.txt"):
+                                                      r"transformers>=4.37.2,<=4.39.2.*eagle2/recipe\.txt"):
             EncredEagle2(**entry.kwargs())
         assert not loads
 

@@ -4,7 +4,7 @@ What is upstream's here: the config class (``MultiBackboneChannelConcatenationVi
 the vision model and its multi-backbone tower (the ``vision_towers`` list the adapter edits, the
 ``{name: tokens}`` dict of layout ``convnext_512_siglip_448``), the SigLIP tower over eaglevl's
 SiglipVisionModel and the ConvNeXt tower over eaglevl's timm-style ConvNeXt -- tiny, random,
-offline, float32 on the CPU (vlmeval_encred/realcode/eagle2.py says how).  What is not: the chat
+offline, float32 on the CPU (model_wrappers/eagle2/selftest.py says how).  What is not: the chat
 model (``Eagle2ChatModel``: pixel shuffle, ``mlp1``, ``generate``) exists only inside the Hugging
 Face checkpoint, so the stand-in's (tests/standins/eagle2/) wraps the real vision model.
 
@@ -33,7 +33,7 @@ def selftest():
 
 @pytest.fixture(scope="module")
 def tiny(selftest):
-    from vlmeval_encred.realcode.eagle2 import build
+    from vlmeval_encred.model_wrappers.eagle2.selftest import build
 
     return build()
 
@@ -41,7 +41,7 @@ def tiny(selftest):
 def test_selftest_is_registered(selftest):
     from vlmeval_encred.realcode import SELFTESTS, load_selftest
 
-    assert SELFTESTS["eagle2"] == "vlmeval_encred.realcode.eagle2:SELFTEST"
+    assert SELFTESTS["eagle2"] == "vlmeval_encred.model_wrappers.eagle2.selftest:SELFTEST"
     assert load_selftest("eagle2") is selftest and selftest.upstream == ("eagle2",)
 
 
@@ -69,7 +69,7 @@ def test_tower_classes_are_upstreams(tiny):
     for obj in (vm, tower, siglip, convnext, siglip.vision_tower):
         assert type(obj).__module__.startswith("eaglevl.model."), type(obj)
         assert __import__("sys").modules[type(obj).__module__].__file__.startswith(root)
-    # the ConvNeXt is upstream's class (a subclass only overrides hidden_size; see realcode/eagle2.py)
+    # the ConvNeXt is upstream's class (a subclass only overrides hidden_size; see model_wrappers/eagle2/selftest.py)
     assert type(convnext.vision_tower).__mro__[1].__module__ == "eaglevl.model.multimodal_encoder.convnext"
     assert (siglip.name, convnext.name) == ("siglip", "convnext")
     assert tower.hidden_size == {"siglip": 8, "convnext": 16} and model.mlp1[0].normalized_shape == (16 + 4 * 8,)

@@ -24,7 +24,7 @@ def test_masked_imof_entry_fails_before_any_weights_load(tmp_path):
     msg = str(err.value)
     assert f"transformers {transformers.__version__} is installed" in msg
     assert f"imof_13b needs transformers{need}" in msg
-    assert "recipes/imof.txt" in msg and "--env imof" in msg
+    assert "imof/recipe.txt" in msg and "--env imof" in msg
     assert not [m for m in sys.modules if m == "llava" or m.startswith("llava.")], "the fork was imported first"
 
 
@@ -35,4 +35,4 @@ def test_selftest_reports_the_environment_instead_of_crashing(tmp_path):
 
     results = run_selftest(load_selftest("imof"), tmp_path)
     assert [(r.check, r.ok) for r in results] == [("imports", False)]
-    assert "transformers>=4.31,<4.45" in results[0].detail and "recipes/imof.txt" in results[0].detail
+    assert "transformers>=4.31,<4.45" in results[0].detail and "imof/recipe.txt" in results[0].detail

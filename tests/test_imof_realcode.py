@@ -20,7 +20,7 @@ import torch
 
 from vlmeval_encred.masking import MaskSpec
 from vlmeval_encred.model_wrappers.imof import ADAPTER, ReleasedTower
-from vlmeval_encred.realcode import imof as rc
+from vlmeval_encred.model_wrappers.imof import selftest as rc
 from vlmeval_encred.upstream import source_dir
 
 pytestmark = [pytest.mark.envs("imof"), pytest.mark.realcode("mmvp", "dinov2")]
@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.envs("imof"), pytest.mark.realcode("mmvp", "dinov2")]
 @pytest.fixture(scope="module", autouse=True)
 def fork():
     """The fork imported (through the compat layer) only when these tests run, not at collection."""
-    from vlmeval_encred.compat.llava_fork import import_fork
+    from vlmeval_encred.model_wrappers.imof.compat import import_fork
 
     from conftest import need_sources
 
@@ -87,7 +87,7 @@ def test_compat_layer_changes_only_what_it_says():
 
     from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
     from llava.model import LlavaConfig, LlavaLlamaForCausalLM, LlavaMPTForCausalLM
-    from vlmeval_encred.compat import llava_fork
+    from vlmeval_encred.model_wrappers.imof import compat as llava_fork
     from vlmeval_encred.model_wrappers import imof
 
     assert Path(llava.__file__).parent.parent == Path(source_dir("mmvp")) / "LLaVA"

@@ -53,7 +53,8 @@ class BaseModelSpec:
     """Package -> version specifier the family's upstream code needs (e.g. ``{"transformers":
     ">=4.37,<4.45"}``); checked when an entry is built, before any weights load."""
     recipe: str = ""
-    """The tested environment recipe (``vlmeval_encred/recipes/<recipe>.txt``) named in errors."""
+    """The tested environment recipe named in errors (:mod:`vlmeval_encred.recipes`: a family's
+    ``model_wrappers/<family>/recipe.txt``, the recipe's name being the family's)."""
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.name) or MASK_SEP in self.name:
@@ -137,8 +138,10 @@ def register_base(spec: BaseModelSpec) -> BaseModelSpec:
 
 
 def _ensure_catalog() -> None:
-    # The catalog module only calls register_base(); importing it is cheap.
-    importlib.import_module("vlmeval_encred.model_wrappers.catalog")
+    # Each family's catalog module only registers (bases, sources, hooks); importing them is cheap.
+    from .families import load_catalogs
+
+    load_catalogs()
 
 
 def bases(family: str | None = None) -> list[BaseModelSpec]:

@@ -248,7 +248,11 @@ def _half_imported(wrapper: str) -> bool:
     """
     import sys
 
-    prefix = wrapper.partition(":")[0].rpartition(".")[0] + "."
+    from .families import PACKAGE
+
+    module = wrapper.partition(":")[0]
+    # every family's modules (model_wrappers/<family>/...), else the wrapper's own package
+    prefix = (PACKAGE if module.startswith(PACKAGE + ".") else module.rpartition(".")[0]) + "."
     return any(name.startswith(prefix) and getattr(getattr(mod, "__spec__", None), "_initializing", False)
                for name, mod in list(sys.modules.items()))
 

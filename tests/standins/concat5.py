@@ -70,7 +70,7 @@ class Concat5(nn.Module):
         super().__init__()
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        from vlmeval_encred.tiny_models import build_tokenizer
+        from vlmeval_encred.model_wrappers.deepseek_vl_hf.tiny import build_tokenizer
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

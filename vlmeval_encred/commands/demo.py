@@ -2,8 +2,8 @@
 
 1. Writes the three synthetic demo datasets into VLMEvalKit's data root
    (``$LMUData``; unchanged files are left alone).
-2. Runs every subset of the demo model's encoders (``encred_tiny`` and its
-   ``_mask_`` variants: 2^3 = 8 models) through the installed VLMEvalKit's own
+2. Runs every subset of the demo model's encoders (the base a family's catalog offers as
+   ``provide("demo", ...)``, and its ``_mask_`` variants: 2^3 = 8 models) through the installed VLMEvalKit's own
    entry point (``main()`` of ms-vlmeval's ``vlmeval/run.py``, what ``python -m
    vlmeval`` runs, or of an upstream checkout's ``run.py``: see
    :mod:`vlmeval_encred.flavour`), with ``--judge exact_matching``, in this one
@@ -33,7 +33,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-BASE = "encred_tiny"
 SUITE = "encred_demo"
 QUICK_SAMPLES = 60
 STATE_FILE = ".encred_demo_state.json"
@@ -166,12 +165,23 @@ def _read_acc(work: Path, model: str, dataset: str) -> float | None:
     return 100.0 * float(pd.read_csv(files[-1])["Overall"].iloc[0])
 
 
+def demo_base() -> tuple[str, str]:
+    """The base ``encred demo`` runs and its wrapper (``"module:Class"``): a catalog's ``demo`` hook."""
+    from ..families import provided
+
+    hooks = provided("demo")
+    if len(hooks) != 1:
+        raise SystemExit(f"encred demo: expected one family to provide the demo model, found {sorted(hooks)}")
+    return next(iter(hooks.items()))
+
+
 def run(args: argparse.Namespace) -> int:
     from ..demo import data as demo_data
     from ..demo import planted
     from ..demo.model import PACKAGE_CHECKPOINT
     from ..registry import entries
 
+    BASE, wrapper_target = demo_base()
     t_start = time.perf_counter()
     n = args.samples_per_category if args.samples_per_category is not None else (QUICK_SAMPLES if args.quick else demo_data.DEFAULT_SAMPLES)
     n_boot = args.n_boot if args.n_boot is not None else (200 if args.quick else 1000)
@@ -212,7 +222,9 @@ def run(args: argparse.Namespace) -> int:
         warnings.simplefilter("ignore")
         vlmeval_main = _load_run_main(fl)  # the import is the slow part: ~15 s
 
-        from vlmeval_encred.model_wrappers.encred_tiny import EncredTiny
+        from ..families import resolve
+
+        wrapper_cls = resolve(wrapper_target)
     t_import = time.perf_counter() - t_import
     _silence_vlmeval(log_file)
 
@@ -225,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
     bar_stream = os.fdopen(os.dup(err.fileno()), "w", buffering=1) if hasattr(err, "fileno") else err
     bar = tqdm(total=total, unit="q", desc="answering", file=bar_stream, disable=False, dynamic_ncols=True,
                mininterval=0.5, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]")
-    EncredTiny.on_generate = lambda: bar.update(1)
+    wrapper_cls.on_generate = lambda: bar.update(1)
     old_tqdm_disable = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"  # VLMEvalKit's own per-dataset bars; ours is explicit
     import logging
@@ -249,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
                                      f"see {log_file}")
                 bar.update((i + 1) * len(datasets) * n - bar.n)  # reused predictions count as done
     finally:
-        EncredTiny.on_generate = None
+        wrapper_cls.on_generate = None
         ours.setLevel(old_level)
         bar.close()
         if bar_stream is not err:

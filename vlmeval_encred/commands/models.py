@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="List every VLMEvalKit model name vlmeval-encred registers: each base model "
                     "(nothing masked) and one entry per non-empty subset of its encoders masked. "
                     "The entry that masks all encoders is the no-vision baseline.")
-    p.add_argument("--family", type=name_in("family", families), help="only this family (e.g. eagle1, deepseek_vl_hf)")
+    p.add_argument("--family", type=name_in("family", families), help="only this family (a folder of model_wrappers/; the family column of this listing)")
     p.add_argument("--base", type=name_in("base model", lambda: [b.name for b in bases()]), help="only this base model (e.g. eagle_x5)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)

@@ -17,7 +17,7 @@ projector maps them to the LM width.  The 16 visual embeddings replace the
 config generates the answer letter.  The tokenizer is a word-level
 ``tokenizers`` model built offline and wrapped as ``PreTrainedTokenizerFast``.
 
-Masking hooks (used by ``vlmeval_encred.model_wrappers.encred_tiny``):
+Masking hooks (used by the demo family's wrapper, the one whose catalog says ``provide("demo", ...)``):
 ``zeroed`` towers are not run and contribute zeros of their exact (T, C_i) shape at
 the concatenation; ``dropped`` towers are left out of the concatenation and
 the projector's first Linear has lost their input columns, which gives the same

@@ -85,7 +85,7 @@ class RealCodeSelfTest(abc.ABC):
 
     family: str = ""
     recipe: str = ""
-    """Name of the tested environment: ``requirements/env-<recipe>.txt``."""
+    """Name of the tested environment recipe (:mod:`vlmeval_encred.recipes`; a family's ``recipe.txt``)."""
     upstream: tuple[str, ...] = ()
     """Names in :data:`vlmeval_encred.upstream.REPOS` this family's code needs."""
     modes: tuple[str, ...] = ("zero",)
@@ -101,7 +101,7 @@ class RealCodeSelfTest(abc.ABC):
         cannot be imported in this environment."""
 
     def recipe_mismatches(self) -> list[str]:
-        """Pins of ``requirements/env-<recipe>.txt`` that this environment does not satisfy."""
+        """Pins of the recipe that this environment does not satisfy."""
         from vlmeval_encred.recipes import mismatches
 
         return mismatches(self.recipe)

@@ -1,9 +1,15 @@
-"""Tested environment recipes, one per family: ``<name>.txt`` pins what its real upstream code needs.
+"""Tested environment recipes: a file of pins each, what a family's real upstream code needs.
+
+Two places, one name space:
+
+* a family's ``model_wrappers/<family>/recipe.txt``: the recipe is named after the family;
+* this folder's ``<name>.txt`` (and an optional ``<name>.post`` script): recipes that belong
+  to no family (the VLMEvalKit checkout flavour).
 
 ``scripts/env.sh --env <name>`` builds each as a cached overlay on the base
-environment; users install the same file into their own environment
-(``pip install -r <this folder>/<name>.txt``, see docs/masking.md).  This module
-compares a recipe with the running environment for ``encred doctor``.
+environment (looking in the same two places); users install the same file into their own
+environment (``pip install -r <path>``, see docs/masking.md; :func:`path` gives it).  This
+module compares a recipe with the running environment for ``encred doctor``.
 """
 
 from __future__ import annotations
@@ -11,27 +17,51 @@ from __future__ import annotations
 import importlib.metadata as md
 from importlib import resources
 
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 
 class EnvironmentMismatch(RuntimeError):
     """The installed packages cannot run a family's upstream code."""
 
 
+FAMILY_RECIPE = "recipe.txt"
+
+
+def _all() -> dict[str, Traversable]:
+    from ..families import folder, names as family_names
+
+    found = {p.name[:-4]: p for p in resources.files(__name__).iterdir() if p.name.endswith(".txt")}
+    for fam in family_names():
+        path = folder(fam) / FAMILY_RECIPE
+        if path.is_file():
+            if fam in found:
+                raise KeyError(f"recipe {fam!r} exists twice: {found[fam]} and {path}")
+            found[fam] = path
+    return found
+
+
 def names() -> list[str]:
-    return sorted(p.name[:-4] for p in resources.files(__name__).iterdir() if p.name.endswith(".txt"))
+    return sorted(_all())
+
+
+def path(name: str) -> Traversable:
+    """The file of recipe ``name``."""
+    found = _all()
+    if name not in found:
+        raise KeyError(f"no environment recipe {name!r}; have: {', '.join(sorted(found))}")
+    return found[name]
 
 
 def requirements(name: str) -> list[Requirement]:
     """The pinned requirements of recipe ``name`` (comments, options and paths skipped)."""
-    path = resources.files(__name__) / f"{name}.txt"
-    if not path.is_file():
-        raise KeyError(f"no environment recipe {name!r}; have: {', '.join(names())}")
     out = []
-    for line in path.read_text().splitlines():
+    for line in path(name).read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if not line or line.startswith("-"):
             continue
@@ -72,7 +102,11 @@ def check_requires(requires: Mapping[str, str], what: str, recipe: str = "") -> 
         if not SpecifierSet(spec).contains(have, prereleases=True):
             bad.append(f"{pkg} {have} is installed, {what} needs {pkg}{spec}")
     if bad:
-        hint = (f" Use the tested environment: pip install -r {resources.files(__name__) / (recipe + '.txt')}"
+        try:
+            where = str(path(recipe))
+        except KeyError:
+            where = f"<the {recipe} recipe>"
+        hint = (f" Use the tested environment: pip install -r {where}"
                 f" (or bash scripts/env.sh --env {recipe} ...); see docs/masking.md.") if recipe else ""
         raise EnvironmentMismatch(f"{what}: this environment cannot run its upstream code: "
                                   + "; ".join(bad) + "." + hint)

@@ -3,9 +3,11 @@
 Why: the sweep's measured CPU speed-ups come from tiny models whose language
 model costs almost nothing; on a GPU with a 7B language model every subset
 still pays its own prefill, so the figure users plan GPU-hours with has to come
-from the real architectures.  Inputs are data (``costdata.yaml``: tower and LLM
-sizes, prompt layouts, question counts, a reference GPU, each number with its
-source); this module only does the arithmetic:
+from the real architectures.  Inputs are data, each number with its source: the shared
+``costdata.yaml`` beside this module (reference GPUs, question counts, towers and LLMs
+several families use) merged with each family's ``model_wrappers/<family>/costdata.yaml``
+(its bases' towers, LLM and prompt layout, and towers/LLMs only it uses); this module only
+does the arithmetic:
 
 * FLOPs: 2 x multiply-accumulates of matrix products, convolutions and the two
   attention products (``QK^T`` and ``AV``, causal half for the LLM);
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 DATA_FILE = Path(__file__).with_name("costdata.yaml")
+_WHERE = f"{DATA_FILE} and the families' model_wrappers/<family>/costdata.yaml"
 BYTES = 2  # bf16 weights and key/value cache
 
 
@@ -300,17 +303,51 @@ def lattice_flop_ratio(tower_flops_per_sample: dict[str, float], lm_flops_per_su
 
 
 # --------------------------------------------------------------------------- loading the data
-@functools.lru_cache(maxsize=4)
-def load_data(path: str | None = None) -> dict[str, Any]:
+FAMILY_FILE = "costdata.yaml"
+MERGED = ("towers", "llms", "bases")
+"""The sections a family's file may add to (a name defined twice is an error naming both files)."""
+
+
+def _read(p: Any) -> dict[str, Any]:
     import yaml
 
-    p = Path(path) if path else DATA_FILE
     try:
         data = yaml.safe_load(p.read_text())
     except FileNotFoundError:
         raise CostDataError(f"cost data file {p} does not exist") from None
     except yaml.YAMLError as exc:
         raise CostDataError(f"cost data file {p} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise CostDataError(f"cost data file {p}: expected a mapping at the top")
+    return data
+
+
+def family_files() -> list[Any]:
+    """Each family's ``costdata.yaml`` (families without one have no numbers to plan with)."""
+    from ..families import folder, names
+
+    return [f for f in (folder(n) / FAMILY_FILE for n in names()) if f.is_file()]
+
+
+@functools.lru_cache(maxsize=4)
+def load_data(path: str | None = None) -> dict[str, Any]:
+    """``path`` alone when given; else the shared file merged with every family's."""
+    p = Path(path) if path else DATA_FILE
+    data = _read(p)
+    if not path:
+        data.setdefault("bases", {})
+        origin = {(sec, name): p for sec in MERGED for name in (data.get(sec) or {})}
+        for fp in family_files():
+            fam = _read(fp)
+            for sec in MERGED:
+                part = fam.get(sec) or {}
+                if not isinstance(part, dict):
+                    raise CostDataError(f"{fp}: expected a mapping under {sec!r}")
+                for name, value in part.items():
+                    if (sec, name) in origin:
+                        raise CostDataError(f"{sec} {name!r} is defined twice: in {origin[sec, name]} and {fp}")
+                    origin[sec, name] = fp
+                    data.setdefault(sec, {})[name] = value
     for key in ("gpus", "datasets", "towers", "llms", "bases"):
         if not isinstance(data.get(key), dict):
             raise CostDataError(f"{p}: expected a mapping under {key!r}")
@@ -351,8 +388,8 @@ def base_cost(name: str, encoders: Sequence[str] | None = None, path: str | None
     data = load_data(path)
     spec = data["bases"].get(name)
     if spec is None:
-        raise CostDataError(f"no architecture numbers for base {name!r} in {path or DATA_FILE}: add an entry "
-                            "under `bases:` (towers per encoder, llm, connector_in, prefix/image/suffix tokens, "
+        raise CostDataError(f"no architecture numbers for base {name!r} in {path or _WHERE}: add an entry "
+                            "under `bases:` of its family's costdata.yaml (towers per encoder, llm, connector_in, prefix/image/suffix tokens, "
                             "images) with the source of each number")
     towers = spec.get("towers") or {}
     if encoders is not None and list(towers) != list(encoders):
@@ -372,4 +409,4 @@ def base_cost(name: str, encoders: Sequence[str] | None = None, path: str | None
         return BaseCost(name, flops, dict(towers), llm, lname, int(spec["connector_in"]), int(spec["prefix_tokens"]),
                         int(spec["image_tokens"]), int(spec["suffix_tokens"]), int(spec.get("images", 1)))
     except KeyError as exc:
-        raise CostDataError(f"base {name!r}: missing {exc.args[0]!r} in {path or DATA_FILE}") from None
+        raise CostDataError(f"base {name!r}: missing {exc.args[0]!r} in {path or _WHERE}") from None

@@ -301,7 +301,7 @@ def _build_wrapper() -> type:
         (must contain 'llava' for the fork's builder), ``conv_mode`` (``vicuna_v1``),
         ``dinov2_path`` / ``dinov2_weights`` (see :func:`local_dinov2`), generation settings.
         For the CPU tests only: ``device='cpu'`` (the fork's builder moves DINOv2 to CUDA
-        unconditionally; :func:`~vlmeval_encred.compat.llava_fork.dino_tower_device` redirects
+        unconditionally; :func:`~vlmeval_encred.model_wrappers.imof.compat.dino_tower_device` redirects
         that move) and ``dtype='float32'`` (the builder loads float16; this casts afterwards).
         """
 
@@ -311,7 +311,7 @@ def _build_wrapper() -> type:
 
         def __init__(self, model_path: str = "MMVP/MoF_Models", **kwargs: Any) -> None:
             spec, base = self.pop_encred_kwargs(kwargs)
-            from vlmeval_encred.compat.llava_fork import dino_tower_device, import_fork
+            from .compat import dino_tower_device, import_fork
 
             import_fork()
             from llava.mm_utils import get_model_name_from_path

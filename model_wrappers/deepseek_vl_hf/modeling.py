@@ -195,7 +195,8 @@ def check_catalog_order(base: str, found: list[str]) -> None:
         return  # used outside the catalog (e.g. a user's own config): nothing to compare with
     if tuple(found) != tuple(expected):
         raise MaskError(f"catalog entry {base!r} lists encoders {', '.join(expected)} but the loaded model has "
-                        f"{', '.join(found)}; fix model_wrappers/catalog.py so masks name the right towers")
+                        f"{', '.join(found)}; fix model_wrappers/{get_base(base).family}/catalog.py so masks name the "
+                        "right towers")
 
 
 class EncredDeepseekVLHybrid(EncredMixin, BaseModel):

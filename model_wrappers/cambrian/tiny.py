@@ -156,7 +156,7 @@ def write_fake_hub(cache: Path, seed: int = 0) -> Path:
 @contextlib.contextmanager
 def offline_hub(cache: Path) -> Iterator[Path]:
     """Hub look-ups answered from ``cache`` only (see :mod:`.fakehub`), with the tiny timm towers registered."""
-    from .fakehub import offline_hub as _offline
+    from vlmeval_encred.realcode.fakehub import offline_hub as _offline
 
     _register_timm()
     with _offline(cache) as path:

@@ -2,7 +2,7 @@
 
 The fork (github.com/tsb0601/MMVP, ``LLaVA/llava``) pins transformers 4.31,
 under which ms-vlmeval does not import (``transformers.cache_utils``).  Its code
-runs under transformers 4.44 (recipe ``vlmeval_encred/recipes/imof.txt``) with
+runs under transformers 4.44 (recipe ``model_wrappers/imof/recipe.txt``) with
 two differences handled here:
 
 * ``llava/model/language_model/llava_llama.py`` calls

@@ -56,8 +56,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .checks import RealCodeSelfTest
-from .fakehub import offline_hub
+from vlmeval_encred.realcode.checks import RealCodeSelfTest
+from vlmeval_encred.realcode.fakehub import offline_hub
 
 X5_TOWERS = "clip-448;convnext-1024;sam-1024;det-1024;pix2struct-1024"
 """The X5 checkpoints' ``mm_vision_tower`` (upstream's X5 scripts)."""
@@ -361,7 +361,7 @@ class Eagle1SelfTest(RealCodeSelfTest):
         return dict(zip(names, model.get_vision_tower().vision_towers))
 
     def _adapter(self, expected: tuple[str, ...] | None = None):
-        from vlmeval_encred.model_wrappers.eagle1 import Eagle1Adapter
+        from .modeling import Eagle1Adapter
 
         return Eagle1Adapter(expected=expected, checkpoint=f"tiny Eagle {self.layout}")
 

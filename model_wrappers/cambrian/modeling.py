@@ -235,7 +235,7 @@ def _check_registry(base: str, names: list[str]) -> None:
     expected = get_base(base).encoders
     if tuple(names) != tuple(expected):
         raise MaskError(f"registry entry {base!r} lists encoders {', '.join(expected)} but the loaded checkpoint's "
-                        f"mm_vision_tower_aux_list gives {', '.join(names)}; fix model_wrappers/catalog.py")
+                        f"mm_vision_tower_aux_list gives {', '.join(names)}; fix model_wrappers/cambrian/catalog.py")
 
 
 # The conversation template each released checkpoint was trained with (upstream

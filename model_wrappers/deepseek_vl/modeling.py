@@ -23,7 +23,7 @@ Masking modes (both set on the instance; no upstream file is edited):
   aligner *before* its per-branch Linear, so the masked half of every fused
   token is the constant ``high_up_proj.bias`` / ``low_up_proj.bias`` (then
   GELU), not nothing.  Bit-identical to the authors' procedure (run the tower,
-  zero its output): vlmeval_encred/realcode/deepseek_vl.py checks it on the
+  zero its output): model_wrappers/deepseek_vl/selftest.py checks it on the
   real upstream classes.
 * ``drop``: the masked branch is removed from the fusion: as ``zero``, and the
   branch's up-projection is replaced by :class:`ZeroBranch`, so the masked
@@ -53,7 +53,7 @@ from vlmeval.vlm.base import BaseModel
 from vlmeval.vlm.deepseek_vl import DeepSeekVL
 
 from vlmeval_encred.masking import EncoderAdapter, EncoderInfo, MaskError, MaskReport, MaskSpec, count_params
-from vlmeval_encred.model_wrappers.deepseek_vl_hf import check_catalog_order, cut_after_eos
+from vlmeval_encred.model_wrappers.deepseek_vl_hf.modeling import check_catalog_order, cut_after_eos
 from vlmeval_encred.wrapper import EncredMixin, log, resolve_dtype
 
 _TOWERS = {"low": "vision_tower_low", "high": "vision_tower_high"}
@@ -88,7 +88,7 @@ def import_deepseek_vl() -> Any:
     except upstream.UpstreamNotFound as exc:
         raise ImportError("the deepseek_vl package (github.com/deepseek-ai/DeepSeek-VL) is not installed: "
                           "pip install -e <a DeepSeek-VL checkout> --no-deps, with the versions of "
-                          "vlmeval_encred/recipes/deepseek_vl.txt; or " + str(exc)) from None
+                          "model_wrappers/deepseek_vl/recipe.txt; or " + str(exc)) from None
     if root not in sys.path:
         sys.path.insert(0, root)
     import deepseek_vl  # noqa: F401

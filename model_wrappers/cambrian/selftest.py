@@ -2,7 +2,7 @@
 
 The model is upstream's ``CambrianLlamaForCausalLM`` built from a tiny config with
 its real towers loaded from a local fake hub cache (see
-:mod:`vlmeval_encred.realcode.cambrian_tiny`).  Outputs are compared through
+:mod:`vlmeval_encred.model_wrappers.cambrian.tiny`).  Outputs are compared through
 upstream's own ``generate()``: it is the only entry point that feeds the SVA
 layers *inside* the LLM (its ``forward`` reads their inputs from attributes
 ``generate()`` sets), so a plain ``forward`` would check the connector only.
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .checks import RealCodeSelfTest
+from vlmeval_encred.realcode.checks import RealCodeSelfTest
 
 IMAGE_TOKEN_INDEX = -200          # cambrian.constants.IMAGE_TOKEN_INDEX
 NEW_TOKENS = 3
@@ -45,7 +45,7 @@ def ensure_importable() -> Path:
         import cambrian.model.builder  # noqa: F401
     except ImportError as exc:
         raise EnvironmentMismatch(f"Cambrian-1's upstream code at {root} does not import: {exc}; install "
-                                  "vlmeval_encred/recipes/cambrian.txt") from exc
+                                  "model_wrappers/cambrian/recipe.txt") from exc
     return root
 
 
@@ -68,7 +68,7 @@ class CambrianSelfTest(RealCodeSelfTest):
         return f"cambrian from {root} (transformers {transformers.__version__})"
 
     def build(self, workdir: Path) -> Any:
-        from .cambrian_tiny import TinySpec, build_tiny_model, write_fake_hub
+        from .tiny import TinySpec, build_tiny_model, write_fake_hub
 
         self.hub = write_fake_hub(Path(workdir) / "hf-hub")
         model = build_tiny_model(self.hub, TinySpec(flavor=self.flavor))
@@ -76,7 +76,7 @@ class CambrianSelfTest(RealCodeSelfTest):
         return model
 
     def encoders(self, model: Any) -> list[str]:
-        from vlmeval_encred.model_wrappers.cambrian import ADAPTER
+        from .modeling import ADAPTER
 
         return ADAPTER.names(model)
 
@@ -98,7 +98,7 @@ class CambrianSelfTest(RealCodeSelfTest):
 
     def mask(self, model: Any, masked: tuple[str, ...], mode: str) -> Any:
         from vlmeval_encred.masking import MaskSpec
-        from vlmeval_encred.model_wrappers.cambrian import ADAPTER
+        from .modeling import ADAPTER
 
         return ADAPTER.apply(model, MaskSpec(tuple(masked), mode), "cambrian-tiny")
 
@@ -108,7 +108,7 @@ class CambrianSelfTest(RealCodeSelfTest):
         so that unpadding drops query rows and window masks are partly False."""
         import torch
 
-        from .cambrian_tiny import CLIP_PX, CONVNEXT_PX, DINO_PX, SIGLIP_PX
+        from .tiny import CLIP_PX, CONVNEXT_PX, DINO_PX, SIGLIP_PX
 
         g = torch.Generator().manual_seed(7)
         ids = torch.tensor([[1, 5, 6, 7, IMAGE_TOKEN_INDEX, 8, 9, 10]])

@@ -60,7 +60,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from .checks import RealCodeSelfTest
+from vlmeval_encred.realcode.checks import RealCodeSelfTest
 
 LAYOUT = "convnext_512_siglip_448"
 TILE = 28             # siglip input (448 in the 9B)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .checks import RealCodeSelfTest
+from vlmeval_encred.realcode.checks import RealCodeSelfTest
 
 CLIP_ID = "openai/clip-vit-large-patch14-336"
 """The fork's CLIP tower id in the MoF checkpoint config (``mm_vision_tower``)."""
@@ -112,7 +112,7 @@ def tiny_dinov2_hub(sizes: TinySizes = TinySizes()) -> Iterator[None]:
 @contextlib.contextmanager
 def tiny_environment(workdir: Path, sizes: TinySizes = TinySizes()) -> Iterator[Path]:
     """The fake CLIP hub repo and the tiny DINOv2 hub redirect, for building or loading a tiny I-MoF."""
-    from vlmeval_encred.compat.llava_fork import offline_hub_cache
+    from .compat import offline_hub_cache
 
     cache = write_fake_clip_repo(Path(workdir) / "hub", sizes)
     with offline_hub_cache(str(cache)), tiny_dinov2_hub(sizes):
@@ -136,7 +136,7 @@ def build_tiny(workdir: Path, sizes: TinySizes = TinySizes(), load_towers: bool 
     """The fork's ``LlavaLlamaForCausalLM`` with both towers loaded the fork's way (``load_model``)."""
     import torch
 
-    from vlmeval_encred.compat.llava_fork import import_fork
+    from .compat import import_fork
 
     import_fork()
     from llava.model import LlavaLlamaForCausalLM
@@ -209,7 +209,7 @@ class IMoFSelfTest(RealCodeSelfTest):
     def import_upstream(self) -> str:
         import transformers
 
-        from vlmeval_encred.compat import llava_fork
+        from . import compat as llava_fork
         from vlmeval_encred.upstream import source_dir
 
         from vlmeval_encred.recipes import check_requires
@@ -224,7 +224,7 @@ class IMoFSelfTest(RealCodeSelfTest):
         return build_tiny(workdir, self.sizes)
 
     def encoders(self, model: Any) -> list[str]:
-        from vlmeval_encred.model_wrappers.imof import ADAPTER
+        from .modeling import ADAPTER
 
         return ADAPTER.names(model)
 
@@ -234,7 +234,7 @@ class IMoFSelfTest(RealCodeSelfTest):
 
     def mask(self, model: Any, masked: tuple[str, ...], mode: str) -> Any:
         from vlmeval_encred.masking import MaskSpec
-        from vlmeval_encred.model_wrappers.imof import ADAPTER
+        from .modeling import ADAPTER
 
         return ADAPTER.apply(model, MaskSpec(tuple(masked), mode), "imof-tiny")
 

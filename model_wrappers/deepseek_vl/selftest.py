@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .checks import RealCodeSelfTest
+from vlmeval_encred.realcode.checks import RealCodeSelfTest
 
 BASE = "deepseek_vl_7b_orig"
 TINY_SAM = "sam_encredtiny_downsample"
@@ -102,7 +102,7 @@ def tiny_tokenizer() -> Any:
     """A ``LlamaTokenizerFast`` (what ``VLChatProcessor`` requires) over the package's offline BPE."""
     from transformers import LlamaTokenizerFast
 
-    from vlmeval_encred.tiny_models import build_tokenizer
+    from vlmeval_encred.model_wrappers.deepseek_vl_hf.tiny import build_tokenizer
 
     base = build_tokenizer()
     return LlamaTokenizerFast(tokenizer_object=base.backend_tokenizer, bos_token=base.bos_token,
@@ -205,7 +205,7 @@ class DeepSeekVLSelfTest(RealCodeSelfTest):
         return model.float().eval()
 
     def adapter(self) -> Any:
-        from vlmeval_encred.model_wrappers.deepseek_vl import HybridVisionTowerAdapter
+        from .modeling import HybridVisionTowerAdapter
 
         return HybridVisionTowerAdapter(self.processor.num_image_tokens)
 

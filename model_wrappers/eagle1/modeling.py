@@ -205,7 +205,7 @@ class Eagle1Adapter(EncoderAdapter):
             raise MaskError(
                 f"{self.checkpoint}: the checkpoint's towers are {', '.join(names)} (mm_vision_tower="
                 f"{';'.join(upstream)!r}) but the catalog entry lists {', '.join(self.expected)}; fix "
-                "model_wrappers/catalog.py so masks name the right towers")
+                "model_wrappers/eagle1/catalog.py so masks name the right towers")
         n_tok = int(fusion.num_tokens)
         infos = [EncoderInfo(name=n, index=i, output_shape=(n_tok, int(t.hidden_size)), module=t,
                              params=count_params(t)) for i, (n, t) in enumerate(zip(names, towers))]

@@ -1,0 +1,17 @@
+"""Eagle-1 (NVlabs EAGLE: Eagle-X4 / Eagle-X5): towers concatenated along channels, 1024 tokens each.
+
+Files: catalog.py (bases, upstream ``eagle``, self-tests ``eagle1`` and ``eagle1_x4``), modeling.py (adapter, wrapper ``EncredEagle``, sweep), selftest.py (tiny models from upstream's own classes), recipe.txt, costdata.yaml.
+
+Importing this package imports nothing else; names of ``modeling`` (the adapter, the
+VLMEvalKit wrapper, the sweep support) are forwarded on first use, so
+``from vlmeval_encred.model_wrappers.eagle1 import EncredEagle`` keeps working.
+"""
+
+
+def __getattr__(name: str):
+    # Submodule names (asked for while they are being imported) and dunders are not forwarded.
+    if name.startswith("__") or name in ("catalog", "modeling", "selftest", "tiny", "compat"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(__name__ + ".modeling"), name)
