@@ -335,13 +335,13 @@ def _write(r: ReportResult, out: Path, figures: bool, force: bool) -> None:
             figs["fig_intervals"] = f"{stem}_intervals.png"
     all_names = list(names.values()) + list(figs.values())
     digest = U.content_digest(r, all_names + [W.MANIFEST])
-    if U.is_current(out, all_names, digest):
+    if U.is_current(out, stem, all_names, digest):
         r.out_dir = out
         r.files = {k: out / v for k, v in {**names, **figs}.items()}
         r.files["manifest"] = out / W.MANIFEST
         r.notes.append(f"{out}: inputs and output files unchanged since the last report; nothing rewritten")
         return
-    st = W.Stager(out, force=force)
+    st = W.SafeWriter(out, stem, force=force)
     st.check(all_names)
     try:
         st.write(names["xlsx"], lambda p: W.write_xlsx(p, _tables(r)))
@@ -361,7 +361,7 @@ def _write(r: ReportResult, out: Path, figures: bool, force: bool) -> None:
         r.files["manifest"] = out / W.MANIFEST
         st.write(names["json"], lambda p: W.write_json(p, r.to_dict()))
         st.commit()
-        U.mark(out, digest)
+        U.mark(out, stem, digest)
     except BaseException:
         st.abort()
         r.out_dir, r.files = None, {}

@@ -1,110 +1,27 @@
 """Write the report: Excel workbook, Markdown summary, JSON, PNG figures; atomically.
 
-Overwrite policy (docs/report.md): every file is first written to a temporary name in
-the output directory; only when all of them are complete are they moved into place
-with ``os.replace``.  A manifest (``.encred-report-manifest.json``) lists the files we
-wrote with their SHA-256.  We replace a file only if it is absent or listed in our
-manifest with an unchanged hash; a file of the same name that we did not write, or
-that was edited since, stops the run with an error naming it (``force=True`` /
-``--force`` overrides).  Files of an older report that this run no longer produces are
-removed only if they are ours and unchanged.  Nothing else in the directory is touched.
+Which files may be replaced, and how they are written, is :mod:`vlmeval_encred.safe_files`
+(one policy for every file the project writes): every file goes to a temporary name first
+and is moved into place only when all are complete; only this report's own unchanged
+files are replaced; a same-named file we did not write, one edited since, or one of
+another report sharing the folder stops the run with a message naming them (``--force``
+overrides); other reports' files in the same folder are never removed.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..hashing import file_sha256
+from ..safe_files import MANIFEST, OutputConflict, OutputError, SafeWriter
 
-MANIFEST = ".encred-report-manifest.json"
-
-
-def _umask_mode() -> int:
-    m = os.umask(0)
-    os.umask(m)
-    return 0o666 & ~m
 NUM_FMT = "0.00"
-
-
-class OutputConflict(RuntimeError):
-    """The output directory holds a file of ours by name that we did not write (or that was edited)."""
-
-
+Stager = SafeWriter  # the name the report's modules used first
 _sha = file_sha256  # manifest hashes of the files we write
-
-
-class Stager:
-    """Collects files in temporary names next to their targets, then commits them together."""
-
-    def __init__(self, out_dir: Path, force: bool = False) -> None:
-        self.out_dir = out_dir
-        self.force = force
-        self.staged: dict[str, Path] = {}
-        out_dir.mkdir(parents=True, exist_ok=True)
-        mpath = out_dir / MANIFEST
-        self.manifest: dict[str, str] = {}
-        if mpath.exists():
-            try:
-                self.manifest = dict(json.loads(mpath.read_text())["files"])
-            except (ValueError, KeyError, TypeError):
-                raise OutputConflict(f"{mpath} is not a manifest this tool wrote; refusing to guess "
-                                     "which files are ours (remove it or pick another --out)") from None
-
-    def check(self, names: list[str]) -> None:
-        """Fail before writing anything if a target is not ours to replace."""
-        if self.force:
-            return
-        for name in names:
-            p = self.out_dir / name
-            if not p.exists():
-                continue
-            if name not in self.manifest:
-                raise OutputConflict(f"{p} exists and was not written by encred report (not in {MANIFEST}); "
-                                     "move it away, choose another --out, or pass --force")
-            if _sha(p) != self.manifest[name]:
-                raise OutputConflict(f"{p} was changed since encred report wrote it; move it away or pass --force")
-
-    def write(self, name: str, producer: Callable[[Path], None]) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.out_dir)
-        os.close(fd)
-        try:
-            producer(Path(tmp))
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600; a report is meant to be shared
-        self.staged[name] = Path(tmp)
-
-    def abort(self) -> None:
-        for tmp in self.staged.values():
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-        self.staged.clear()
-
-    def commit(self) -> dict[str, Path]:
-        hashes = {name: _sha(tmp) for name, tmp in self.staged.items()}
-        for name, tmp in self.staged.items():
-            os.replace(tmp, self.out_dir / name)
-        for old, h in self.manifest.items():  # our files from an older report that we no longer make
-            p = self.out_dir / old
-            if old not in hashes and p.exists() and (self.force or _sha(p) == h):
-                p.unlink()
-        man = {"tool": "vlmeval-encred report", "files": hashes}
-        fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=self.out_dir)
-        with os.fdopen(fd, "w") as f:
-            json.dump(man, f, indent=1)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, self.out_dir / MANIFEST)
-        done = {name: self.out_dir / name for name in self.staged}
-        self.staged.clear()
-        return done
+__all__ = ["MANIFEST", "OutputConflict", "OutputError", "SafeWriter", "Stager"]
 
 
 # ---------------------------------------------------------------- tables
