@@ -39,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..report import ReportError, build_report
-    from ..report.writers import OutputConflict
+    from ..safe_files import OutputError
     from ..suites import SuiteError
 
     encoders = [e.strip() for e in args.encoders.split(",") if e.strip()] if args.encoders else None
@@ -50,17 +50,24 @@ def run(args: argparse.Namespace) -> int:
                            suite_file=args.suite_file, n_boot=args.n_boot, seed=args.seed,
                            encoders=encoders, figures=not args.no_figures, force=args.force,
                            cache=False if args.no_cache else (args.cache_dir or True))
-    except (ReportError, SuiteError, OutputConflict) as exc:
+    except (ReportError, SuiteError, OutputError) as exc:
         print(f"encred report: {exc}", file=sys.stderr)
         return 2
     counts: dict[str, int] = {}
     for c in res.cells:
         counts[c["status"]] = counts.get(c["status"], 0) + 1
     print(f"{res.base_model} on {res.suite}: {len(res.cells)} cells "
-          + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+          + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+          + (f"; {len(res.per_sample_issues)} without usable per-sample data (intervals affected, † below)"
+             if res.per_sample_issues else ""))
     ov = res.scores.get(res.variants[0]["name"], {}).get("Overall")
     print(f"full model Overall: {'n/a' if ov is None else f'{ov:.2f}'}; IG Overall: "
           + ("n/a" if res.ig.get("Overall") is None else f"{res.ig['Overall']:.2f}"))
+    _print_cur(res)
+    for i in res.per_sample_issues[:10]:
+        print(f"per-sample data not usable: {i['variant']}/{i['benchmark']}: {i['reason']}")
+    if len(res.per_sample_issues) > 10:
+        print(f"... {len(res.per_sample_issues) - 10} more (see the Markdown summary)")
     for m in res.missing_metrics[:10]:
         print(f"not computed: {m['metric']} at {m['level']}: needs {m['needs']}")
     if len(res.missing_metrics) > 10:
@@ -72,10 +79,32 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_cur(res) -> None:
+    """CUR per encoder at Overall with its interval, and a mark + footnote where partial input weakened it."""
+    from ..report.pipeline import weak_notes
+
+    ci = {b["subject"]: b for b in res.bootstrap if b["quantity"] == "CUR" and b["level"] == "Overall"}
+    wk = {w["subject"]: w for w in res.weakened if w["level"] == "Overall"}
+    parts = []
+    for e in res.encoders:
+        v, b, w = res.cur[e].get("Overall"), ci.get(e), wk.get(e)
+        s = f"{e} {'n/a' if v is None else f'{v:.2f}'}"
+        if b is not None and b["lo"] is not None:
+            s += f" [{b['lo']:.2f}, {b['hi']:.2f}]"
+        elif w is not None:
+            s += " (no interval)"
+        if w is not None:
+            s += f" {w['mark']}"
+        parts.append(s)
+    print("CUR Overall (%): " + "; ".join(parts))
+    for n in weak_notes(list(wk.values())):
+        print(f"  {n}")
+
+
 def _compare(args: argparse.Namespace, encoders: list[str] | None) -> int:
     from ..report import ReportError
     from ..report.compare import build_comparison
-    from ..report.writers import OutputConflict
+    from ..safe_files import OutputError
     from ..suites import SuiteError
 
     if encoders:
@@ -86,7 +115,7 @@ def _compare(args: argparse.Namespace, encoders: list[str] | None) -> int:
         res = build_comparison(args.work_dir, args.model, suite=args.suite, out_dir=args.out,
                                suite_file=args.suite_file, figures=not args.no_figures, force=args.force,
                                cache=False if args.no_cache else (args.cache_dir or True))
-    except (ReportError, SuiteError, OutputConflict) as exc:
+    except (ReportError, SuiteError, OutputError) as exc:
         print(f"encred report: {exc}", file=sys.stderr)
         return 2
     for x in res.summary:

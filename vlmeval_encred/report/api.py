@@ -62,6 +62,15 @@ class ReportResult:
     ``unreadable``."""
     missing_metrics: list[dict[str, str]] = field(default_factory=list)
     """Metrics that could not be computed: ``metric, level, needs``."""
+    per_sample_issues: list[dict[str, str]] = field(default_factory=list)
+    """Cells whose headline was read but whose per-sample data cannot serve the bootstrap (no
+    per-sample file, unreadable or truncated, or not reproducing the headline): ``variant,
+    benchmark, dataset, file, reason``."""
+    weakened: list[dict[str, Any]] = field(default_factory=list)
+    """Numbers that rest on partial input, each shown with its ``mark`` (``†1``...) wherever the
+    number is shown (console, Markdown, figures): ``quantity`` (``CUR``), ``subject`` (encoder),
+    ``level, estimate, interval`` (False: no interval because of it), ``why`` (list of
+    ``variant/benchmark: reason``), ``mark``."""
     notes: list[str] = field(default_factory=list)
     provenance_warnings: list[str] = field(default_factory=list)
     """Cells of one CUR or of the lattice made with different VLMEvalKit / transformers versions,

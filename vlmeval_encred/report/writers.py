@@ -119,10 +119,14 @@ def _plt():
 
 
 def fig_cur_heatmap(path: Path, levels: list[str], encoders: list[str],
-                    cur: dict[str, dict[str, float | None]], title: str) -> None:
+                    cur: dict[str, dict[str, float | None]], title: str,
+                    marks: dict[tuple[str, str], str] | None = None, notes: list[str] | None = None) -> None:
+    """CUR heat map; ``marks`` ((encoder, level) -> ``†n``) flag values resting on partial input,
+    explained by ``notes`` under the plot."""
     import numpy as np
 
     plt = _plt()
+    marks = marks or {}
     data = np.array([[np.nan if cur[e].get(l) is None else cur[e][l] for e in encoders] for l in levels],
                     dtype=float)
     fig, ax = plt.subplots(figsize=(1.3 + 1.1 * len(encoders), 0.9 + 0.55 * len(levels)))
@@ -133,16 +137,30 @@ def fig_cur_heatmap(path: Path, levels: list[str], encoders: list[str],
     ax.set_yticks(range(len(levels)), levels)
     for i in range(len(levels)):
         for j in range(len(encoders)):
-            ax.text(j, i, "n/a" if not np.isfinite(data[i, j]) else f"{data[i, j]:.1f}",
-                    ha="center", va="center", fontsize=8)
+            txt = "n/a" if not np.isfinite(data[i, j]) else f"{data[i, j]:.1f}"
+            m = marks.get((encoders[j], levels[i]))
+            ax.text(j, i, txt + (f" {m}" if m else ""), ha="center", va="center", fontsize=8)
     fig.colorbar(im, ax=ax, label="CUR (%)")
-    _save(plt, fig, ax, path, title)
+    _save(plt, fig, ax, path, title, notes)
 
 
-def _save(plt, fig, ax, path: Path, title: str) -> None:
-    """Title, layout, PNG, and free the figure: the common ending of every report figure."""
+def _save(plt, fig, ax, path: Path, title: str, notes: list[str] | None = None) -> None:
+    """Title, layout, footnotes, PNG, and free the figure: the common ending of every report figure."""
+    import textwrap
+
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
+    if notes:
+        width_chars = max(40, int(fig.get_figwidth() * 14))
+        lines = [ln for n in notes[:6] for ln in textwrap.wrap(n, width_chars)]
+        if len(notes) > 6:
+            lines.append(f"... {len(notes) - 6} more (Markdown summary, sheet 'Weakened numbers')")
+        h = fig.get_figheight()
+        extra = 0.16 * len(lines) + 0.15
+        fig.set_figheight(h + extra)
+        fig.subplots_adjust(bottom=(fig.subplotpars.bottom * h + extra) / (h + extra),
+                            top=1 - (1 - fig.subplotpars.top) * h / (h + extra))
+        fig.text(0.01, 0.01, "\n".join(lines), fontsize=6.5, ha="left", va="bottom")
     fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
 
@@ -163,16 +181,23 @@ def fig_k_curve(path: Path, rows: list[dict], title: str) -> None:
     _save(plt, fig, ax, path, title)
 
 
-def fig_intervals(path: Path, rows: list[dict], title: str) -> None:
+def fig_intervals(path: Path, rows: list[dict], title: str, notes: list[str] | None = None) -> None:
+    """CUR estimates with their intervals; a row without one (partial input) is drawn as a hollow
+    estimate with its mark, explained by ``notes`` under the plot, instead of being left out."""
     plt = _plt()
-    rows = [r for r in rows if r["lo"] is not None]
+    rows = [r for r in rows if r["lo"] is not None or r.get("mark")]
     fig, ax = plt.subplots(figsize=(6, 0.9 + 0.32 * max(1, len(rows))))
     for i, r in enumerate(rows):
+        if r["lo"] is None:
+            ax.plot([r["estimate"]], [i], "o", mfc="none", color="grey")
+            continue
         color = "C3" if r["distinguishable"] else "C0"
         ax.plot([r["lo"], r["hi"]], [i, i], color=color, lw=2)
         ax.plot([r["estimate"]], [i], "o", color=color)
     ax.axvline(0, color="grey", lw=1)
-    ax.set_yticks(range(len(rows)), [f"{r['subject']} ({r['level']})" for r in rows], fontsize=8)
+    labels = [f"{r['subject']} ({r['level']})" + (f" {r['mark']}" if r.get("mark") else "")
+              + (" no interval" if r["lo"] is None else "") for r in rows]
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
     ax.set_xlabel("CUR (%) with 95% paired-bootstrap interval (red: excludes 0)")
     ax.invert_yaxis()
-    _save(plt, fig, ax, path, title)
+    _save(plt, fig, ax, path, title, notes)
