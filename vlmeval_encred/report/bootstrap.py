@@ -87,9 +87,14 @@ def part_resamples(inp: BootInput, n_boot: int, rng: np.random.Generator,
     return {k: out[:, j] for j, k in enumerate(keys)}
 
 
+MIN_RESAMPLES = 40
+"""Fewest defined resamples for a 95 % percentile interval: below 40 the 2.5 % tail holds no
+resample at all, and e.g. one resample gives ``[x, x]``, an "interval" that excludes 0."""
+
+
 def _ci(a: np.ndarray) -> tuple[float | None, float | None]:
     a = a[np.isfinite(a)]
-    if a.size == 0:
+    if a.size < MIN_RESAMPLES:
         return None, None
     lo, hi = np.percentile(a, [2.5, 97.5])
     return float(lo), float(hi)
@@ -106,6 +111,9 @@ def paired_bootstrap(parts: Sequence[BootInput], bench_parts: Mapping[str, int],
     used as estimates; the bootstrap supplies only the interval.
     """
     out = BootOutput()
+    if 0 < n_boot < MIN_RESAMPLES:
+        out.missing.append({"metric": "bootstrap CI", "level": "(all)",
+                            "needs": f"at least {MIN_RESAMPLES} resamples for a 95% interval (n_boot={n_boot})"})
     rng = np.random.default_rng(seed)
     full = frozenset(encoders)
     per_bench_parts: dict[str, list[dict[frozenset, np.ndarray]]] = {}
