@@ -190,3 +190,68 @@ def test_encred_demo_end_to_end_recovers_the_planted_structure_with_intervals(tm
     js = json.loads(Path(json_path).read_text())
     checks = planted.check_intervals(js["bootstrap"])
     assert all(c.ok for c in checks), [c.describe() for c in checks if not c.ok]
+
+
+def _fake_demo_results(work: Path, n: int = 20) -> list[str]:
+    """Score files in VLMEvalKit's MCQ layout for all 8 variants (accuracy grows with kept encoders)."""
+    from vlmeval_encred.registry import entries
+
+    names = []
+    for e in entries(base="encred_tiny"):
+        d = work / e.name
+        d.mkdir(parents=True)
+        for ds in data.DATASET_NAMES:
+            k = round((0.2 + 0.25 * len(e.kept)) * n)
+            pd.DataFrame({"index": range(n), "hit": [1] * k + [0] * (n - k)}).to_excel(
+                d / f"{e.name}_{ds}_exact_matching_result.xlsx", index=False, engine="xlsxwriter")
+            (d / f"{e.name}_{ds}_acc.csv").write_text(f'"split","Overall"\n"none","{k / n}"\n')
+        names.append(e.name)
+    return names
+
+
+def test_demo_prints_its_verdict_when_its_report_was_edited_by_hand(tmp_path, capsys, monkeypatch):
+    """Step 3 of ``encred demo`` on score files: a hand-edited report is not overwritten, the verdict
+    is still printed, and the reason comes as one line with the --force hint (exit code 2)."""
+    from vlmeval_encred.commands import demo
+
+    monkeypatch.setenv("ENCRED_SCORE_CACHE", "off")
+    work = tmp_path / "w"
+    variants = _fake_demo_results(work)
+    datasets = list(data.DATASET_NAMES)
+    rc, res, why = demo._report_and_verdict(work, variants, datasets, 20, 50)
+    assert rc in (0, 1) and not why and res.out_dir is not None
+    md = res.files["markdown"]
+    md.write_text("my notes")
+    capsys.readouterr()
+    rc, res2, why = demo._report_and_verdict(work, variants, datasets, 20, 50)
+    out = capsys.readouterr().out
+    assert rc == 2 and "Planted structure" in out and "95% paired-bootstrap intervals of CUR" in out
+    assert "the report was not rewritten" in why and md.name in why and "--force" in why and "\n" not in why
+    assert "Verdict above computed from the results; the report was not rewritten" in out
+    assert md.read_text() == "my notes" and res2 is not None and res2.bootstrap and res2.out_dir is None
+    rc, _, why = demo._report_and_verdict(work, variants, datasets, 20, 50, force=True)
+    assert rc in (0, 1) and not why and md.read_text() != "my notes"
+
+
+def test_demo_does_not_remove_results_it_did_not_make(tmp_path):
+    """A work dir with encred_tiny results but no demo state file (e.g. the user's own
+    ``python -m vlmeval --model encred_tiny`` runs): refused, kept; removed only with --force."""
+    from vlmeval_encred.commands import demo
+    from vlmeval_encred.safe_files import OutputConflict
+
+    work = tmp_path / "outputs"
+    (work / "encred_tiny").mkdir(parents=True)
+    keep = work / "encred_tiny" / "encred_tiny_EncredDemo_OCR.xlsx"
+    keep.write_text("a week of predictions")
+    variants = ["encred_tiny", "encred_tiny_mask_hires"]
+    with pytest.raises(OutputConflict, match=r"already holds results of encred_tiny that encred demo did not make.*"
+                                             r"another --work-dir, or pass --force"):
+        demo._prepare_work_dir(work, variants, {"datasets": {}, "checkpoint": "x"})
+    assert keep.read_text() == "a week of predictions" and not (work / demo.STATE_FILE).exists()
+    assert demo._prepare_work_dir(work, variants, {"datasets": {}, "checkpoint": "x"}, force=True) is False
+    assert not keep.exists()
+    # the demo's own outputs (state file present) are replaced when data or weights change, as before
+    (work / "encred_tiny").mkdir()
+    assert demo._prepare_work_dir(work, variants, {"datasets": {}, "checkpoint": "x"}) is True
+    assert demo._prepare_work_dir(work, variants, {"datasets": {}, "checkpoint": "y"}) is False
+    assert not (work / "encred_tiny").exists()

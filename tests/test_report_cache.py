@@ -208,3 +208,29 @@ def test_report_reuses_cache_and_skips_unchanged_output(tmp_path):
     # without a cache, the same numbers
     fresh = build_report(work, "cm", **{**kw, "cache": False, "write": False})
     assert fresh.bootstrap == third.bootstrap and fresh.scores == third.scores
+
+
+def test_interval_from_a_shared_subset_of_samples_is_marked(tmp_path, capsys):
+    """One variant scored on fewer samples (its own headline agrees with them): the bootstrap uses
+    the samples all variants share -- an interval from partial data, marked next to every CUR it
+    touches (console, Markdown), not only a note in the JSON."""
+    from vlmeval_encred.cli import main
+
+    acc = {("x", "y"): 0.9, ("x",): 0.6, ("y",): 0.7, (): 0.2}
+    work = _work(tmp_path, acc)
+    model = "cm_mask_x"  # keeps y; rescored on its first 10 samples only
+    _mcq_sheet(work / model / f"{model}_AI2D_TEST_exact_matching_result.xlsx", [1] * 7 + [0] * 3)
+    (work / model / f"{model}_AI2D_TEST_acc.csv").write_text('"split","Overall"\n"none","0.7"\n')
+    out = tmp_path / "out"
+    rc = main(["report", "--work-dir", str(work), "--model", "cm", "--encoders", "x,y", "--suite", "two",
+               "--suite-file", str(_suite_file(tmp_path)), "--n-boot", "100", "--out", str(out), "--no-cache"])
+    console = capsys.readouterr().out
+    assert rc == 0
+    cur_line = next(line for line in console.splitlines() if line.startswith("CUR Overall (%): "))
+    assert cur_line.count("] †1") == 2  # both encoders: their intervals are computed, on fewer samples
+    assert "†1 interval from partial data: AI2D/AI2D_TEST: variants were scored on different samples; " \
+           "the bootstrap uses the 10 samples all of them share (of 20)" in console
+    md = (out / "cm_two.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| x |"))
+    assert row.count("†1") == 2 and "| x | " in row  # General (AI2D's category) and Overall, not Knowledge
+    assert "†1 interval from partial data: AI2D/AI2D_TEST" in md

@@ -138,3 +138,25 @@ def test_model_without_results_and_errors(lattice, tmp_path, capsys):
     assert rc == 0 and "encred_tiny: 8/8 variants complete" in text and "fig_k_curves" in text
     rc = main(["report", "--work-dir", str(work), "--model", *MODELS, "--encoders", "a,b"])
     assert rc == 2 and "registered bases only" in capsys.readouterr().err
+
+
+def test_encoders_of_a_registered_base_in_another_form(lattice, tmp_path, capsys):
+    """``--encoders`` naming a registered base's own encoders in another order or case gives the
+    registry's variants and labels; any other set (here a subset, which would call a variant with
+    two encoders still on "no vision") is refused with the registered names."""
+    from vlmeval_encred.report import build_report
+
+    work, suite = lattice
+    kw = dict(suite="three", suite_file=suite, n_boot=0, write=False, cache=False)
+    ref = build_report(work, "encred_tiny", **kw)
+    res = build_report(work, "encred_tiny", encoders=["Colour", "HIRES", " lowres"], **kw)
+    assert res.variants == ref.variants and res.encoders == ref.encoders
+    assert res.variants[-1]["kept"] == [] and res.variants[-1]["name"] == "encred_tiny_mask_lowres_hires_colour"
+    assert res.cur == ref.cur and all(c["status"] == "ok" for c in res.cells)
+    with pytest.raises(ReportError, match=r"--encoders hires does not name the encoders of the registered base "
+                                          r"'encred_tiny', which are lowres,hires,colour"):
+        build_report(work, "encred_tiny", encoders=["hires"], **kw)
+    rc = main(["report", "--work-dir", str(work), "--model", "encred_tiny", "--encoders", "hires,lowres",
+               "--suite", "three", "--suite-file", str(suite), "--n-boot", "0", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "leave --encoders out for a registered base" in err and "Traceback" not in err

@@ -179,3 +179,22 @@ def test_bootstrap_uses_shared_samples_and_says_so():
     point = {k: {"T": 1.0, "C": 1.0, "Overall": 1.0} for k in units}
     out = paired_bootstrap([BootInput("T", "D", units)], {"T": 1}, {"C": ["T"]}, ("a",), point, n_boot=50)
     assert any("2 samples all of them share" in n for n in out.notes)
+
+
+def test_too_few_resamples_give_no_interval_instead_of_a_point():
+    """One resample would give [x, x], an 'interval' excluding 0: below MIN_RESAMPLES no interval
+    is given and 'Not computed' says why."""
+    from vlmeval_encred.report.bootstrap import MIN_RESAMPLES
+
+    x = np.zeros(200)
+    x[::2] = 1
+    full, none = frozenset("a"), frozenset()
+    units = {full: _units(x), none: _units(np.zeros(200))}
+    point = {k: {"T": u.score(), "C": u.score(), "Overall": u.score()} for k, u in units.items()}
+    for n_boot in (1, MIN_RESAMPLES - 1):
+        out = paired_bootstrap([BootInput("T", "D", units)], {"T": 1}, {"C": ["T"]}, ("a",), point, n_boot=n_boot)
+        assert out.rows and all(r["lo"] is None and r["distinguishable"] is None for r in out.rows)
+        assert any(f"at least {MIN_RESAMPLES} resamples" in m["needs"] for m in out.missing)
+    out = paired_bootstrap([BootInput("T", "D", units)], {"T": 1}, {"C": ["T"]}, ("a",), point,
+                           n_boot=MIN_RESAMPLES)
+    assert all(r["lo"] is not None for r in out.rows) and not out.missing

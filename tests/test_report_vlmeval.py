@@ -281,3 +281,114 @@ def test_cli(work, tmp_path, capsys):
     assert rc == 0 and "60 ok" in out and "markdown:" in out
     rc = main(["report", "--work-dir", str(work), "--model", RS.BASE, "--encoders", "a,b", "--suite", "nope"])
     assert rc == 2 and "unknown suite 'nope'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- failure modes (docs/failure-modes.md)
+
+
+def _damage_per_sample(work: Path, masked: tuple[str, ...], dataset: str, how: str) -> Path:
+    model = RS.variant_name(masked)
+    f = work / model / RS.RUN / f"{model}_{dataset}_exact_matching_result.xlsx"
+    if how == "truncated":  # a copy cut off mid-write: not a readable zip any more
+        data = f.read_bytes()
+        f.write_bytes(data[: len(data) // 2])
+    else:  # rows lost: still a readable sheet, but it no longer reproduces the headline
+        import pandas as pd
+
+        df = pd.read_excel(f)
+        df.iloc[: len(df) // 2].to_excel(f, index=False, engine="xlsxwriter")
+    return f
+
+
+@pytest.mark.parametrize("how", ["truncated", "rows_lost"])
+def test_partial_per_sample_file_marks_every_number_it_weakens(work, tmp_path, capsys, monkeypatch, how):
+    """A damaged per-sample file of a leave-one-out variant: its headline is fine, so every cell is
+    'ok', but CUR(a) loses its interval at AI2D, Knowledge and Overall.  That must show next to the
+    number in the console, the Markdown, both figures, and under 'Not computed'."""
+    from vlmeval_encred.cli import main
+    from vlmeval_encred.report import writers as W
+
+    bad = _damage_per_sample(work, ("a",), "AI2D_TEST", how)
+    seen = {}
+    heat, intervals = W.fig_cur_heatmap, W.fig_intervals
+    monkeypatch.setattr(W, "fig_cur_heatmap", lambda *a, **k: (seen.update(heat=k), heat(*a, **k))[1])
+    monkeypatch.setattr(W, "fig_intervals", lambda *a, **k: (seen.update(iv=(a[1], k)), intervals(*a, **k))[1])
+    out = tmp_path / "o"
+    rc = main(["report", "--work-dir", str(work), "--model", RS.BASE, "--encoders", "a,b", "--n-boot", "50",
+               "--out", str(out), "--no-cache"])
+    console = capsys.readouterr().out
+    assert rc == 0
+    assert "60 ok; 1 without usable per-sample data" in console
+    assert f"per-sample data not usable: {RS.variant_name(('a',))}/AI2D: " in console and bad.name in console
+    cur_line = next(line for line in console.splitlines() if line.startswith("CUR Overall (%): "))
+    assert "a " in cur_line and "(no interval) †1" in cur_line and "b " in cur_line and "]" in cur_line
+    assert f"†1 no interval: {RS.variant_name(('a',))}/AI2D: " in console
+
+    md = (out / f"{RS.BASE}_paper15.md").read_text()
+    row_a = next(line for line in md.splitlines() if line.startswith("| a |"))
+    assert row_a.rstrip(" |").endswith("†1") and row_a.count("†1") == 2  # Knowledge and Overall
+    assert "1 cell(s) without usable per-sample data" in md
+    note = next(line for line in md.splitlines() if line.startswith("†1 no interval: "))
+    assert bad.name in note
+    not_computed = md.split("## Not computed", 1)[1].split("\n## ", 1)[0]
+    for lvl in ("AI2D", "Knowledge", "Overall"):
+        assert f"| bootstrap CI of CUR(a) | {lvl} |" in not_computed
+    assert bad.name in not_computed
+    assert "## Per-sample data not usable" in md
+
+    res = json.loads((out / f"{RS.BASE}_paper15.json").read_text())
+    w = {(x["subject"], x["level"]): x for x in res["weakened"]}
+    assert w[("a", "Overall")]["interval"] is False and w[("a", "Overall")]["mark"] == "†1"
+    assert ("b", "Overall") not in w  # b's inputs are intact
+    assert seen["heat"]["marks"][("a", "Overall")] == "†1" and bad.name in seen["heat"]["notes"][0]
+    rows, kw = seen["iv"]
+    r = next(x for x in rows if (x["subject"], x["level"]) == ("a", "Overall"))
+    assert r["lo"] is None and r["mark"] == "†1" and bad.name in kw["notes"][0]
+    from openpyxl import load_workbook
+
+    wb = load_workbook(out / f"{RS.BASE}_paper15.xlsx", read_only=True)
+    assert {"Per-sample issues", "Weakened numbers"} <= set(wb.sheetnames)
+
+
+def test_second_suite_into_the_same_out_keeps_the_first_report(work, tmp_path):
+    """Two reports (another suite or another model) sharing one --out: neither deletes the other's files."""
+    out = tmp_path / "shared"
+    first = report(work, write=True, out_dir=out)
+    before = {p: p.read_bytes() for k, p in first.files.items() if k != "manifest"}
+    f = tmp_path / "two.yaml"
+    import yaml
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "vlmeval_encred" / "benchmarks.yaml").read_text())
+    raw["suites"] = {"two": {"benchmarks": ["AI2D", "MMVP"]}}
+    f.write_text(yaml.safe_dump(raw))
+    second = report(work, write=True, out_dir=out, suite="two", suite_file=f, figures=False)
+    assert {p: p.read_bytes() for p in before} == before  # every file of the first report, unchanged
+    assert all(p.exists() for p in second.files.values())
+    # refreshing the first one (new content) is still allowed and leaves the second alone
+    report(work, write=True, out_dir=out, seed=1)
+    assert all(p.exists() for p in second.files.values())
+    man = json.loads((out / MANIFEST).read_text())
+    assert set(man["sets"]) == {f"{RS.BASE}_paper15", f"{RS.BASE}_two"}
+
+
+def test_out_that_cannot_be_written_is_one_line(work, tmp_path, capsys, monkeypatch):
+    from vlmeval_encred import safe_files as SF
+    from vlmeval_encred.cli import main
+
+    args = ["report", "--work-dir", str(work), "--model", RS.BASE, "--encoders", "a,b", "--n-boot", "0",
+            "--no-figures", "--no-cache"]
+    a_file = tmp_path / "taken.txt"
+    a_file.write_text("x")
+    rc = main(args + ["--out", str(a_file)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "taken.txt: it is an existing file, not a folder; choose another --out" in err
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(SF.tempfile, "mkstemp", denied)  # a read-only folder, also when tests run as root
+    rc = main(args + ["--out", str(tmp_path / "ro")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert "cannot write into" in err and "Permission denied; choose another --out" in err
+    assert not list((tmp_path / "ro").iterdir())

@@ -55,6 +55,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"{QUICK_SAMPLES} questions per dataset and a smaller bootstrap (about a minute)")
     p.add_argument("--n-boot", type=n_boot, default=None,
                    help=f"bootstrap resamples: 0 = no intervals, else at least {MIN_N_BOOT} (default 1000; 200 with --quick)")
+    p.add_argument("--force", action="store_true",
+                   help="rewrite the demo's report even if it was edited by hand, and remove encred_tiny results "
+                        "in --work-dir that encred demo did not make")
     p.set_defaults(func=run)
 
 
@@ -67,18 +70,37 @@ def _fingerprint(written: list[Any], checkpoint: Path) -> dict[str, Any]:
     return {"datasets": {w.name: w.sha256 for w in written}, "checkpoint": h.hexdigest()}
 
 
-def _prepare_work_dir(work: Path, variants: list[str], state: dict[str, Any]) -> bool:
-    """Remove the variants' old outputs unless they were made from the same data and weights."""
-    work.mkdir(parents=True, exist_ok=True)
+def _prepare_work_dir(work: Path, variants: list[str], state: dict[str, Any], force: bool = False) -> bool:
+    """Remove the variants' old outputs unless they were made from the same data and weights.
+
+    Only outputs this demo made (its state file says so) are removed: variant folders in a
+    work dir without a readable state file were made by someone else (e.g. ``python -m vlmeval
+    --model encred_tiny`` into ``outputs``), and removing them needs ``force``
+    (:mod:`vlmeval_encred.safe_files` rule 2).
+    """
+    from ..safe_files import OutputConflict, OutputError, atomic_write_text, ensure_folder
+
+    ensure_folder(work)
     f = work / STATE_FILE
-    old = json.loads(f.read_text()) if f.exists() else None
+    try:
+        old = json.loads(f.read_text()) if f.exists() else None
+    except (OSError, ValueError):
+        old = None
     if old == state:
         return True
-    for v in variants:
-        shutil.rmtree(work / v, ignore_errors=True)
-    tmp = f.with_name(f.name + ".tmp")
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, f)
+    present = [v for v in variants if (work / v).exists()]
+    if present and not isinstance(old, dict) and not force:
+        raise OutputConflict(
+            f"{work} already holds results of {', '.join(present)} that encred demo did not make (no readable "
+            f"{STATE_FILE}); the demo would remove them: choose another --work-dir, or pass --force to remove them",
+            {work / v: "not made by encred demo" for v in present})
+    for v in present:
+        try:
+            shutil.rmtree(work / v)
+        except OSError as exc:
+            raise OutputError(f"cannot remove the demo's old outputs {work / v}: {exc.strerror or exc}; "
+                              "remove the folder by hand or choose another --work-dir") from None
+    atomic_write_text(f, json.dumps(state, indent=1))
     return False
 
 
@@ -177,7 +199,6 @@ def demo_base() -> tuple[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     from ..demo import data as demo_data
-    from ..demo import planted
     from ..demo.model import PACKAGE_CHECKPOINT
     from ..registry import entries
 
@@ -199,7 +220,13 @@ def run(args: argparse.Namespace) -> int:
                          "train it with `python -m vlmeval_encred.demo.train --out "
                          f"{PACKAGE_CHECKPOINT}`")
     variants = [e.name for e in entries(base=BASE)]
-    reused = _prepare_work_dir(work, variants, _fingerprint(written, PACKAGE_CHECKPOINT))
+    from ..safe_files import OutputError
+
+    try:
+        reused = _prepare_work_dir(work, variants, _fingerprint(written, PACKAGE_CHECKPOINT), force=args.force)
+    except OutputError as exc:
+        print(f"encred demo: {exc}", file=err)
+        return 2
 
     # 2. VLMEvalKit -------------------------------------------------------------------------
     from ..flavour import FlavourError, detect
@@ -275,12 +302,47 @@ def run(args: argparse.Namespace) -> int:
     # 3. report -----------------------------------------------------------------------------
     print(f"[3/3] report (suite {SUITE}, {n_boot} bootstrap resamples) ...", flush=True)
     t_report = time.perf_counter()
-    from ..report.api import build_report
+    rc, result, not_written = _report_and_verdict(work, variants, datasets, n, n_boot, force=args.force)
+    t_report = time.perf_counter() - t_report
+    total_s = time.perf_counter() - t_start
+    print()
+    print(f"Timings: VLMEvalKit import {t_import:.0f}s, {len(variants) * len(datasets)} runs {t_runs:.0f}s"
+          f"{' (predictions reused)' if reused else ''}, report {t_report:.0f}s, total {total_s:.0f}s")
+    print(f"VLMEvalKit results: {work}/<model>/ (log: {log_file})")
+    if result is not None and result.out_dir is not None:
+        print(f"Report: {result.out_dir}")
+        for kind, path in sorted(result.files.items()):
+            print(f"  {kind:<12} {path}")
+    if not_written:
+        print(f"encred demo: {not_written}", file=err)
+    return rc
 
+
+def _report_and_verdict(work: Path, variants: list[str], datasets: list[str], n: int, n_boot: int,
+                        force: bool = False) -> tuple[int, Any, str]:
+    """Build the report, print the scores and the planted-structure verdict.
+
+    Returns ``(exit code, ReportResult or None, why the report was not written or "")``.  The
+    verdict is printed even when the report cannot be written (a hand-edited report without
+    ``force``, a folder that cannot be written): the numbers are computed without writing and
+    the reason comes last, with what to do; the exit code is then 2.
+    """
+    from ..demo import data as demo_data
+    from ..demo import planted
+    from ..report.api import ReportError, build_report
+    from ..safe_files import OutputError
+
+    not_written = ""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = build_report(work, BASE, suite=SUITE, n_boot=n_boot)
-    t_report = time.perf_counter() - t_report
+        try:
+            result = build_report(work, BASE, suite=SUITE, n_boot=n_boot, force=force)
+        except OutputError as exc:
+            not_written = f"the report was not rewritten: {exc}"
+            result = build_report(work, BASE, suite=SUITE, n_boot=n_boot, write=False)
+        except ReportError as exc:
+            not_written = f"no report: {exc}"
+            result = None
 
     scores = _scores_from_files(work, variants, datasets)
     _print_summary(scores, variants)
@@ -295,20 +357,13 @@ def run(args: argparse.Namespace) -> int:
     strict = n >= demo_data.DEFAULT_SAMPLES
     print(f"95% paired-bootstrap intervals of CUR ({n_boot} resamples; only the planted effects may exclude 0"
           f"{'' if strict else f'; informational at {n} questions, checked at {demo_data.DEFAULT_SAMPLES}+'}):")
-    for check in planted.check_intervals(result.bootstrap):
+    for check in planted.check_intervals(result.bootstrap if result is not None else []):
         all_ok &= check.ok or not strict
         mark = "ok  " if check.ok else "MISS" if strict else "wide"
         print(f"  {mark} {check.describe()}")
-    total_s = time.perf_counter() - t_start
-    print()
-    print(f"Timings: VLMEvalKit import {t_import:.0f}s, {len(variants) * len(datasets)} runs {t_runs:.0f}s"
-          f"{' (predictions reused)' if reused else ''}, report {t_report:.0f}s, total {total_s:.0f}s")
-    print(f"VLMEvalKit results: {work}/<model>/ (log: {log_file})")
-    if result.out_dir is not None:
-        print(f"Report: {result.out_dir}")
-        for kind, path in sorted(result.files.items()):
-            print(f"  {kind:<12} {path}")
-    return 0 if all_ok else 1
+    if not_written:
+        print(f"Verdict above computed from the results; {not_written}")
+    return (2 if not_written else 0 if all_ok else 1), result, not_written
 
 
 def _scores_from_files(work: Path, variants: list[str], datasets: list[str]) -> dict[tuple[str, ...], dict[str, float]]:

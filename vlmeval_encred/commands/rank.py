@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..registry import RegistryError, get_base
     from ..report import rank_files
-    from ..report.writers import OutputConflict
+    from ..safe_files import OutputError
     from ..sweep.engine import SweepError
     from ..sweep.features import effective_ranks
     from ..sweep.protocol import SweepUnsupportedError
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         res = effective_ranks(base, datasets, limit=args.limit, progress=not args.no_progress)
         out = Path(args.out) if args.out else Path(args.work_dir) / "encred_rank" / base.name
         files = rank_files.write(res, out, figures=not args.no_figures, force=args.force)
-    except (SweepError, SweepUnsupportedError, OutputConflict) as exc:
+    except (SweepError, SweepUnsupportedError, OutputError) as exc:
         print(f"encred rank: {exc}", file=sys.stderr)
         return 2
     for r in res.rows:

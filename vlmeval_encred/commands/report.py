@@ -42,35 +42,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..report import ReportError, build_report
-    from ..report.writers import OutputConflict
+    from ..safe_files import OutputError
     from ..suites import SuiteError
 
     encoders = [e.strip() for e in args.encoders.split(",") if e.strip()] if args.encoders else None
     if len(args.model) > 1:
         return _compare(args, encoders)
-    if encoders:
-        problem = _encoders_of_registered_base(args.model[0], encoders)
-        if problem:
-            print(f"encred report: {problem}", file=sys.stderr)
-            return 2
     try:
         res = build_report(args.work_dir, args.model[0], suite=args.suite, out_dir=args.out,
                            suite_file=args.suite_file, n_boot=args.n_boot, seed=args.seed,
                            encoders=encoders, figures=not args.no_figures, force=args.force,
                            cache=False if args.no_cache else (args.cache_dir or True))
-    except (ReportError, SuiteError, OutputConflict) as exc:
+    except (ReportError, SuiteError, OutputError) as exc:
         print(f"encred report: {exc}", file=sys.stderr)
         return 2
     counts: dict[str, int] = {}
     for c in res.cells:
         counts[c["status"]] = counts.get(c["status"], 0) + 1
     print(f"{res.base_model} on {res.suite}: {len(res.cells)} cells "
-          + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+          + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+          + (f"; {len(res.per_sample_issues)} without usable per-sample data (intervals affected, † below)"
+             if res.per_sample_issues else ""))
     ov = res.scores.get(res.variants[0]["name"], {}).get("Overall")
     print(f"full model Overall: {'n/a' if ov is None else f'{ov:.2f}'}; IG Overall: "
           + ("n/a" if res.ig.get("Overall") is None else f"{res.ig['Overall']:.2f}"))
     if args.n_boot == 0:
         print("bootstrap intervals: off (--n-boot 0); no CUR/IG interval is computed or starred")
+    _print_cur(res)
+    for i in res.per_sample_issues[:10]:
+        print(f"per-sample data not usable: {i['variant']}/{i['benchmark']}: {i['reason']}")
+    if len(res.per_sample_issues) > 10:
+        print(f"... {len(res.per_sample_issues) - 10} more (see the Markdown summary)")
     for m in res.missing_metrics[:10]:
         print(f"not computed: {m['metric']} at {m['level']}: needs {m['needs']}")
     if len(res.missing_metrics) > 10:
@@ -82,27 +84,32 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _encoders_of_registered_base(model: str, encoders: list[str]) -> str | None:
-    """``--encoders`` names the towers of a base the registry does not know.  For a registered
-    base a different list would silently redefine the lattice: with ``--encoders clip,sam`` on
-    eagle_x5, ``eagle_x5_mask_clip_sam`` (three towers still on) would be the no-vision baseline
-    and IG/CUR would be wrong without any warning."""
-    from ..registry import _BASES, bases
+def _print_cur(res) -> None:
+    """CUR per encoder at Overall with its interval, and a mark + footnote where partial input weakened it."""
+    from ..report.pipeline import weak_notes
 
-    bases()  # loads the catalog
-    spec = _BASES.get(model)
-    if spec is None or tuple(encoders) == spec.encoders:
-        return None
-    return (f"--encoders {','.join(encoders)}: {model} is a registered base with encoders "
-            f"{','.join(spec.encoders)} (in this order); --encoders is only for unregistered bases; "
-            "drop it (a subset or another order would make a partly masked variant the full model or "
-            "the no-vision baseline)")
+    ci = {b["subject"]: b for b in res.bootstrap if b["quantity"] == "CUR" and b["level"] == "Overall"}
+    wk = {w["subject"]: w for w in res.weakened if w["level"] == "Overall"}
+    parts = []
+    for e in res.encoders:
+        v, b, w = res.cur[e].get("Overall"), ci.get(e), wk.get(e)
+        s = f"{e} {'n/a' if v is None else f'{v:.2f}'}"
+        if b is not None and b["lo"] is not None:
+            s += f" [{b['lo']:.2f}, {b['hi']:.2f}]"
+        elif w is not None:
+            s += " (no interval)"
+        if w is not None:
+            s += f" {w['mark']}"
+        parts.append(s)
+    print("CUR Overall (%): " + "; ".join(parts))
+    for n in weak_notes(list(wk.values())):
+        print(f"  {n}")
 
 
 def _compare(args: argparse.Namespace, encoders: list[str] | None) -> int:
     from ..report import ReportError
     from ..report.compare import build_comparison
-    from ..report.writers import OutputConflict
+    from ..safe_files import OutputError
     from ..suites import SuiteError
 
     if encoders:
@@ -113,7 +120,7 @@ def _compare(args: argparse.Namespace, encoders: list[str] | None) -> int:
         res = build_comparison(args.work_dir, args.model, suite=args.suite, out_dir=args.out,
                                suite_file=args.suite_file, figures=not args.no_figures, force=args.force,
                                cache=False if args.no_cache else (args.cache_dir or True))
-    except (ReportError, SuiteError, OutputConflict) as exc:
+    except (ReportError, SuiteError, OutputError) as exc:
         print(f"encred report: {exc}", file=sys.stderr)
         return 2
     for x in res.summary:

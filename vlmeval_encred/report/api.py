@@ -62,6 +62,15 @@ class ReportResult:
     ``unreadable``."""
     missing_metrics: list[dict[str, str]] = field(default_factory=list)
     """Metrics that could not be computed: ``metric, level, needs``."""
+    per_sample_issues: list[dict[str, str]] = field(default_factory=list)
+    """Cells whose headline was read but whose per-sample data cannot serve the bootstrap (no
+    per-sample file, unreadable or truncated, or not reproducing the headline): ``variant,
+    benchmark, dataset, file, reason``."""
+    weakened: list[dict[str, Any]] = field(default_factory=list)
+    """Numbers that rest on partial input, each shown with its ``mark`` (``†1``...) wherever the
+    number is shown (console, Markdown, figures): ``quantity`` (``CUR``), ``subject`` (encoder),
+    ``level, estimate, interval`` (False: no interval because of it), ``why`` (list of
+    ``variant/benchmark: reason``), ``mark``."""
     notes: list[str] = field(default_factory=list)
     provenance_warnings: list[str] = field(default_factory=list)
     """Cells of one CUR or of the lattice made with different VLMEvalKit / transformers versions,
@@ -105,8 +114,9 @@ def build_report(work_dir: str | Path, base_model: str, suite: str = "paper15",
         Suite name in ``suite_file`` (default: the packaged ``benchmarks.yaml``).
     out_dir:
         Where to write; default ``<work_dir>/encred_report/<base_model>/<suite>``.
-        Only files listed in our own manifest there are replaced; other files are
-        left alone (see docs/report.md).
+        Only this report's own unchanged files (per our manifest there) are replaced;
+        other files, including other reports sharing the folder, are left alone
+        (:mod:`vlmeval_encred.safe_files`, docs/report.md).
     n_boot, seed:
         Paired bootstrap resamples (0 disables the bootstrap) and RNG seed.
     encoders:
@@ -125,8 +135,11 @@ def build_report(work_dir: str | Path, base_model: str, suite: str = "paper15",
     ------
     vlmeval_encred.suites.SuiteError
         The suite file or suite name is invalid.
-    vlmeval_encred.report.writers.OutputConflict
-        The output directory holds a same-named file we did not write (nothing is written).
+    vlmeval_encred.safe_files.OutputConflict
+        The output directory holds a same-named file we did not write, one edited since, or
+        one of another report sharing the folder (nothing is written; the message names them).
+    vlmeval_encred.safe_files.OutputError
+        The output directory cannot be created or written (the base class of OutputConflict).
     ReportError
         Nothing at all could be read (no results for any variant), or the base
         model is unknown and no ``encoders`` were given.

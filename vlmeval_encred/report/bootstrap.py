@@ -35,6 +35,8 @@ class BootOutput:
     rows: list[dict] = field(default_factory=list)
     missing: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    partial: list[dict] = field(default_factory=list)
+    """``bench, dataset, why``: parts resampled on fewer samples than some variant has."""
 
 
 def resample_counts(rng: np.random.Generator, n_boot: int, n: int, start: int, stop: int) -> np.ndarray:
@@ -46,7 +48,7 @@ def resample_counts(rng: np.random.Generator, n_boot: int, n: int, start: int, s
 
 
 def part_resamples(inp: BootInput, n_boot: int, rng: np.random.Generator,
-                   notes: list[str]) -> dict[frozenset, np.ndarray]:
+                   notes: list[str], partial: list[dict] | None = None) -> dict[frozenset, np.ndarray]:
     """(n_boot,) resampled scores per variant, all on the same resampled samples."""
     keys = list(inp.units)
     common = set(inp.units[keys[0]].ids)
@@ -57,8 +59,11 @@ def part_resamples(inp: BootInput, n_boot: int, rng: np.random.Generator,
         notes.append(f"{inp.bench}/{inp.dataset}: the variants share no sample ids; no bootstrap")
         return {}
     if any(len(u.ids) != len(ref) for u in inp.units.values()):
-        notes.append(f"{inp.bench}/{inp.dataset}: variants were scored on different samples; "
-                     f"the bootstrap uses the {len(ref)} samples all of them share")
+        why = (f"variants were scored on different samples; the bootstrap uses the {len(ref)} samples all "
+               f"of them share (of {max(len(u.ids) for u in inp.units.values())})")
+        notes.append(f"{inp.bench}/{inp.dataset}: {why}")
+        if partial is not None:
+            partial.append({"bench": inp.bench, "dataset": inp.dataset, "why": why})
     n, V = len(ref), len(keys)
     WX = np.empty((n, V))
     W = np.empty((n, V))
@@ -82,9 +87,14 @@ def part_resamples(inp: BootInput, n_boot: int, rng: np.random.Generator,
     return {k: out[:, j] for j, k in enumerate(keys)}
 
 
+MIN_RESAMPLES = 40
+"""Fewest defined resamples for a 95 % percentile interval: below 40 the 2.5 % tail holds no
+resample at all, and e.g. one resample gives ``[x, x]``, an "interval" that excludes 0."""
+
+
 def _ci(a: np.ndarray) -> tuple[float | None, float | None]:
     a = a[np.isfinite(a)]
-    if a.size == 0:
+    if a.size < MIN_RESAMPLES:
         return None, None
     lo, hi = np.percentile(a, [2.5, 97.5])
     return float(lo), float(hi)
@@ -101,11 +111,14 @@ def paired_bootstrap(parts: Sequence[BootInput], bench_parts: Mapping[str, int],
     used as estimates; the bootstrap supplies only the interval.
     """
     out = BootOutput()
+    if 0 < n_boot < MIN_RESAMPLES:
+        out.missing.append({"metric": "bootstrap CI", "level": "(all)",
+                            "needs": f"at least {MIN_RESAMPLES} resamples for a 95% interval (n_boot={n_boot})"})
     rng = np.random.default_rng(seed)
     full = frozenset(encoders)
     per_bench_parts: dict[str, list[dict[frozenset, np.ndarray]]] = {}
     for inp in parts:
-        res = part_resamples(inp, n_boot, rng, out.notes)
+        res = part_resamples(inp, n_boot, rng, out.notes, out.partial)
         if res:
             per_bench_parts.setdefault(inp.bench, []).append(res)
     level_samples: dict[str, dict[frozenset, np.ndarray]] = {}

@@ -277,7 +277,7 @@ def _write(r: CompareResult, out: Path, figures: bool, force: bool) -> None:
     names = {"xlsx": f"{st_name}.xlsx", "markdown": f"{st_name}.md", "json": f"{st_name}.json"}
     figs = {"fig_k_curves": f"{st_name}_k_curves.png", "fig_cur_heatmap": f"{st_name}_cur_heatmap.png"} \
         if figures else {}
-    st = W.Stager(out, force=force)
+    st = W.SafeWriter(out, st_name, force=force)
     st.check(list(names.values()) + list(figs.values()))
     try:
         st.write(names["xlsx"], lambda p: W.write_xlsx(p, _tables(r)))

@@ -25,7 +25,34 @@ CAVEAT = ("Masking encoders of one fixed checkpoint measures what *this* model r
           "The all-masked point is the no-vision baseline, not a floor.")
 
 
+def _registered_encoders(base_model: str, encoders: tuple[str, ...]) -> tuple[str, ...] | None:
+    """A registered base's own encoders when ``encoders`` names exactly them (any order or case).
+
+    The variant names and the *kept* sets come from the registry then: ``--encoders b,a`` or
+    ``A,B`` would otherwise derive names the registry never registers and, worse, label a
+    variant whose encoders are partly on as "no vision".  Any other set (a subset, a
+    superset, a misspelling) is refused: for a registered base the registry is the truth.
+    Returns ``None`` for an unregistered base (``encoders`` is then the user's definition).
+    """
+    from ..registry import RegistryError, get_base
+
+    try:
+        spec = get_base(base_model)
+    except RegistryError:
+        return None
+    given = [e.strip().lower() for e in encoders]
+    if sorted(given) == sorted(spec.encoders) and len(set(given)) == len(given):
+        return spec.encoders
+    raise ReportError(f"--encoders {','.join(encoders)} does not name the encoders of the registered base "
+                      f"{base_model!r}: {base_model} is a registered base with encoders {','.join(spec.encoders)} "
+                      "(in this order); leave --encoders out for a registered base (its encoders and variant "
+                      "names come from the registry; a subset would make a partly masked variant the full model "
+                      "or the no-vision baseline)")
+
+
 def _variants(base_model: str, encoders: tuple[str, ...] | None) -> tuple[tuple[str, ...], list[dict]]:
+    if encoders is not None and _registered_encoders(base_model, encoders) is not None:
+        encoders = None  # same encoders as the registry's: use the registry's names and order
     if encoders is None:
         from ..registry import RegistryError, get_base
 
@@ -50,6 +77,63 @@ def _variants(base_model: str, encoders: tuple[str, ...] | None) -> tuple[tuple[
     return tuple(encoders), rows
 
 
+def _weakened(S: Suite, levels: list[str], encs: tuple[str, ...], names: dict[frozenset, str],
+              cur: dict[str, dict[str, float | None]], boot_rows: list[dict], ps_issues: list[dict],
+              partial: list[dict]) -> list[dict[str, Any]]:
+    """Every CUR whose interval is missing or narrowed because an input was partial, with why.
+
+    A CUR at a level rests on the full model's and the leave-one-out variant's per-sample data
+    of every benchmark under that level; an unusable per-sample file of either, or a part
+    resampled on fewer samples than a variant has, weakens it.  Equal explanations share a mark.
+    """
+    under: dict[str, list[str]] = {b.name: [b.name] for b in S.benchmarks}
+    for c, bl in S.by_category().items():
+        under[c] = [b.name for b in bl]
+    under[OVERALL] = [b.name for b in S.benchmarks]
+    full = frozenset(encs)
+    has_ci = {(r["subject"], r["level"]) for r in boot_rows if r["quantity"] == "CUR" and r["lo"] is not None}
+    out: list[dict[str, Any]] = []
+    marks: dict[tuple, str] = {}
+    for lvl in levels:
+        benches = set(under[lvl])
+        for e in encs:
+            if cur[e][lvl] is None:
+                continue
+            vs = {names[full], names[full - {e}]}
+            why = [f"{i['variant']}/{i['benchmark']}: {i['reason']}" for i in ps_issues
+                   if i["variant"] in vs and i["benchmark"] in benches]
+            why += [f"{p['bench']}/{p['dataset']}: {p['why']}" for p in partial if p["bench"] in benches]
+            if not why:
+                continue
+            interval = (e, lvl) in has_ci
+            key = (interval, tuple(why))
+            mark = marks.setdefault(key, f"†{len(marks) + 1}")
+            out.append({"quantity": "CUR", "subject": e, "level": lvl, "estimate": cur[e][lvl],
+                        "interval": interval, "why": why, "mark": mark})
+    return out
+
+
+def _weak_missing(weak: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """'Not computed' rows for the intervals that partial per-sample input removed, one per level."""
+    by: dict[str, list[dict]] = {}
+    for w in weak:
+        if not w["interval"]:
+            by.setdefault(w["level"], []).append(w)
+    return [{"metric": "bootstrap CI of CUR(" + ", ".join(w["subject"] for w in ws) + ")", "level": lvl,
+             "needs": "usable per-sample data of the full model and the leave-one-out variants; "
+                      + "; ".join(dict.fromkeys(y for w in ws for y in w["why"]))} for lvl, ws in by.items()]
+
+
+def weak_notes(weak: list[dict[str, Any]]) -> list[str]:
+    """One footnote per mark: ``†1 no interval: <why>; <why>``."""
+    seen: dict[str, str] = {}
+    for w in weak:
+        if w["mark"] not in seen:
+            what = "interval from partial data" if w["interval"] else "no interval"
+            seen[w["mark"]] = f"{w['mark']} {what}: " + "; ".join(w["why"])
+    return list(seen.values())
+
+
 def _mean(vals: list[float | None]) -> float | None:
     return None if not vals or any(v is None for v in vals) else sum(vals) / len(vals)  # type: ignore[arg-type,misc]
 
@@ -68,6 +152,7 @@ def run_pipeline(*, work_dir: Path, base_model: str, suite: str, out_dir: Path |
         raise ReportError(f"work dir {work_dir} does not exist (VLMEvalKit's --work-dir, e.g. ./outputs)")
     listing = _Listing()
     cells: list[dict[str, Any]] = []
+    ps_issues: list[dict[str, str]] = []  # per-sample data that cannot serve the bootstrap
     bench_scores: dict[frozenset, dict[str, float | None]] = {}
     units: dict[tuple[str, str], dict[frozenset, Units]] = {}
     for v in variants:
@@ -90,6 +175,7 @@ def run_pipeline(*, work_dir: Path, base_model: str, suite: str, out_dir: Path |
                         val = headline(loc.headline, p.headline)
                     except ScoreError as exc:
                         status, reason = "unreadable", str(exc)
+                n_state = len(per_sample_state)
                 if val is not None and p.per_sample is not None:
                     if loc.per_sample is None:
                         per_sample_state.append(f"{p.dataset}: no per-sample file "
@@ -108,6 +194,9 @@ def run_pipeline(*, work_dir: Path, base_model: str, suite: str, out_dir: Path |
                                 units.setdefault((b.name, p.dataset), {})[kept] = u
                         except ScoreError as exc:
                             per_sample_state.append(f"{p.dataset}: per-sample unreadable: {exc}")
+                    if len(per_sample_state) > n_state:
+                        ps_issues.append({"variant": v["name"], "benchmark": b.name, "dataset": p.dataset,
+                                          "file": str(loc.per_sample or ""), "reason": per_sample_state[-1]})
                 elif val is not None:
                     per_sample_state.append(f"{p.dataset}: the suite defines no per-sample file")
                 statuses.append(status)
@@ -184,20 +273,23 @@ def run_pipeline(*, work_dir: Path, base_model: str, suite: str, out_dir: Path |
 
         def boot() -> dict:
             bo = bs.paired_bootstrap(parts, n_parts, cat_names, encs, scores, n_boot=n_boot, seed=seed)
-            return {"rows": bo.rows, "missing": bo.missing, "notes": bo.notes}
+            return {"rows": bo.rows, "missing": bo.missing, "notes": bo.notes, "partial": bo.partial}
 
         keys = [[p.bench, p.dataset, [[sorted(k), unit_keys.get(id(u))] for k, u in p.units.items()]]
                 for p in parts]
         if any(uk is None for k in keys for _, uk in k[2]):
             bo = boot()
         else:
-            bo = cache.json_entry(["bootstrap", keys, n_parts, cat_names, list(encs), n_boot, seed,
+            bo = cache.json_entry(["bootstrap-v2", keys, n_parts, cat_names, list(encs), n_boot, seed,
                                    sorted([sorted(k), sorted(v.items())] for k, v in scores.items())], boot)
         boot_rows = bo["rows"]
         missing += bo["missing"]
         boot_notes = bo["notes"]
+        weak = _weakened(S, levels, encs, names, cur, boot_rows, ps_issues, bo["partial"])
+        missing += _weak_missing(weak)
     else:
         boot_notes = ["bootstrap disabled (n_boot=0)"]
+        weak = []
     timings["bootstrap"] = time.perf_counter() - t
 
     res = ReportResult(base_model=base_model, suite=suite, encoders=encs, out_dir=None)
@@ -212,6 +304,8 @@ def run_pipeline(*, work_dir: Path, base_model: str, suite: str, out_dir: Path |
     res.bootstrap = boot_rows
     res.cells = cells
     res.missing_metrics = missing
+    res.per_sample_issues = ps_issues
+    res.weakened = weak
     res.provenance_warnings = RP.warnings(cells, names[full], {e: names[full - {e}] for e in encs})
     res.notes = boot_notes + [f"provenance: {m}" for m in res.provenance_warnings]
     res.n_boot, res.seed = n_boot, seed
@@ -248,6 +342,11 @@ def _tables(r: ReportResult) -> list[tuple[str, list[str], list[list[Any]]]]:
             c["per_sample"]] for c in r.cells]),
          ("Missing metrics", ["metric", "level", "needs"],
           [[m["metric"], m["level"], m["needs"]] for m in r.missing_metrics]),
+         ("Per-sample issues", ["variant", "benchmark", "dataset", "file", "reason"],
+          [[i["variant"], i["benchmark"], i["dataset"], i["file"], i["reason"]] for i in r.per_sample_issues]),
+         ("Weakened numbers", ["mark", "quantity", "subject", "level", "estimate", "interval", "why"],
+          [[w["mark"], w["quantity"], w["subject"], w["level"], w["estimate"],
+            "partial data" if w["interval"] else "none", "; ".join(w["why"])] for w in r.weakened]),
          RP.sheet(r.cells)]
     return t
 
@@ -263,6 +362,11 @@ def _markdown(r: ReportResult, figs: list[str]) -> str:
            f"{len(r.levels) - len(top)} benchmarks = {len(r.cells)} cells: {n_ok} ok, "
            + ", ".join(f"{sum(c['status'] == s for c in r.cells)} {s}" for s in ("stale", "missing", "unreadable"))
            + ". Scores on 0-100; CUR in %.", ""]
+    if r.per_sample_issues:
+        out += [f"**{len(r.per_sample_issues)} cell(s) without usable per-sample data** (their scores are used; "
+                "the intervals that need them are missing or narrowed, marked † below; see *Per-sample data "
+                "not usable*).", ""]
+    wmark = {(w["subject"], w["level"]): w["mark"] for w in r.weakened}
 
     def cur_cell(e: str, lvl: str) -> str:
         v = r.cur[e][lvl]
@@ -270,6 +374,8 @@ def _markdown(r: ReportResult, figs: list[str]) -> str:
         s = W.fmt(v)
         if b and b["lo"] is not None:
             s += f" [{b['lo']:.1f}, {b['hi']:.1f}]" + ("*" if b["distinguishable"] else "")
+        if (e, lvl) in wmark:
+            s += " " + wmark[(e, lvl)]
         return s
 
     out += ["## Scores", "", W.md_table(["variant"] + top,
@@ -279,6 +385,9 @@ def _markdown(r: ReportResult, figs: list[str]) -> str:
             "`*` = the interval excludes 0.", "",
             W.md_table(["encoder"] + top, [[e] + [cur_cell(e, l) for l in top] for e in r.encoders]
                        + [["IG (max - min)"] + [r.ig[l] for l in top]]), ""]
+    notes = weak_notes([w for w in r.weakened if w["level"] in top])
+    if notes:
+        out += [n.replace("|", "\\|") + "  " for n in notes] + [""]
     ko = [x for x in r.k_curve if x["level"] == OVERALL]
     out += ["## k-masked curve (Overall)", "",
             W.md_table(["k masked", "subsets present", "max", "mean", "min", "best", "worst"],
@@ -318,11 +427,37 @@ def _markdown(r: ReportResult, figs: list[str]) -> str:
                             for c in probs[:60]]), ""]
         if len(probs) > 60:
             out += [f"... and {len(probs) - 60} more (sheet 'Cells' of the workbook).", ""]
+    if r.per_sample_issues:
+        out += ["## Per-sample data not usable", "",
+                "The headline score of these cells is used; the bootstrap cannot use their per-sample data.", "",
+                W.md_table(["variant", "benchmark", "why"],
+                           [[i["variant"], i["benchmark"], i["reason"].replace("|", "\\|")]
+                            for i in r.per_sample_issues[:60]]), ""]
+        if len(r.per_sample_issues) > 60:
+            out += [f"... and {len(r.per_sample_issues) - 60} more (sheet 'Per-sample issues').", ""]
     out += RP.markdown(r.cells, r.provenance_warnings, W.md_table)
     if figs:
         out += ["## Figures", ""] + [f"![{f}]({f})" for f in figs] + [""]
     out += ["## Caveat", "", CAVEAT, ""]
     return "\n".join(out)
+
+
+def _interval_rows(r: ReportResult, top: list[str]) -> list[dict]:
+    """CUR rows of the intervals figure, in encoder x level order: each bootstrap row, plus every
+    CUR that partial input left without an interval (drawn as its estimate, with its mark)."""
+    ci = {(b["subject"], b["level"]): b for b in r.bootstrap if b["quantity"] == "CUR"}
+    wk = {(w["subject"], w["level"]): w for w in r.weakened}
+    rows = []
+    for lvl in top:
+        for e in r.encoders:
+            b, w = ci.get((e, lvl)), wk.get((e, lvl))
+            if b is None and w is None:
+                continue
+            row = dict(b) if b else {"quantity": "CUR", "subject": e, "level": lvl, "estimate": w["estimate"],
+                                     "lo": None, "hi": None, "distinguishable": None}
+            row["mark"] = w["mark"] if w else ""
+            rows.append(row)
+    return rows
 
 
 def _write(r: ReportResult, out: Path, figures: bool, force: bool) -> None:
@@ -331,17 +466,17 @@ def _write(r: ReportResult, out: Path, figures: bool, force: bool) -> None:
     figs = {}
     if figures:
         figs = {"fig_cur_heatmap": f"{stem}_cur_heatmap.png", "fig_k_curve": f"{stem}_k_curve.png"}
-        if any(b["quantity"] == "CUR" and b["lo"] is not None for b in r.bootstrap):
+        if any(b["quantity"] == "CUR" and b["lo"] is not None for b in r.bootstrap) or r.weakened:
             figs["fig_intervals"] = f"{stem}_intervals.png"
     all_names = list(names.values()) + list(figs.values())
     digest = U.content_digest(r, all_names + [W.MANIFEST])
-    if U.is_current(out, all_names, digest):
+    if U.is_current(out, stem, all_names, digest):
         r.out_dir = out
         r.files = {k: out / v for k, v in {**names, **figs}.items()}
         r.files["manifest"] = out / W.MANIFEST
         r.notes.append(f"{out}: inputs and output files unchanged since the last report; nothing rewritten")
         return
-    st = W.Stager(out, force=force)
+    st = W.SafeWriter(out, stem, force=force)
     st.check(all_names)
     try:
         st.write(names["xlsx"], lambda p: W.write_xlsx(p, _tables(r)))
@@ -349,19 +484,21 @@ def _write(r: ReportResult, out: Path, figures: bool, force: bool) -> None:
         top = r.categories + [OVERALL]
         if "fig_cur_heatmap" in figs:
             st.write(figs["fig_cur_heatmap"], lambda p: W.fig_cur_heatmap(
-                p, top, list(r.encoders), r.cur, f"CUR (%) of {r.base_model}'s encoders"))
+                p, top, list(r.encoders), r.cur, f"CUR (%) of {r.base_model}'s encoders",
+                marks={(w["subject"], w["level"]): w["mark"] for w in r.weakened if w["level"] in top},
+                notes=weak_notes([w for w in r.weakened if w["level"] in top])))
             st.write(figs["fig_k_curve"], lambda p: W.fig_k_curve(
                 p, [x for x in r.k_curve if x["level"] == OVERALL], f"{r.base_model}: k encoders masked"))
         if "fig_intervals" in figs:
             st.write(figs["fig_intervals"], lambda p: W.fig_intervals(
-                p, [b for b in r.bootstrap if b["quantity"] == "CUR" and b["level"] in top],
-                f"{r.base_model}: CUR intervals"))
+                p, _interval_rows(r, top), f"{r.base_model}: CUR intervals",
+                notes=weak_notes([w for w in r.weakened if w["level"] in top])))
         r.out_dir = out
         r.files = {k: out / v for k, v in {**names, **figs}.items()}
         r.files["manifest"] = out / W.MANIFEST
         st.write(names["json"], lambda p: W.write_json(p, r.to_dict()))
         st.commit()
-        U.mark(out, digest)
+        U.mark(out, stem, digest)
     except BaseException:
         st.abort()
         r.out_dir, r.files = None, {}

@@ -64,7 +64,7 @@ def write(res: Any, out: Path, *, figures: bool = True, force: bool = False) -> 
     names = {"xlsx": f"{stem}.xlsx", "markdown": f"{stem}.md", "json": f"{stem}.json"}
     if figures:
         names["figure"] = f"{stem}.png"
-    st = W.Stager(out, force=force)
+    st = W.SafeWriter(out, stem, force=force)
     st.check(list(names.values()))
     try:
         st.write(names["xlsx"], lambda p: W.write_xlsx(p, [("Effective rank", HEADER, _rows(res))]))

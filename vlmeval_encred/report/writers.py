@@ -1,110 +1,27 @@
 """Write the report: Excel workbook, Markdown summary, JSON, PNG figures; atomically.
 
-Overwrite policy (docs/report.md): every file is first written to a temporary name in
-the output directory; only when all of them are complete are they moved into place
-with ``os.replace``.  A manifest (``.encred-report-manifest.json``) lists the files we
-wrote with their SHA-256.  We replace a file only if it is absent or listed in our
-manifest with an unchanged hash; a file of the same name that we did not write, or
-that was edited since, stops the run with an error naming it (``force=True`` /
-``--force`` overrides).  Files of an older report that this run no longer produces are
-removed only if they are ours and unchanged.  Nothing else in the directory is touched.
+Which files may be replaced, and how they are written, is :mod:`vlmeval_encred.safe_files`
+(one policy for every file the project writes): every file goes to a temporary name first
+and is moved into place only when all are complete; only this report's own unchanged
+files are replaced; a same-named file we did not write, one edited since, or one of
+another report sharing the folder stops the run with a message naming them (``--force``
+overrides); other reports' files in the same folder are never removed.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..hashing import file_sha256
+from ..safe_files import MANIFEST, OutputConflict, OutputError, SafeWriter
 
-MANIFEST = ".encred-report-manifest.json"
-
-
-def _umask_mode() -> int:
-    m = os.umask(0)
-    os.umask(m)
-    return 0o666 & ~m
 NUM_FMT = "0.00"
-
-
-class OutputConflict(RuntimeError):
-    """The output directory holds a file of ours by name that we did not write (or that was edited)."""
-
-
+Stager = SafeWriter  # the name the report's modules used first
 _sha = file_sha256  # manifest hashes of the files we write
-
-
-class Stager:
-    """Collects files in temporary names next to their targets, then commits them together."""
-
-    def __init__(self, out_dir: Path, force: bool = False) -> None:
-        self.out_dir = out_dir
-        self.force = force
-        self.staged: dict[str, Path] = {}
-        out_dir.mkdir(parents=True, exist_ok=True)
-        mpath = out_dir / MANIFEST
-        self.manifest: dict[str, str] = {}
-        if mpath.exists():
-            try:
-                self.manifest = dict(json.loads(mpath.read_text())["files"])
-            except (ValueError, KeyError, TypeError):
-                raise OutputConflict(f"{mpath} is not a manifest this tool wrote; refusing to guess "
-                                     "which files are ours (remove it or pick another --out)") from None
-
-    def check(self, names: list[str]) -> None:
-        """Fail before writing anything if a target is not ours to replace."""
-        if self.force:
-            return
-        for name in names:
-            p = self.out_dir / name
-            if not p.exists():
-                continue
-            if name not in self.manifest:
-                raise OutputConflict(f"{p} exists and was not written by encred report (not in {MANIFEST}); "
-                                     "move it away, choose another --out, or pass --force")
-            if _sha(p) != self.manifest[name]:
-                raise OutputConflict(f"{p} was changed since encred report wrote it; move it away or pass --force")
-
-    def write(self, name: str, producer: Callable[[Path], None]) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.out_dir)
-        os.close(fd)
-        try:
-            producer(Path(tmp))
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600; a report is meant to be shared
-        self.staged[name] = Path(tmp)
-
-    def abort(self) -> None:
-        for tmp in self.staged.values():
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-        self.staged.clear()
-
-    def commit(self) -> dict[str, Path]:
-        hashes = {name: _sha(tmp) for name, tmp in self.staged.items()}
-        for name, tmp in self.staged.items():
-            os.replace(tmp, self.out_dir / name)
-        for old, h in self.manifest.items():  # our files from an older report that we no longer make
-            p = self.out_dir / old
-            if old not in hashes and p.exists() and (self.force or _sha(p) == h):
-                p.unlink()
-        man = {"tool": "vlmeval-encred report", "files": hashes}
-        fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=self.out_dir)
-        with os.fdopen(fd, "w") as f:
-            json.dump(man, f, indent=1)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, self.out_dir / MANIFEST)
-        done = {name: self.out_dir / name for name in self.staged}
-        self.staged.clear()
-        return done
+__all__ = ["MANIFEST", "OutputConflict", "OutputError", "SafeWriter", "Stager"]
 
 
 # ---------------------------------------------------------------- tables
@@ -202,10 +119,14 @@ def _plt():
 
 
 def fig_cur_heatmap(path: Path, levels: list[str], encoders: list[str],
-                    cur: dict[str, dict[str, float | None]], title: str) -> None:
+                    cur: dict[str, dict[str, float | None]], title: str,
+                    marks: dict[tuple[str, str], str] | None = None, notes: list[str] | None = None) -> None:
+    """CUR heat map; ``marks`` ((encoder, level) -> ``†n``) flag values resting on partial input,
+    explained by ``notes`` under the plot."""
     import numpy as np
 
     plt = _plt()
+    marks = marks or {}
     data = np.array([[np.nan if cur[e].get(l) is None else cur[e][l] for e in encoders] for l in levels],
                     dtype=float)
     fig, ax = plt.subplots(figsize=(1.3 + 1.1 * len(encoders), 0.9 + 0.55 * len(levels)))
@@ -216,16 +137,30 @@ def fig_cur_heatmap(path: Path, levels: list[str], encoders: list[str],
     ax.set_yticks(range(len(levels)), levels)
     for i in range(len(levels)):
         for j in range(len(encoders)):
-            ax.text(j, i, "n/a" if not np.isfinite(data[i, j]) else f"{data[i, j]:.1f}",
-                    ha="center", va="center", fontsize=8)
+            txt = "n/a" if not np.isfinite(data[i, j]) else f"{data[i, j]:.1f}"
+            m = marks.get((encoders[j], levels[i]))
+            ax.text(j, i, txt + (f" {m}" if m else ""), ha="center", va="center", fontsize=8)
     fig.colorbar(im, ax=ax, label="CUR (%)")
-    _save(plt, fig, ax, path, title)
+    _save(plt, fig, ax, path, title, notes)
 
 
-def _save(plt, fig, ax, path: Path, title: str) -> None:
-    """Title, layout, PNG, and free the figure: the common ending of every report figure."""
+def _save(plt, fig, ax, path: Path, title: str, notes: list[str] | None = None) -> None:
+    """Title, layout, footnotes, PNG, and free the figure: the common ending of every report figure."""
+    import textwrap
+
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
+    if notes:
+        width_chars = max(40, int(fig.get_figwidth() * 14))
+        lines = [ln for n in notes[:6] for ln in textwrap.wrap(n, width_chars)]
+        if len(notes) > 6:
+            lines.append(f"... {len(notes) - 6} more (Markdown summary, sheet 'Weakened numbers')")
+        h = fig.get_figheight()
+        extra = 0.16 * len(lines) + 0.15
+        fig.set_figheight(h + extra)
+        fig.subplots_adjust(bottom=(fig.subplotpars.bottom * h + extra) / (h + extra),
+                            top=1 - (1 - fig.subplotpars.top) * h / (h + extra))
+        fig.text(0.01, 0.01, "\n".join(lines), fontsize=6.5, ha="left", va="bottom")
     fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
 
@@ -246,16 +181,23 @@ def fig_k_curve(path: Path, rows: list[dict], title: str) -> None:
     _save(plt, fig, ax, path, title)
 
 
-def fig_intervals(path: Path, rows: list[dict], title: str) -> None:
+def fig_intervals(path: Path, rows: list[dict], title: str, notes: list[str] | None = None) -> None:
+    """CUR estimates with their intervals; a row without one (partial input) is drawn as a hollow
+    estimate with its mark, explained by ``notes`` under the plot, instead of being left out."""
     plt = _plt()
-    rows = [r for r in rows if r["lo"] is not None]
+    rows = [r for r in rows if r["lo"] is not None or r.get("mark")]
     fig, ax = plt.subplots(figsize=(6, 0.9 + 0.32 * max(1, len(rows))))
     for i, r in enumerate(rows):
+        if r["lo"] is None:
+            ax.plot([r["estimate"]], [i], "o", mfc="none", color="grey")
+            continue
         color = "C3" if r["distinguishable"] else "C0"
         ax.plot([r["lo"], r["hi"]], [i, i], color=color, lw=2)
         ax.plot([r["estimate"]], [i], "o", color=color)
     ax.axvline(0, color="grey", lw=1)
-    ax.set_yticks(range(len(rows)), [f"{r['subject']} ({r['level']})" for r in rows], fontsize=8)
+    labels = [f"{r['subject']} ({r['level']})" + (f" {r['mark']}" if r.get("mark") else "")
+              + (" no interval" if r["lo"] is None else "") for r in rows]
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
     ax.set_xlabel("CUR (%) with 95% paired-bootstrap interval (red: excludes 0)")
     ax.invert_yaxis()
-    _save(plt, fig, ax, path, title)
+    _save(plt, fig, ax, path, title, notes)
