@@ -165,7 +165,7 @@ def test_report_encoders_cannot_redefine_a_registered_base(tmp_path, capsys):
     rc = main(["report", "--work-dir", str(tmp_path / "w"), "--model", "eagle_x5", "--encoders", "clip,sam",
                "--no-figures", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert rc == 2 and "registered base with encoders clip,convnext,sam,eva02,pix2struct" in err, err
+    assert rc == 2 and "the registered base 'eagle_x5', which are clip,convnext,sam,eva02,pix2struct" in err, err
     assert not (tmp_path / "o").exists()
     # the registered list itself (same order) is harmless and goes on to the report ("no results")
     rc = main(["report", "--work-dir", str(tmp_path / "w"), "--model", "eagle_x5", "--encoders",
