@@ -21,6 +21,7 @@ import torch
 from standins.cambrian.cambrian_arch import TinyCambrianForCausalLM, tiny_config
 from vlmeval_encred.masking import MaskError, MaskSpec, count_params, forward_call_recorder
 from vlmeval_encred.model_wrappers.cambrian import ADAPTER, ReleasedTower, ZeroFeatures, short_name
+from conftest import HANG_GUARD
 
 NAMES = ["siglip", "clip", "dinov2", "convnext"]
 
@@ -240,7 +241,7 @@ def test_catalog_entries():
 def test_import_is_light():
     code = ("import sys, vlmeval_encred.model_wrappers.cambrian as c; "
             "assert 'vlmeval' not in sys.modules and 'cambrian' not in sys.modules, sorted(sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_GUARD)
     assert proc.returncode == 0, proc.stderr
 
 
@@ -274,6 +275,6 @@ def test_wrapper_classes_build_on_vlmevalkit():
         "g = EncredMixin.generation_kwargs({'max_new_tokens': 2048}, {})\n"
         "assert g == {'max_new_tokens': 2048, 'do_sample': False, 'num_beams': 1}, g\n"
         "import sys; assert 'cambrian' not in sys.modules and 'llava' not in sys.modules\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_GUARD,
                           env={**__import__("os").environ, "VLMEVAL_ENCRED_DISABLE": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]

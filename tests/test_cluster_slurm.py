@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_mcq_tsv
+from conftest import HANG_GUARD, write_mcq_tsv
 
 FAKE_SLURM = Path(__file__).resolve().parent / "fake_slurm"
 BASE = "deepseek_vl_tiny_random"
@@ -158,7 +158,7 @@ def test_slurm_array_pending_running_cancelled_done_failed(slurm, tmp_path):
 def _encred(*args: str) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).parent / "encred"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "vlmeval_encred.cli"]
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=HANG_GUARD)
 
 
 def test_cli_sweep_cluster_slurm_then_status(slurm, tmp_path):

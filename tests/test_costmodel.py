@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from vlmeval_encred.sweep import costmodel as cm
+from conftest import HANG_GUARD
 
 
 def test_vit_and_convnext_flops_by_hand():
@@ -118,11 +119,11 @@ def test_plan_for_every_registered_base_and_paper15():
 def test_cli_plan_runs():
     proc = subprocess.run([sys.executable, "-m", "vlmeval_encred.cli", "profile", "--plan", "--model",
                            "eagle_x5,deepseek_vl_7b_hf", "--gpu", "h100_sxm_bf16", "--answer-tokens", "200"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=HANG_GUARD)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "H100" in proc.stdout and "| deepseek_vl_7b_hf | 4 |" in proc.stdout
     bad = subprocess.run([sys.executable, "-m", "vlmeval_encred.cli", "profile", "--plan", "--data", "NoSuchSet"],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=HANG_GUARD)
     assert bad.returncode != 0 and "no question count for dataset 'NoSuchSet'" in bad.stderr
 
 

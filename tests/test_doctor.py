@@ -16,6 +16,7 @@ import pytest
 
 from vlmeval_encred import recipes
 from vlmeval_encred.realcode import SELFTESTS, load_selftest
+from conftest import HANG_GUARD
 
 pytestmark = pytest.mark.envs("base", *recipes.names())
 CURRENT = os.environ.get("ENCRED_ENV_NAME", "base")
@@ -24,7 +25,7 @@ CURRENT = os.environ.get("ENCRED_ENV_NAME", "base")
 def doctor(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="2")
     return subprocess.run([sys.executable, "-m", "vlmeval_encred.cli", "doctor", *args],
-                          capture_output=True, text=True, env=env, timeout=900)
+                          capture_output=True, text=True, env=env, timeout=HANG_GUARD)
 
 
 @pytest.mark.parametrize("family", sorted(SELFTESTS))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import HANG_GUARD, ROOT
 
 PROBE = ("import vlmeval_encred, vlmeval_encred.model_wrappers as m, shutil; "
          "print(vlmeval_encred.__file__); print(m.__file__); print(shutil.which('encred'))")
@@ -26,14 +26,14 @@ PROBE = ("import vlmeval_encred, vlmeval_encred.model_wrappers as m, shutil; "
 def second_clone(tmp_path_factory) -> Path:
     """A clean clone of this checkout's committed code, as a user's second clone or a CI run."""
     dest = tmp_path_factory.mktemp("clone") / "vlmeval-encred"
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], check=True, timeout=600)
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], check=True, timeout=HANG_GUARD)
     return dest
 
 
 def test_a_second_checkout_never_repoints_the_first(second_clone):
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "ENCRED_ENV", "PYTHONPATH")}
     other = subprocess.run(["bash", "scripts/env.sh", "python", "-c", PROBE], cwd=second_clone, env=env,
-                           capture_output=True, text=True, timeout=3600)
+                           capture_output=True, text=True, timeout=HANG_GUARD)
     assert other.returncode == 0, other.stderr[-3000:]
     core, family, script = other.stdout.split()
     assert core.startswith(str(second_clone)) and family.startswith(str(second_clone))
@@ -42,7 +42,7 @@ def test_a_second_checkout_never_repoints_the_first(second_clone):
     mine = ROOT / ".venvs" / "base" / "bin" / "python"
     if not mine.exists():
         pytest.fail(f"{mine} missing: run the tests through `bash scripts/env.sh` (README)")
-    again = subprocess.run([str(mine), "-c", PROBE], capture_output=True, text=True, timeout=600, env=env)
+    again = subprocess.run([str(mine), "-c", PROBE], capture_output=True, text=True, timeout=HANG_GUARD, env=env)
     core, family, _ = again.stdout.split()
     assert core.startswith(str(ROOT / "vlmeval_encred")) and family.startswith(str(ROOT / "model_wrappers"))
     encred = (ROOT / ".venvs" / "base" / "bin" / "encred").read_text().splitlines()[0]
@@ -51,7 +51,7 @@ def test_a_second_checkout_never_repoints_the_first(second_clone):
 
 def test_pythonpath_to_another_clone_gets_that_clones_family_code(second_clone):
     env = dict(os.environ, PYTHONPATH=str(second_clone))
-    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=HANG_GUARD, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     core, family, _ = proc.stdout.split()
     assert core == str(second_clone / "vlmeval_encred" / "__init__.py")
@@ -65,7 +65,7 @@ def _pytest(tmp_path, test_file: str, **env_extra: str) -> tuple[subprocess.Comp
                XDG_CONFIG_HOME=str(tmp_path / "empty-config"), **env_extra)
     env.pop("PYTEST_ADDOPTS", None)
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=3600, env=env)
+                          cwd=tmp_path, capture_output=True, text=True, timeout=HANG_GUARD, env=env)
     rows = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
     return proc, rows
 
@@ -78,7 +78,7 @@ def test_missing_source_is_not_run_here_and_counted(tmp_path):
     assert len(rows) == 1 and rows[0]["source"] == "eagle" and rows[0]["passed"] == 0
     assert rows[0]["not run"] >= 1 and rows[0]["path"] == ""
     table = subprocess.run([sys.executable, str(ROOT / "tests" / "realcode_table.py"), str(tmp_path / "realcode.jsonl")],
-                           capture_output=True, text=True, timeout=600)
+                           capture_output=True, text=True, timeout=HANG_GUARD)
     assert "no source on this machine" in table.stdout and "No upstream source is registered" in table.stdout
 
 

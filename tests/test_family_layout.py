@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from vlmeval_encred import families, recipes, registry
+from conftest import HANG_GUARD
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE = ROOT / "vlmeval_encred"
@@ -103,7 +104,7 @@ def test_catalogs_import_no_heavy_code():
     code = ("import sys, json; from vlmeval_encred import families, registry; registry.bases(); "
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'vlmeval') "
             f"or (m.startswith('{PKG}.') and m.count('.') >= 3 and not m.endswith('.catalog')))))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_GUARD,
                           env=dict(os.environ, VLMEVAL_ENCRED_DISABLE="1"), cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout) == []

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from vlmeval_encred import sources, upstream
+from conftest import HANG_GUARD
 
 
 def git(*args: str, cwd: Path) -> str:
@@ -49,7 +50,7 @@ def clone(tmp_path) -> Path:
 
 def encred(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "vlmeval_encred.cli", *args], capture_output=True, text=True,
-                          env=dict(os.environ), timeout=600)
+                          env=dict(os.environ), timeout=HANG_GUARD)
 
 
 def listing() -> dict[str, dict]:

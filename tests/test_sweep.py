@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, explain, run_py, vlmeval_env, write_mcq_tsv
+from conftest import HANG_GUARD, ROOT, explain, run_py, vlmeval_env, write_mcq_tsv
 
 DS = "EncredSweep_MCQ"
 
@@ -139,7 +139,7 @@ def test_vlmevalkit_evaluates_sweep_predictions_without_reinferring(env, tmp_pat
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER.format(tests=str(ROOT / "tests"), name=name))
     proc = run_py([str(driver), "--model", name, "--data", DS, "--work-dir", str(tmp_path / "out"),
-                   "--judge", "exact_matching"], cwd=tmp_path, env=vlmeval_env(env["lmu"]), timeout=300)
+                   "--judge", "exact_matching"], cwd=tmp_path, env=vlmeval_env(env["lmu"]), timeout=HANG_GUARD)
     assert proc.returncode == 0, explain(proc)
     assert "TRIPWIRE" not in proc.stdout + proc.stderr, explain(proc)
     assert (tmp_path / "out" / name / f"{name}_{DS}_acc.csv").exists(), explain(proc)

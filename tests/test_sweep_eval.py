@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, explain, run_py, vlmeval_env, write_mcq_tsv
+from conftest import HANG_GUARD, ROOT, explain, run_py, vlmeval_env, write_mcq_tsv
 
 DS = "EncredSweepEval_MCQ"
 V1 = "concat5_standin_mask_convnext"
@@ -82,7 +82,7 @@ def _run_printed(argv: list[str], env, tmp_path: Path, names) -> subprocess.Comp
     assert argv[:3] == [sys.executable, "-m", "vlmeval"], argv
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER.format(tests=str(ROOT / "tests"), names=list(names)))
-    return run_py([str(driver), *argv[3:]], cwd=tmp_path, env=vlmeval_env(env["lmu"]), timeout=600)
+    return run_py([str(driver), *argv[3:]], cwd=tmp_path, env=vlmeval_env(env["lmu"]), timeout=HANG_GUARD)
 
 
 def _rows(work, **key):

@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import CURRENT_ENV, ROOT, explain, vlmeval_env
+from conftest import HANG_GUARD, CURRENT_ENV, ROOT, explain, vlmeval_env
 
 pytestmark = [pytest.mark.envs("base", "vlmeval_checkout"),
               pytest.mark.realcode("vlmevalkit", envs=("vlmeval_checkout",))]
@@ -67,7 +67,7 @@ def _mme_rows(img: str) -> list[dict]:
                  category=MME_CATEGORIES[i // 2], image_path=f"img{i // 2}.jpg") for i in range(2 * len(MME_CATEGORIES))]
 
 
-def _run(args: list[str], env: dict[str, str], timeout: int = 1500) -> subprocess.CompletedProcess:
+def _run(args: list[str], env: dict[str, str], timeout: int = HANG_GUARD) -> subprocess.CompletedProcess:
     """The installed VLMEvalKit's own entry point, as users start it, through the offline launcher."""
     fl = _flavour()
     cmd = fl.command(args)
@@ -235,7 +235,7 @@ def test_sweep_output_is_evaluated_by_run_py_without_building_the_model(tmp_path
     env = vlmeval_env(lmu)
     sweep = subprocess.run([sys.executable, str(LAUNCHER), "-m", "vlmeval_encred.cli", "sweep", "--model", BASE,
                             "--data", "ChartQA", "--subsets", ",".join(variants), "--work-dir", str(work),
-                            "--no-progress"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+                            "--no-progress"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_GUARD)
     assert sweep.returncode == 0, explain(sweep)
     fl = _flavour()
     for v in variants:
@@ -256,7 +256,7 @@ def test_sweep_output_is_evaluated_by_run_py_without_building_the_model(tmp_path
         cmd = job.command()
         assert ("--reuse" in cmd) and ((str(fl.run_py) in cmd) == (fl.kind == "checkout"))
         proc = subprocess.run([cmd[0], str(LAUNCHER), *cmd[1:]], cwd=fl.cwd or tmp_path, env=forbid,
-                              capture_output=True, text=True, timeout=900)
+                              capture_output=True, text=True, timeout=HANG_GUARD)
         assert proc.returncode == 0, explain(proc)
         assert "TRIPWIRE" not in proc.stdout + proc.stderr, explain(proc)
         scores = list((work / v).rglob(f"{v}_ChartQA_TEST_acc.csv"))
@@ -298,12 +298,12 @@ def test_report_over_two_vlmevalkit_versions_says_so(tmp_path):
               "--api-nproc", "1"]
     fl = _flavour()
     up = subprocess.run([sys.executable, str(fl.run_py), "--model", BASE, f"{BASE}_mask_lowres", *common],
-                        cwd=fl.root, env=env, capture_output=True, text=True, timeout=900)
+                        cwd=fl.root, env=env, capture_output=True, text=True, timeout=HANG_GUARD)
     assert up.returncode == 0, explain(up)
     base_site = (Path(sys.prefix) / "lib").glob("python*/site-packages/zz_encred_base_env.pth")
     base_python = Path(next(base_site).read_text().strip()).parents[2] / "bin" / "python"
     ms = subprocess.run([str(base_python), "-m", "vlmeval", "--model", f"{BASE}_mask_hires", f"{BASE}_mask_colour",
-                         *common], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+                         *common], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_GUARD)
     assert ms.returncode == 0, explain(ms)
     assert any(p.is_dir() for p in (work / BASE).iterdir())  # checkout: run folder
     assert (work / f"{BASE}_mask_hires" / f"{BASE}_mask_hires_EncredDemo_General.xlsx").is_file()  # ms: flat
@@ -345,12 +345,12 @@ def test_encred_demo_runs_the_checkouts_run_py_and_reuses_its_run_folders(tmp_pa
     lmu.mkdir()
     cmd = [sys.executable, "-m", "vlmeval_encred.cli", "demo", "--samples-per-category", "12", "--n-boot", "100",
            "--work-dir", str(work)]
-    first = subprocess.run(cmd, cwd=tmp_path, env=vlmeval_env(lmu), capture_output=True, text=True, timeout=1500)
+    first = subprocess.run(cmd, cwd=tmp_path, env=vlmeval_env(lmu), capture_output=True, text=True, timeout=HANG_GUARD)
     assert first.returncode in (0, 1) and "Report: " in first.stdout, explain(first)
     assert _flavour().label in first.stdout, first.stdout
     runs = sorted(p for p in (work / BASE).iterdir() if p.is_dir() and p.name.startswith("T"))
     assert len(runs) == 1 and (runs[0] / "encred_provenance" / f"{BASE}_EncredDemo_OCR.json").is_file()
-    second = subprocess.run(cmd, cwd=tmp_path, env=vlmeval_env(lmu), capture_output=True, text=True, timeout=1500)
+    second = subprocess.run(cmd, cwd=tmp_path, env=vlmeval_env(lmu), capture_output=True, text=True, timeout=HANG_GUARD)
     assert second.returncode == first.returncode and "(predictions reused)" in second.stdout, explain(second)
     runs = sorted(p for p in (work / BASE).iterdir() if p.is_dir() and p.name.startswith("T"))
     assert len(runs) == 2

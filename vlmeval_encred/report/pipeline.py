@@ -44,8 +44,8 @@ def _registered_encoders(base_model: str, encoders: tuple[str, ...]) -> tuple[st
     if sorted(given) == sorted(spec.encoders) and len(set(given)) == len(given):
         return spec.encoders
     raise ReportError(f"--encoders {','.join(encoders)} does not name the encoders of the registered base "
-                      f"{base_model!r}, which are {','.join(spec.encoders)} (in this order); leave --encoders out for a registered base (its encoders and variant "
-                      "names come from the registry; a subset would make a partly masked variant the full model "
+                      f"{base_model!r}, which are {','.join(spec.encoders)} (in this order); leave --encoders out "
+                      "for a registered base (its encoders and variant names come from the registry; a subset would make a partly masked variant the full model "
                       "or the no-vision baseline)")
 
 
