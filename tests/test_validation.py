@@ -171,3 +171,26 @@ def test_report_encoders_cannot_redefine_a_registered_base(tmp_path, capsys):
     rc = main(["report", "--work-dir", str(tmp_path / "w"), "--model", "eagle_x5", "--encoders",
                "clip,convnext,sam,eva02,pix2struct", "--no-figures", "--out", str(tmp_path / "o")])
     assert rc == 2 and "registered base" not in capsys.readouterr().err
+
+
+def test_status_of_a_work_dir_that_is_not_there_is_an_error(tmp_path, capsys):
+    """New case: `encred status --work-dir <typo>` printed "nothing found" with exit 0, which reads as
+    "nothing run yet" for a folder that does not exist."""
+    rc = main(["status", "--work-dir", str(tmp_path / "outptus"), "--model", "eagle_x5"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "does not exist" in err and "outptus" in err
+    (tmp_path / "afile").write_text("x")
+    rc = main(["status", "--work-dir", str(tmp_path / "afile"), "--model", "eagle_x5"])
+    assert rc == 2 and "is not a folder" in capsys.readouterr().err
+
+
+def test_demo_with_a_work_dir_it_cannot_use_writes_nothing(tmp_path, capsys, monkeypatch):
+    """New case: `encred demo --work-dir <a file>` wrote its datasets into $LMUData first and then
+    failed, naming `--out`, an option the demo does not have."""
+    lmu = tmp_path / "LMUData"
+    monkeypatch.setenv("LMUData", str(lmu))
+    (tmp_path / "afile").write_text("x")
+    rc = main(["demo", "--work-dir", str(tmp_path / "afile"), "--quick"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "choose another --work-dir" in err and "--out" not in err, err
+    assert not lmu.exists() or not any(lmu.iterdir()), "the demo wrote data before refusing its work dir"

@@ -66,26 +66,27 @@ def umask_mode() -> int:
     return 0o666 & ~m
 
 
-def _cannot(folder: Path, exc: OSError, what: str = "write into") -> OutputError:
+def _cannot(folder: Path, exc: OSError, what: str = "write into", option: str = "--out") -> OutputError:
     reason = exc.strerror or type(exc).__name__
     if isinstance(exc, (FileExistsError, NotADirectoryError)):
-        hint = "it (or a parent) is an existing file, not a folder; choose another --out"
+        hint = f"it (or a parent) is an existing file, not a folder; choose another {option}"
     else:
-        hint = "choose another --out (a folder you can write) or fix its permissions"
+        hint = f"choose another {option} (a folder you can write) or fix its permissions"
     return OutputError(f"cannot {what} {folder}: {reason}; {hint}")
 
 
-def ensure_folder(folder: Path) -> None:
-    """Create ``folder`` (and parents) or raise :class:`OutputError` with one line."""
+def ensure_folder(folder: Path, option: str = "--out") -> None:
+    """Create ``folder`` (and parents) or raise :class:`OutputError` with one line naming ``option``,
+    the command-line option that chose the folder."""
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"cannot write into {folder}: it is an existing file, not a folder; "
-                          "choose another --out")
+                          f"choose another {option}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _cannot(folder, exc, "create") from None
+        raise _cannot(folder, exc, "create", option) from None
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write into {folder}: permission denied; choose another --out "
+        raise OutputError(f"cannot write into {folder}: permission denied; choose another {option} "
                           "(a folder you can write) or fix its permissions")
 
 

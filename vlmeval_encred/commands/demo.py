@@ -80,7 +80,7 @@ def _prepare_work_dir(work: Path, variants: list[str], state: dict[str, Any], fo
     """
     from ..safe_files import OutputConflict, OutputError, atomic_write_text, ensure_folder
 
-    ensure_folder(work)
+    ensure_folder(work, option="--work-dir")
     f = work / STATE_FILE
     try:
         old = json.loads(f.read_text()) if f.exists() else None
@@ -208,6 +208,13 @@ def run(args: argparse.Namespace) -> int:
     n_boot = args.n_boot if args.n_boot is not None else (200 if args.quick else 1000)
     work = Path(args.work_dir).expanduser().resolve()
     err = sys.stderr
+    from ..safe_files import OutputError, ensure_folder
+
+    try:  # before anything is written: a work dir that cannot be used costs nothing
+        ensure_folder(work, option="--work-dir")
+    except OutputError as exc:
+        print(f"encred demo: {exc}", file=err)
+        return 2
 
     # 1. data -------------------------------------------------------------------------------
     written = demo_data.write_datasets(samples_per_category=n)
@@ -220,8 +227,6 @@ def run(args: argparse.Namespace) -> int:
                          "train it with `python -m vlmeval_encred.demo.train --out "
                          f"{PACKAGE_CHECKPOINT}`")
     variants = [e.name for e in entries(base=BASE)]
-    from ..safe_files import OutputError
-
     try:
         reused = _prepare_work_dir(work, variants, _fingerprint(written, PACKAGE_CHECKPOINT), force=args.force)
     except OutputError as exc:

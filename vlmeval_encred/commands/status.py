@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+import sys
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +30,12 @@ def run(args: argparse.Namespace) -> int:
         get_base(args.model)
     except RegistryError as exc:
         raise SystemExit(f"encred status: {exc}")
+    work = Path(args.work_dir).expanduser()
+    if not work.is_dir():
+        # "nothing found" for a mistyped folder would read as "nothing run yet"
+        print(f"encred status: work dir {work} {'is not a folder' if work.exists() else 'does not exist'} "
+              "(VLMEvalKit's --work-dir, e.g. ./outputs)", file=sys.stderr)
+        return 2
     rows = collect(args.work_dir, args.model)
     print(json.dumps(rows, indent=1) if args.json else render(rows))
     return 1 if any(r["state"] == "failed" for r in rows) else 0
