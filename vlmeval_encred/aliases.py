@@ -69,6 +69,24 @@ def standing_for(name: Any) -> list[str] | None:
     return list(targets)
 
 
+def _fold(name: str) -> str:
+    return "".join(c for c in name.casefold() if c.isalnum())
+
+
+def near_miss(name: Any) -> str | None:
+    """For a name VLMEvalKit could not build that differs from a paper short name only in case,
+    ``-``/``_``/spaces (``seed-i``, ``CVBench``, ``chart_qa``): one line naming the short name."""
+    if not isinstance(name, str):
+        return None
+    from .suites import paper_short_names
+
+    for short, targets in paper_short_names().items():
+        if short != name and _fold(short) == _fold(name):
+            return (f"vlmeval-encred: no dataset {name!r}; the paper's short name is {short!r} "
+                    f"(= {' + '.join(targets)}); dataset names are case-sensitive")
+    return None
+
+
 _LIVE: dict[str, "AliasDataset"] = {}
 """Aliases built in this process, by name (the last one built of each name)."""
 

@@ -131,7 +131,14 @@ def after_dataset(dataset: ModuleType) -> None:
     def build_dataset(dataset_name, **kwargs):
         if dataset_name not in official and aliases.standing_for(dataset_name):
             return aliases.build(dataset_name, original, **kwargs)
-        return original(dataset_name, **kwargs)
+        built = original(dataset_name, **kwargs)
+        if built is None:
+            hint = aliases.near_miss(dataset_name)
+            if hint:  # VLMEvalKit skips an unknown name with one line; say which name was meant
+                from vlmeval.smp import get_logger
+
+                get_logger("vlmeval_encred").error(hint)
+        return built
 
     setattr(build_dataset, _MARK, True)
     dataset.build_dataset = build_dataset
