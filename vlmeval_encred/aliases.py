@@ -21,6 +21,11 @@ them.  An :class:`AliasDataset` therefore holds the official dataset objects
   ``evaluate`` (which writes the official-named score files) and, in a run
   folder, links them one level up as upstream's ``run.py`` does for its own.
 
+* run.py's own bookkeeping (the result file it checks in ``--mode eval``, ``--reuse``'s copies, the
+  ``status.json`` behind its closing summary): :func:`wrap_run_bookkeeping` makes each of these
+  ``vlmeval.smp`` functions act per official part, so the summary, ``--mode eval`` and ``--reuse``
+  are those of the official names.
+
 Why not VLMEvalKit's ``ConcatDataset``: it re-encodes every image, renumbers
 indices, adds columns and names files after the alias -- results that differ
 from the official run.  Alias definitions are data: ``benchmarks.yaml``
