@@ -120,18 +120,26 @@ def test_mode_eval_with_short_names_evaluates_the_official_predictions(official_
         assert scores, (name, explain(proc))
 
 
-def test_mode_eval_of_cv_bench_with_one_part_missing_names_each_part(official_run, tmp_path):
-    """``--mode eval --data CV-Bench`` with CV-Bench-3D's predictions gone: nothing is evaluated
-    (the benchmark needs both parts) and the summary says so per part, instead of one row
-    ``CV-Bench: No infer result found`` that hid that 2D's predictions exist."""
+def test_mode_eval_without_complete_predictions_says_what_is_missing_per_part(official_run, tmp_path):
+    """``--mode eval --data SEED-I CV-Bench`` with SEED's predictions cut short and CV-Bench-3D's
+    gone: nothing is evaluated (as for the official names; CV-Bench needs both parts) and the
+    summary says per official dataset what is missing, as run.py says it for the official names.
+    Was: rows ``SEED-I``/``CV-Bench`` both "No infer result found" (run.py looked at the alias'
+    file), hiding that SEED's predictions are there but incomplete and 2D's are complete."""
+    import pandas as pd
+
     work = _copy(official_run, tmp_path)
     for p in (work / BASE).rglob(f"{BASE}_CV-Bench-3D.xlsx"):
         p.unlink()
-    proc = _run([*COMMON, "--mode", "eval", "--data", "CV-Bench", "--work-dir", str(work)],
+    for p in (work / BASE).rglob(f"{BASE}_SEEDBench_IMG.xlsx"):
+        if p.is_file() and not p.is_symlink():
+            pd.read_excel(p).iloc[:3].to_excel(p, index=False)
+    proc = _run([*COMMON, "--mode", "eval", "--data", *SHORT, "--work-dir", str(work)],
                 _env(official_run["lmu"], ENCRED_TEST_FORBID_BUILD=BASE))
     assert proc.returncode == 0, explain(proc)
     rows = _summary(proc)
-    assert "CV-Bench" not in rows, rows
+    assert "CV-Bench" not in rows and "SEED-I" not in rows, rows
+    assert rows["SEEDBench_IMG"][4] == "Incomplete infer result", rows
     assert rows["CV-Bench-3D"][4] == "No infer result found", rows
     assert rows["CV-Bench-2D"][4] == "not evaluated: another part of CV-Bench has no complete predictions", rows
 

@@ -323,7 +323,8 @@ def _wrap_prepare_reuse_files(orig):
 
 
 def _part_skip_reason(alias: "AliasDataset | None", a: dict, part: str) -> str:
-    """Eval mode found the alias incomplete: say for each part what it lacks (or that another part does)."""
+    """Eval mode found the alias incomplete: say for each part what it lacks (or that another part does),
+    as run.py says it for an official name (it looked at the alias' file, which never exists)."""
     if alias is None:
         return a["skip_reason"]
     from vlmeval.smp import get_pred_file_path
@@ -332,7 +333,10 @@ def _part_skip_reason(alias: "AliasDataset | None", a: dict, part: str) -> str:
     pf = get_pred_file_path(str(a["run_dir"]), a["model_name"], part, use_env_format=True)
     if not osp.exists(pf):
         return "No infer result found"
-    if not _ORIG["is_prediction_complete"](pf, list(p.data["index"]), True):
+    complete = _ORIG.get("is_prediction_complete")
+    if complete is None:
+        from vlmeval.smp import is_prediction_complete as complete
+    if not complete(pf, list(p.data["index"]), True):
         return "Incomplete infer result"
     return f"not evaluated: another part of {alias.dataset_name} has no complete predictions"
 
@@ -376,7 +380,7 @@ def _wrap_upsert_dataset_status(orig):
                     del b["metrics_source"]
             if b.get("source_run") and alias is not None:
                 b["source_run"] = (getattr(alias, "reuse_sources", None) or {}).get(part) or b["source_run"]
-            if b.get("skip_reason") in _SKIPPED_NO_PRED and len(names) > 1:
+            if b.get("skip_reason") in _SKIPPED_NO_PRED:  # run.py judged by its (never existing) alias file
                 b["skip_reason"] = _part_skip_reason(alias, b, part)
             out = orig(**b)
         return out
