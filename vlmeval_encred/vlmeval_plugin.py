@@ -284,6 +284,13 @@ def after_dataset(dataset: ModuleType) -> None:
     untouched; a paper short name (``ChartQA``, ``CV-Bench``...) becomes a
     :class:`vlmeval_encred.aliases.AliasDataset` over the official dataset objects.
     """
+    import sys
+
+    from . import aliases
+
+    smp = sys.modules.get("vlmeval.smp")
+    if smp is not None:  # run.py binds these from vlmeval.smp after vlmeval.dataset has executed
+        aliases.wrap_run_bookkeeping(smp)
     original = dataset.build_dataset
     if getattr(original, _MARK, False):
         return
@@ -291,15 +298,16 @@ def after_dataset(dataset: ModuleType) -> None:
 
     @functools.wraps(original)
     def build_dataset(dataset_name, **kwargs):
-        if dataset_name not in official:
-            from . import aliases
+        if dataset_name not in official and aliases.standing_for(dataset_name):
+            return aliases.build(dataset_name, original, **kwargs)
+        built = original(dataset_name, **kwargs)
+        if built is None:
+            hint = aliases.near_miss(dataset_name)
+            if hint:  # VLMEvalKit skips an unknown name with one line; say which name was meant
+                from vlmeval.smp import get_logger
 
-            if aliases.alias_targets(dataset_name):
-                from vlmeval.smp import LMUDataRoot
-
-                if not os.path.exists(os.path.join(LMUDataRoot(), f"{dataset_name}.tsv")):
-                    return aliases.build(dataset_name, original, **kwargs)
-        return original(dataset_name, **kwargs)
+                get_logger("vlmeval_encred").error(hint)
+        return built
 
     setattr(build_dataset, _MARK, True)
     dataset.build_dataset = build_dataset
