@@ -187,9 +187,11 @@ def test_short_and_official_name_in_one_command_give_one_official_row(official_r
 
 
 def test_misspelt_short_name_says_which_name_was_meant(official_run, tmp_path):
-    """``--data seed-i``: VLMEvalKit skips an unknown name with "Dataset seed-i is not valid" (and
-    exit 0, for any unknown name); the plugin adds one line naming ``SEED-I``."""
+    """``--data seed-i``: VLMEvalKit would skip an unknown name with "Dataset seed-i is not valid" and
+    exit 0 (for any unknown name); a name that differs from a paper short name only in case or
+    punctuation stops the run first, with one line naming ``SEED-I``, and a failing exit."""
     proc = _run([*COMMON, "--data", "seed-i", "--work-dir", str(tmp_path / "work")], _env(official_run["lmu"]))
     log = proc.stdout + proc.stderr
     assert "no dataset 'seed-i'; the paper's short name is 'SEED-I' (= SEEDBench_IMG)" in log, explain(proc)
-    assert _summary(proc)["seed-i"][4] == "invalid_dataset"
+    assert proc.returncode != 0 and "Stopped before any model was built" in log, explain(proc)
+    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").rglob("*.xlsx"))

@@ -41,6 +41,32 @@ class UnknownModelName(SystemExit):
     """
 
 
+class UnknownDatasetName(SystemExit):
+    """A ``--data`` name that differs from one of the paper's short names only in case or
+    punctuation (``seed-i`` for ``SEED-I``).  VLMEvalKit would skip it with one log line and exit
+    0, so a whole evaluation could "succeed" without the benchmark; a SystemExit for the same
+    reason as :class:`UnknownModelName`."""
+
+
+def check_data_argv(official: set[str]) -> None:
+    """When this process is VLMEvalKit's entry point, stop on a misspelt paper short name in
+    ``--data`` before anything runs (names VLMEvalKit knows, local TSVs and exact short names pass)."""
+    import os
+
+    from . import aliases
+
+    args = _vlmeval_cli_args()
+    if args is None:
+        return
+    lmu = os.environ.get("LMUData") or os.path.join(os.path.expanduser("~"), "LMUData")
+    for name in _models_in(args, "--data"):
+        if name in official or aliases.standing_for(name) or os.path.exists(os.path.join(lmu, f"{name}.tsv")):
+            continue
+        hint = aliases.near_miss(name)
+        if hint:
+            raise UnknownDatasetName(f"{hint}. Stopped before any model was built or dataset run.")
+
+
 class GuardedModels(dict):
     """``supported_VLM`` with one change: a missing name that looks like ours raises
     :class:`UnknownModelName` (our message) instead of ``KeyError``.
@@ -131,15 +157,15 @@ def _vlmeval_cli_args() -> list[str] | None:
     return None
 
 
-def _models_in(args: list[str]) -> list[str]:
-    """The values of ``--model`` (``--model a b``, ``--model=a``, repeated)."""
+def _models_in(args: list[str], flag: str = "--model") -> list[str]:
+    """The values of ``flag`` (``--model a b``, ``--model=a``, repeated)."""
     out: list[str] = []
     i = 0
     while i < len(args):
         a = args[i]
-        if a.startswith("--model="):
+        if a.startswith(flag + "="):
             out.append(a.split("=", 1)[1])
-        elif a == "--model":
+        elif a == flag:
             i += 1
             while i < len(args) and not args[i].startswith("-"):
                 out.append(args[i])
@@ -295,6 +321,7 @@ def after_dataset(dataset: ModuleType) -> None:
     if getattr(original, _MARK, False):
         return
     official = set(getattr(dataset, "SUPPORTED_DATASETS", ()))
+    check_data_argv(official)  # raises UnknownDatasetName (a SystemExit) for a misspelt short name
 
     @functools.wraps(original)
     def build_dataset(dataset_name, **kwargs):

@@ -96,7 +96,10 @@ def main() -> None:
     if argv[:1] == ["-m"]:
         module, rest = argv[1], argv[2:]
         sys.path[0] = os.getcwd()
-        sys.argv = [module, *rest]
+        # As `python -m module` has them while the package imports: argv[0] is '-m' and orig_argv
+        # names the module (runpy sets argv[0] to the file only once __main__ runs).
+        sys.argv = ["-m", *rest]
+        sys.orig_argv = [sys.executable, "-m", module, *rest]
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     else:
         script, rest = argv[0], argv[1:]
