@@ -80,6 +80,19 @@ def test_stop_rule_reasons():
     assert StopRule(halfwidth=2.0).reason(1.0, 9.0, 10, 100) is None  # sign alone stops only with decide_sign
 
 
+def test_adaptive_arguments_are_checked_before_anything_runs():
+    from vlmeval_encred.validate import ValidationError, check_adaptive
+
+    ok = dict(adaptive=True, halfwidth=2.0, decide_sign=False, max_frac=None, round_size=None, limit=None,
+              cluster=None, complete=None)
+    check_adaptive(**ok)
+    for bad, msg in [(dict(halfwidth=None), "needs a target"), (dict(adaptive=False), "add --adaptive"),
+                     (dict(limit=10), "--limit"), (dict(cluster="slurm"), "--cluster"),
+                     (dict(complete="all"), "--complete")]:
+        with pytest.raises(ValidationError, match=msg):
+            check_adaptive(**{**ok, **bad})
+
+
 # --- coverage under the sweep's stopping rule --------------------------------------------------
 
 @pytest.mark.parametrize("rule", [StopRule(decide_sign=True, halfwidth=4.0), StopRule(halfwidth=3.0, max_frac=0.6)],
