@@ -207,3 +207,33 @@ class OneLineParser(argparse.ArgumentParser):
         message = " ".join(message.split())
         self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
+
+
+def check_adaptive(*, adaptive: bool, halfwidth: float | None, decide_sign: bool, max_frac: float | None,
+                   round_size: int | None, limit: int | None, cluster: str | None, complete: str | None) -> None:
+    """The combinations of ``encred sweep``'s adaptive arguments that mean something.
+
+    ``--halfwidth``, ``--decide-sign``, ``--max-frac`` and ``--round-size`` only steer an
+    adaptive sweep; an adaptive sweep needs a target (a half-width, or deciding the sign) and
+    samples the whole dataset itself, so ``--limit`` (the first N rows) and ``--cluster``
+    (whole-dataset jobs) do not combine with it; ``--complete`` runs a plain sweep."""
+    given = [n for n, v in (("--halfwidth", halfwidth), ("--decide-sign", decide_sign or None),
+                            ("--max-frac", max_frac), ("--round-size", round_size)) if v is not None]
+    if complete is not None:
+        if adaptive or given:
+            raise ValidationError(f"--complete finishes sampled cells with a plain sweep (every question); "
+                                  f"drop {', '.join((['--adaptive'] if adaptive else []) + given)}")
+        return
+    if not adaptive:
+        if given:
+            raise ValidationError(f"{', '.join(given)} only apply to an adaptive sweep: add --adaptive "
+                                  "(or drop them for a full sweep)")
+        return
+    if halfwidth is None and not decide_sign:
+        raise ValidationError("--adaptive needs a target: --halfwidth H (points) and/or --decide-sign")
+    if limit is not None:
+        raise ValidationError("--adaptive samples questions from the whole dataset in a random order; "
+                              "--limit (the first N rows) does not combine with it: use --max-frac")
+    if cluster is not None:
+        raise ValidationError("--adaptive runs here (rounds need every variant's scores between them); "
+                              "drop --cluster")

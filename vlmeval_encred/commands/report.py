@@ -66,6 +66,17 @@ def run(args: argparse.Namespace) -> int:
     ov = res.scores.get(res.variants[0]["name"], {}).get("Overall")
     print(f"full model Overall: {'n/a' if ov is None else f'{ov:.2f}'}; IG Overall: "
           + ("n/a" if res.ig.get("Overall") is None else f"{res.ig['Overall']:.2f}"))
+    if res.sampled:
+        print(f"{len(res.sampled)} cells are SAMPLED (adaptive sweep, estimates from n of N questions); every "
+              "number and interval resting on them is marked \u2020 (Markdown, figure) / has 'sampled' (JSON):")
+        for c in res.sampled[:12]:
+            print(f"  \u2020 {c['variant']} / {c['benchmark']}: {c['score']:.2f} -- {c['note']}")
+        if len(res.sampled) > 12:
+            print(f"  ... {len(res.sampled) - 12} more")
+        for b in res.bootstrap:
+            if b.get("sampled") and b["quantity"] == "CUR" and b["lo"] is not None:
+                print(f"  \u2020 CUR {b['subject']} at {b['level']}: {b['estimate']:.1f} % "
+                      f"[{b['lo']:.1f}, {b['hi']:.1f}]{' excludes 0' if b['distinguishable'] else ''} ({b['sampled']})")
     if args.n_boot == 0:
         print("bootstrap intervals: off (--n-boot 0); no CUR/IG interval is computed or starred")
     _print_cur(res)

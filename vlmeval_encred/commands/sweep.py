@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..validate import int_range
+from ..validate import float_range, int_range, seed
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +31,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vlmeval-root", default=None,
                    help="a VLMEvalKit checkout whose run.py and output layout to use (default: the importable "
                         "vlmeval; also $ENCRED_VLMEVAL_ROOT)")
+    a = p.add_argument_group("adaptive (sample questions until each cell's anytime-valid interval meets a target; "
+                             "docs/sweeps.md, 'Adaptive sweeps')")
+    a.add_argument("--adaptive", action="store_true",
+                   help="answer questions in a seeded random order, in rounds, and stop each (variant, dataset) "
+                        "cell once its interval on the paired difference to the full model meets the target; "
+                        "files go to <work-dir>/encred_adaptive/")
+    a.add_argument("--halfwidth", type=float_range(0, 100, lo_open=True, what="percentage points"), default=None,
+                   help="target half-width of each cell's interval, in points of the 0-100 score")
+    a.add_argument("--decide-sign", action="store_true",
+                   help="stop a cell once its interval excludes 0 (or the --halfwidth target is met)")
+    a.add_argument("--max-frac", type=float_range(0, 1, lo_open=True, what="fraction of each dataset"),
+                   default=None, help="budget cap: stop every cell after this fraction of a dataset (default 1)")
+    a.add_argument("--round-size", type=int_range(1), default=None,
+                   help="units (questions, or circular groups) per round (default 50)")
+    a.add_argument("--seed", type=seed, default=0, help="seed of the question order (default 0)")
+    a.add_argument("--alpha", type=float_range(0, 0.5, lo_open=True, what="1 - confidence level"), default=0.05,
+                   help="intervals hold at every round with probability >= 1 - alpha (default 0.05)")
+    a.add_argument("--complete", default=None, metavar="SUBSETS",
+                   help="turn sampled cells into full ones: a plain sweep of these subsets (plus the full model) "
+                        "that reuses every answer the adaptive sweep computed")
     c = p.add_argument_group("cluster (submitit job array over (variant or lattice shard, dataset))")
     c.add_argument("--cluster", choices=["slurm", "local", "debug"], default=None,
                    help="submit instead of running here; 'local' runs the same jobs as local processes")
@@ -62,9 +82,19 @@ def run(args: argparse.Namespace) -> int:
                                "drop --limit or use sweep cells (without --per-variant), which apply it themselves")
     except FlavourError as exc:
         raise SystemExit(f"encred sweep: {exc}")
+    from ..validate import ValidationError, check_adaptive
+
+    try:
+        check_adaptive(adaptive=args.adaptive, halfwidth=args.halfwidth, decide_sign=args.decide_sign,
+                       max_frac=args.max_frac, round_size=args.round_size, limit=args.limit, cluster=args.cluster,
+                       complete=args.complete)
+    except ValidationError as exc:
+        raise SystemExit(f"encred sweep: {exc}")
     try:
         base = get_base(args.model)
-        chosen = select_entries(base, args.subsets)
+        chosen = select_entries(base, args.complete or args.subsets)
+        if args.complete is not None and chosen[0].masked:  # the full model's file: CUR needs it complete too
+            chosen = select_entries(base, "k=0") + chosen
         datasets = resolve_datasets(args.data, args.suite_file)
         check_datasets(datasets, args.suite_file)
     except (RegistryError, SelectionError) as exc:
@@ -74,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     from ..sweep.engine import SweepError, run_sweep
     from ..sweep.protocol import SweepUnsupportedError
 
+    if args.adaptive:
+        return _adaptive(args, base, chosen, datasets)
     try:
         rep = run_sweep(base, chosen, datasets, args.work_dir, limit=args.limit, decode_batch=args.decode_batch,
                         progress=not args.no_progress)
@@ -87,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{d.dataset}: {d.samples} samples, {d.computed_samples} computed, {len(d.written)} prediction "
               f"files written, {len(d.skipped_variants)} variants already complete; encoder calls: {calls}; "
               f"{d.seconds:.1f} s")
+        if d.reused_adaptive:
+            print(f"  reused {d.reused_adaptive} answers an adaptive sweep had computed (encred_adaptive/)")
         dec = d.decoding
         if dec.calls:  # the family decodes through sweep.decoding.greedy_subsets
             print(f"  LLM prefill: {dec.prefilled_tokens} of {dec.prompt_tokens} prompt positions computed "
@@ -129,4 +163,40 @@ def _submit(args: argparse.Namespace, base, chosen, datasets) -> int:
             except Exception as exc:  # recorded in the cell's state file; status shows it
                 print(f"job {j.job_id} failed: {str(exc).splitlines()[-1] if str(exc) else exc}")
         print(render(collect(args.work_dir, base.name)))
+    return 0
+
+
+def _adaptive(args: argparse.Namespace, base, chosen, datasets) -> int:
+    from ..sweep.adaptive import run_adaptive
+    from ..sweep.confseq import StopRule
+    from ..sweep.engine import SweepError
+    from ..sweep.protocol import SweepUnsupportedError
+
+    rule = StopRule(halfwidth=args.halfwidth, decide_sign=args.decide_sign,
+                    max_frac=1.0 if args.max_frac is None else args.max_frac, alpha=args.alpha)
+    try:
+        rep = run_adaptive(base, chosen, datasets, args.work_dir, rule=rule, seed=args.seed,
+                           round_size=args.round_size or 50, suite_file=args.suite_file,
+                           decode_batch=args.decode_batch, progress=not args.no_progress)
+    except (SweepError, SweepUnsupportedError) as exc:
+        raise SystemExit(f"encred sweep: {exc}")
+    print(f"adaptive sweep of {base.name}: {rule.describe()}; seed {args.seed}")
+    if rep.added_full:
+        print(f"  added the full model {base.name} (every cell is a paired difference to it)")
+    for d in rep.datasets:
+        if not d.adaptive:
+            print(f"{d.dataset}: run in full ({d.how}); prediction files in {args.work_dir}/<variant>/")
+            continue
+        stopped = sum(1 for c in d.cells.values() if c["quantity"] != "score" and c["status"] != "open")
+        n_var = sum(1 for c in d.cells.values() if c["quantity"] != "score")
+        print(f"{d.dataset}: {d.answered_questions} of {d.questions} questions answered by the full model "
+              f"({d.units} units of {d.how.split(',')[0]}), {d.rounds} rounds, {stopped}/{n_var} cells stopped; "
+              f"files in {args.work_dir}/encred_adaptive/{base.name}/{d.dataset}/")
+        for name, c in d.cells.items():
+            est = "n/a" if c["estimate"] is None else f"{c['estimate']:+.1f}" if c["quantity"] != "score" \
+                else f"{c['estimate']:.1f}"
+            print(f"  {name}: {c['quantity']} {est} [{c['lo']:.1f}, {c['hi']:.1f}] sampled {c['n']}/{c['N']} "
+                  f"({c['status']}{': ' + c['stop'] if c['stop'] and c['status'] != 'complete' else ''})")
+    print("sampled cells are not results VLMEvalKit will evaluate; `encred report` reads them and marks them; "
+          "`encred sweep --complete SUBSETS` turns cells into full ones, reusing these answers")
     return 0

@@ -77,6 +77,9 @@ class ReportResult:
     dtypes or mask modes (from the prediction files' provenance sidecars; ``cells[i]["provenance"]``)."""
     n_boot: int = 0
     seed: int = 0
+    sampled: list[dict[str, Any]] = field(default_factory=list)
+    """Cells whose score is an adaptive sweep's estimate from n of N questions (``variant, benchmark,
+    score, note``); their intervals (rows with a ``sampled`` key in ``bootstrap``) are confidence sequences."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds per stage (read, metrics, bootstrap, write, total)."""
 

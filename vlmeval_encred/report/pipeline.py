@@ -11,6 +11,7 @@ from . import bootstrap as bs
 from . import metrics as M
 from . import uptodate as U
 from . import provenance as RP
+from . import sampled as SM
 from . import writers as W
 from .api import ReportError, ReportResult
 from .reader import ModelResults, _Listing
@@ -150,6 +151,9 @@ def run_pipeline(*, work_dir: Path, base_model: str, suite: str, out_dir: Path |
     if not work_dir.is_dir():
         raise ReportError(f"work dir {work_dir} does not exist (VLMEvalKit's --work-dir, e.g. ./outputs)")
     listing = _Listing()
+    sampled = SM.read_sampled(work_dir, base_model)  # adaptive sweeps: used where no complete result exists
+    used: set[tuple[str, str]] = set()
+    part_val_map: dict[tuple[str, str, str], float] = {}
     cells: list[dict[str, Any]] = []
     ps_issues: list[dict[str, str]] = []  # per-sample data that cannot serve the bootstrap
     bench_scores: dict[frozenset, dict[str, float | None]] = {}
@@ -198,12 +202,24 @@ def run_pipeline(*, work_dir: Path, base_model: str, suite: str, out_dir: Path |
                                           "file": str(loc.per_sample or ""), "reason": per_sample_state[-1]})
                 elif val is not None:
                     per_sample_state.append(f"{p.dataset}: the suite defines no per-sample file")
+                sc = SM.cell_of(sampled, v["name"], p.dataset) if status == "missing" else None
+                if sc is not None and sc.get("estimate") is not None:
+                    rec = sampled[p.dataset]
+                    fv = part_val_map.get((variants[0]["name"], b.name, p.dataset))
+                    val = sc["estimate"] if v["name"] == rec["full"] else (None if fv is None else fv + sc["estimate"])
+                    if val is not None:
+                        status, reason = "sampled", SM.note(sc, rec)
+                        used.add((v["name"], p.dataset))
+                        per_sample_state.append(f"{p.dataset}: sampled cell (adaptive sweep); interval from its "
+                                                "confidence sequence, not the bootstrap")
+                if val is not None and status in ("ok", "stale", "sampled"):
+                    part_val_map[(v["name"], b.name, p.dataset)] = val
                 statuses.append(status)
                 if reason:
                     reasons.append(f"{p.dataset}: {reason}" if len(b.parts) > 1 else reason)
                 reasons += [f"note: {n}" for n in loc.notes]
-                part_vals.append(val if status in ("ok", "stale") else None)
-            order = ["unreadable", "missing", "stale", "ok"]
+                part_vals.append(val if status in ("ok", "stale", "sampled") else None)
+            order = ["unreadable", "missing", "sampled", "stale", "ok"]
             status = next(s for s in order if s in statuses)
             score = _mean(part_vals)
             bench_scores[kept][b.name] = score
@@ -212,7 +228,7 @@ def run_pipeline(*, work_dir: Path, base_model: str, suite: str, out_dir: Path |
                           "reason": "; ".join(reasons), "per_sample": "; ".join(per_sample_state) or "ok",
                           "provenance": RP.summarize(prov)})
     timings["read"] = time.perf_counter() - t
-    if not any(c["status"] in ("ok", "stale") for c in cells):
+    if not any(c["status"] in ("ok", "stale", "sampled") for c in cells):
         first = cells[0]["reason"] if cells else ""
         raise ReportError(f"no results at all for {base_model} in {work_dir} (suite {suite}); "
                           f"e.g. {cells[0]['variant']}/{cells[0]['benchmark']}: {first}")
@@ -289,6 +305,16 @@ def run_pipeline(*, work_dir: Path, base_model: str, suite: str, out_dir: Path |
     else:
         boot_notes = ["bootstrap disabled (n_boot=0)"]
         weak = []
+    if used:
+        alpha_rows = SM.interval_rows(sampled=sampled, used=used, part_vals=part_val_map,
+                                      weights=SM.level_weights(S, levels, OVERALL), variants=variants,
+                                      encoders=encs, scores={names[k]: sc for k, sc in scores.items()}, cur=cur)
+        keys = {(r["quantity"], r["subject"], r["level"]) for r in alpha_rows}
+        boot_rows = [r for r in boot_rows if (r["quantity"], r["subject"], r["level"]) not in keys] + alpha_rows
+        boot_notes = boot_notes + [
+            f"{len(used)} cells are sampled (adaptive sweep, {SM.MARK}): their scores are estimates from n of N "
+            "questions and every interval resting on them is the sweep's anytime-valid confidence sequence "
+            "(docs/sweeps.md, 'Adaptive sweeps'), not the bootstrap"]
     timings["bootstrap"] = time.perf_counter() - t
 
     res = ReportResult(base_model=base_model, suite=suite, encoders=encs, out_dir=None)
@@ -308,6 +334,8 @@ def run_pipeline(*, work_dir: Path, base_model: str, suite: str, out_dir: Path |
     res.provenance_warnings = RP.warnings(cells, names[full], {e: names[full - {e}] for e in encs})
     res.notes = boot_notes + [f"provenance: {m}" for m in res.provenance_warnings]
     res.n_boot, res.seed = n_boot, seed
+    res.sampled = [{"variant": c["variant"], "benchmark": c["benchmark"], "score": c["score"], "note": c["reason"]}
+                   for c in cells if c["status"] == "sampled"]
     if write:
         t = time.perf_counter()
         out = out_dir or (work_dir / "encred_report" / base_model / suite)
@@ -359,13 +387,15 @@ def _markdown(r: ReportResult, figs: list[str]) -> str:
     out = [f"# Encoder contributions: {r.base_model} on {r.suite}", "",
            f"Encoders: {', '.join(r.encoders)}. {len(r.variants)} variants x "
            f"{len(r.levels) - len(top)} benchmarks = {len(r.cells)} cells: {n_ok} ok, "
-           + ", ".join(f"{sum(c['status'] == s for c in r.cells)} {s}" for s in ("stale", "missing", "unreadable"))
+           + ", ".join(f"{sum(c['status'] == s for c in r.cells)} {s}"
+                       for s in ("sampled", "stale", "missing", "unreadable"))
            + ". Scores on 0-100; CUR in %.", ""]
     if r.per_sample_issues:
         out += [f"**{len(r.per_sample_issues)} cell(s) without usable per-sample data** (their scores are used; "
                 "the intervals that need them are missing or narrowed, marked † below; see *Per-sample data "
                 "not usable*).", ""]
     wmark = {(w["subject"], w["level"]): w["mark"] for w in r.weakened}
+    out += SM.markdown_section(r, W.md_table)
 
     def cur_cell(e: str, lvl: str) -> str:
         v = r.cur[e][lvl]
@@ -375,13 +405,17 @@ def _markdown(r: ReportResult, figs: list[str]) -> str:
             s += f" [{b['lo']:.1f}, {b['hi']:.1f}]" + ("*" if b["distinguishable"] else "")
         if (e, lvl) in wmark:
             s += " " + wmark[(e, lvl)]
+        if b and b.get("sampled"):
+            s += " " + SM.MARK
         return s
 
     out += ["## Scores", "", W.md_table(["variant"] + top,
                                          [[full] + [r.scores[full][l] for l in top],
                                           [none + " (no vision)"] + [r.scores[none][l] for l in top]]), ""]
     out += ["## CUR (leave-one-out), with 95% paired-bootstrap intervals", "",
-            "`*` = the interval excludes 0.", "",
+            "`*` = the interval excludes 0." + (f" `{SM.MARK}` = rests on sampled cells (adaptive sweep): "
+                                                 "anytime-valid confidence sequence, not the bootstrap."
+                                                 if r.sampled else ""), "",
             W.md_table(["encoder"] + top, [[e] + [cur_cell(e, l) for l in top] for e in r.encoders]
                        + [["IG (max - min)"] + [r.ig[l] for l in top]]), ""]
     notes = weak_notes([w for w in r.weakened if w["level"] in top])
@@ -490,7 +524,7 @@ def _write(r: ReportResult, out: Path, figures: bool, force: bool) -> None:
                 p, [x for x in r.k_curve if x["level"] == OVERALL], f"{r.base_model}: k encoders masked"))
         if "fig_intervals" in figs:
             st.write(figs["fig_intervals"], lambda p: W.fig_intervals(
-                p, _interval_rows(r, top), f"{r.base_model}: CUR intervals",
+                p, [SM.figure_row(b) for b in _interval_rows(r, top)], f"{r.base_model}: CUR intervals",
                 notes=weak_notes([w for w in r.weakened if w["level"] in top])))
         r.out_dir = out
         r.files = {k: out / v for k, v in {**names, **figs}.items()}

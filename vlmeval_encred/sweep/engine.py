@@ -54,6 +54,8 @@ class DatasetReport:
     encoder_calls: dict[str, int] = field(default_factory=dict)
     decode_calls: int = 0
     seconds: float = 0.0
+    reused_adaptive: int = 0
+    """Answers taken from an adaptive sweep's checkpoint (``encred_adaptive/``) instead of computed."""
     decoding: DecodeStats = field(default_factory=DecodeStats)
     """What families decoding through :func:`.decoding.greedy_subsets` saved (prefix reuse, rows dropped)."""
 
@@ -161,6 +163,10 @@ def run_sweep(base: BaseModelSpec, entries: Sequence[Entry], datasets: Sequence[
         lock_paths = [ck_path.with_suffix(".lock")] + [output_lock(work_dir, e.name, ds_name) for e in entries]
         try:
             with hold(lock_paths, what=f"{base.name} x {ds_name} in {work_dir}"):
+                if not limit:  # answers an adaptive sweep already computed are reused, not recomputed
+                    from .adaptive import import_answers
+
+                    rep.reused_adaptive = import_answers(work_dir, base, ds_name, ck_path, entries)
                 model = _sweep_dataset(base, entries, dataset, ds_name, indices, rep, report, work_dir, ck_path,
                                        model, support_box, mask_mode, layout, run_id, decode_batch, sync_every,
                                        progress, on_sample)
@@ -209,21 +215,7 @@ def _sweep_dataset(base, entries, dataset, ds_name, indices, rep, report, work_d
             todo = [e for e in pending if e.name not in have]
             if not todo:
                 continue
-            message = build_message(model, dataset, line)
-            inputs = support.prepare(model, message, ds_name)
-            needed = [x for x in base.encoders if any(x in e.kept for e in todo)]
-            feats = support.encode(model, inputs, needed) if needed else {}
-            for x in needed:
-                rep.encoder_calls[x] = rep.encoder_calls.get(x, 0) + 1
-            preds: dict[str, str] = {}
-            for chunk in _chunks(todo, decode_batch):
-                per_subset = [{x: (feats[x] if x in e.kept else None) for x in base.encoders} for e in chunk]
-                outs = support.fuse_and_generate(model, inputs, per_subset, mask_mode)
-                if len(outs) != len(chunk):
-                    raise SweepError(f"{type(support).__name__}.fuse_and_generate returned {len(outs)} "
-                                     f"answers for {len(chunk)} subsets")
-                rep.decode_calls += 1
-                preds.update({e.name: str(o) for e, o in zip(chunk, outs)})
+            preds = answer_sample(base, support, model, dataset, ds_name, line, todo, mask_mode, decode_batch, rep)
             ck.add(idx, preds)
             rep.computed_samples += 1
             bar.update(1)
@@ -247,6 +239,27 @@ def _sweep_dataset(base, entries, dataset, ds_name, indices, rep, report, work_d
         rep.written.append(path)
     ck.remove()
     return model
+
+
+def answer_sample(base: BaseModelSpec, support: Any, model: Any, dataset: Any, ds_name: str, line: Any,
+                  todo: Sequence[Entry], mask_mode: str, decode_batch: int, rep: DatasetReport) -> dict[str, str]:
+    """Every entry of ``todo`` answers one sample: each needed encoder once, subsets decoded in batches."""
+    message = build_message(model, dataset, line)
+    inputs = support.prepare(model, message, ds_name)
+    needed = [x for x in base.encoders if any(x in e.kept for e in todo)]
+    feats = support.encode(model, inputs, needed) if needed else {}
+    for x in needed:
+        rep.encoder_calls[x] = rep.encoder_calls.get(x, 0) + 1
+    preds: dict[str, str] = {}
+    for chunk in _chunks(list(todo), decode_batch):
+        per_subset = [{x: (feats[x] if x in e.kept else None) for x in base.encoders} for e in chunk]
+        outs = support.fuse_and_generate(model, inputs, per_subset, mask_mode)
+        if len(outs) != len(chunk):
+            raise SweepError(f"{type(support).__name__}.fuse_and_generate returned {len(outs)} "
+                             f"answers for {len(chunk)} subsets")
+        rep.decode_calls += 1
+        preds.update({e.name: str(o) for e, o in zip(chunk, outs)})
+    return preds
 
 
 def load_model(base: BaseModelSpec, entries: Sequence[Entry]) -> Any:
