@@ -314,7 +314,7 @@ def test_partial_per_sample_file_marks_every_number_it_weakens(work, tmp_path, c
     monkeypatch.setattr(W, "fig_cur_heatmap", lambda *a, **k: (seen.update(heat=k), heat(*a, **k))[1])
     monkeypatch.setattr(W, "fig_intervals", lambda *a, **k: (seen.update(iv=(a[1], k)), intervals(*a, **k))[1])
     out = tmp_path / "o"
-    rc = main(["report", "--work-dir", str(work), "--model", RS.BASE, "--encoders", "a,b", "--n-boot", "50",
+    rc = main(["report", "--work-dir", str(work), "--model", RS.BASE, "--encoders", "a,b", "--n-boot", "100",
                "--out", str(out), "--no-cache"])
     console = capsys.readouterr().out
     assert rc == 0
