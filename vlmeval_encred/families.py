@@ -93,3 +93,20 @@ def resolve(target: str) -> Any:
     """Import ``"module:attr"`` and return the attribute."""
     module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+_OWN_MODULES = ("catalog", "modeling", "selftest", "tiny", "compat")
+
+
+def forward_to_modeling(package: str):
+    """A module ``__getattr__`` for a family's ``__init__``: other names come from its ``modeling``
+    on first use, so ``from vlmeval_encred.model_wrappers.<family> import ADAPTER`` works while
+    importing the package (as every catalog import does) imports nothing heavy."""
+
+    def __getattr__(name: str):
+        # the family's own submodules (asked for while they are being imported) and dunders stay unforwarded
+        if name.startswith("__") or name in _OWN_MODULES:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(package + ".modeling"), name)
+
+    return __getattr__

@@ -8,10 +8,6 @@ VLMEvalKit wrapper, the sweep support) are forwarded on first use, so
 """
 
 
-def __getattr__(name: str):
-    # Submodule names (asked for while they are being imported) and dunders are not forwarded.
-    if name.startswith("__") or name in ("catalog", "modeling", "selftest", "tiny", "compat"):
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
+from vlmeval_encred.families import forward_to_modeling
 
-    return getattr(importlib.import_module(__name__ + ".modeling"), name)
+__getattr__ = forward_to_modeling(__name__)

@@ -56,7 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-boot", type=n_boot, default=None,
                    help=f"bootstrap resamples: 0 = no intervals, else at least {MIN_N_BOOT} (default 1000; 200 with --quick)")
     p.add_argument("--force", action="store_true",
-                   help="rewrite the demo's report even if it was edited by hand, and remove encred_tiny results "
+                   help="rewrite the demo's report even if it was edited by hand, and remove the demo model's results "
                         "in --work-dir that encred demo did not make")
     p.set_defaults(func=run)
 
@@ -75,7 +75,7 @@ def _prepare_work_dir(work: Path, variants: list[str], state: dict[str, Any], fo
 
     Only outputs this demo made (its state file says so) are removed: variant folders in a
     work dir without a readable state file were made by someone else (e.g. ``python -m vlmeval
-    --model encred_tiny`` into ``outputs``), and removing them needs ``force``
+    --model <the demo base>`` into ``outputs``), and removing them needs ``force``
     (:mod:`vlmeval_encred.safe_files` rule 2).
     """
     from ..safe_files import OutputConflict, OutputError, atomic_write_text, ensure_folder
