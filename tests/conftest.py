@@ -4,6 +4,7 @@ VLMEvalKit's own entry points in subprocesses (fresh interpreters, as users run 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import subprocess
@@ -42,6 +43,29 @@ def write_mcq_tsv(path: Path, n: int = 4) -> Path:
                          category="colour"))
     pd.DataFrame(rows).to_csv(path, sep="\t", index=False)
     return path
+
+
+@contextlib.contextmanager
+def concat5_env(tmp_path_factory, dataset: str, n: int = 4):
+    """A local MCQ dataset under $LMUData and the five-encoder stand-in registered: what the sweep tests
+    share (environment variables restored afterwards)."""
+    lmu = tmp_path_factory.mktemp("LMUData")
+    write_mcq_tsv(lmu / f"{dataset}.tsv", n=n)
+    old = {k: os.environ.get(k) for k in ("LMUData", "PRED_FORMAT", "HF_HUB_OFFLINE")}
+    os.environ.update(LMUData=str(lmu), PRED_FORMAT="xlsx", HF_HUB_OFFLINE="1")
+    from standins import concat5
+
+    concat5.register()
+    from vlmeval_encred.registry import get_base
+
+    try:
+        yield dict(lmu=lmu, base=get_base(concat5.BASE_NAME))
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture()

@@ -16,28 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HANG_GUARD, ROOT, explain, run_py, vlmeval_env, write_mcq_tsv
+from conftest import HANG_GUARD, ROOT, concat5_env, explain, run_py, vlmeval_env, write_mcq_tsv
 
 DS = "EncredSweep_MCQ"
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    lmu = tmp_path_factory.mktemp("LMUData")
-    write_mcq_tsv(lmu / f"{DS}.tsv", n=4)
-    old = {k: os.environ.get(k) for k in ("LMUData", "PRED_FORMAT", "HF_HUB_OFFLINE")}
-    os.environ.update(LMUData=str(lmu), PRED_FORMAT="xlsx", HF_HUB_OFFLINE="1")
-    from standins import concat5
-
-    concat5.register()
-    from vlmeval_encred.registry import get_base
-
-    yield dict(lmu=lmu, base=get_base(concat5.BASE_NAME))
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with concat5_env(tmp_path_factory, DS) as e:
+        yield e
 
 
 def _per_variant(name: str, work: Path) -> None:
