@@ -324,16 +324,23 @@ def launch(argv: Sequence[str], nproc: int) -> int:
 # --------------------------------------------------------------------------- cluster: samples or subsets
 def shard_costs(base_name: str, encoders: Sequence[str], lattice: Sequence[Sequence[str]], datasets: Sequence[str],
                 shards: int, gpu_name: str = "a100_80gb_bf16") -> dict[str, dict[str, float]]:
+    """:func:`shard_costs_of` for a registered base and dataset names (A100 reference by default).
+    Raises :class:`.costmodel.CostDataError` when the base or a dataset has no cost data."""
+    from . import costmodel
+
+    return shard_costs_of(costmodel.base_cost(base_name, list(encoders)), costmodel.gpu(gpu_name),
+                          [costmodel.dataset(d) for d in datasets], lattice, shards)
+
+
+def shard_costs_of(cost: Any, g: Any, dsets: Sequence[Any], lattice: Sequence[Sequence[str]],
+                   shards: int) -> dict[str, dict[str, float]]:
     """GPU-seconds of ``shards`` jobs per dataset split by samples (every job all subsets, towers once
     per image over the whole job) and by subsets (job ``s`` the subsets ``lattice[s::shards]``, as
     :func:`.cluster.plan_cells` splits them: a tower two jobs keep runs twice per image):
-    ``{"samples": {"total_s", "job_s"}, "subsets": {...}}`` (``job_s``: the longest job).  Raises
-    :class:`.costmodel.CostDataError` when the base or a dataset has no cost data."""
+    ``{"samples": {"total_s", "job_s"}, "subsets": {...}}`` (``job_s``: the longest job).
+    Model loading (once per job either way) is not counted."""
     from . import costmodel
 
-    cost = costmodel.base_cost(base_name, list(encoders))
-    g = costmodel.gpu(gpu_name)
-    dsets = [costmodel.dataset(d) for d in datasets]
     lattice = [tuple(k) for k in lattice]
     k = max(1, min(int(shards), len(lattice)))
     whole = sum(ds.questions * costmodel.sweep_sample(cost, g, ds, lattice).total_seconds for ds in dsets)
@@ -342,6 +349,11 @@ def shard_costs(base_name: str, encoders: Sequence[str], lattice: Sequence[Seque
     n = max(1, int(shards))
     return {"samples": {"total_s": whole, "job_s": whole / n},
             "subsets": {"total_s": sum(per_shard), "job_s": max(per_shard)}}
+
+
+def pick_shard_by(costs: dict[str, dict[str, float]]) -> str:
+    """The cheaper split in GPU time (ties: samples)."""
+    return "samples" if costs["samples"]["total_s"] <= costs["subsets"]["total_s"] else "subsets"
 
 
 def choose_shard_by(base_name: str, encoders: Sequence[str], lattice: Sequence[Sequence[str]],
@@ -358,6 +370,6 @@ def choose_shard_by(base_name: str, encoders: Sequence[str], lattice: Sequence[S
         return "samples", (f"no cost data to compare ({str(exc).split(';')[0]}); by samples every tower runs "
                            "once per image over the whole job")
     s, v = c["samples"]["total_s"], c["subsets"]["total_s"]
-    pick = "samples" if s <= v else "subsets"
+    pick = pick_shard_by(c)
     return pick, (f"cost model: by samples {s / 3600:.3g} GPU-h, by subsets {v / 3600:.3g} GPU-h "
                   f"({shards} jobs per dataset, A100 reference)")
