@@ -337,18 +337,23 @@ def shard_costs_of(cost: Any, g: Any, dsets: Sequence[Any], lattice: Sequence[Se
     """GPU-seconds of ``shards`` jobs per dataset split by samples (every job all subsets, towers once
     per image over the whole job) and by subsets (job ``s`` the subsets ``lattice[s::shards]``, as
     :func:`.cluster.plan_cells` splits them: a tower two jobs keep runs twice per image):
-    ``{"samples": {"total_s", "job_s"}, "subsets": {...}}`` (``job_s``: the longest job).
+    ``{"samples": {"total_s", "wall_s"}, "subsets": {...}}`` -- ``wall_s``: the datasets one after
+    another, each dataset's jobs at once on ``shards`` GPUs (its longest job).
     Model loading (once per job either way) is not counted."""
     from . import costmodel
 
     lattice = [tuple(k) for k in lattice]
     k = max(1, min(int(shards), len(lattice)))
-    whole = sum(ds.questions * costmodel.sweep_sample(cost, g, ds, lattice).total_seconds for ds in dsets)
-    per_shard = [sum(ds.questions * costmodel.sweep_sample(cost, g, ds, lattice[s::k]).total_seconds
-                     for ds in dsets) for s in range(k)]
     n = max(1, int(shards))
-    return {"samples": {"total_s": whole, "job_s": whole / n},
-            "subsets": {"total_s": sum(per_shard), "job_s": max(per_shard)}}
+    out = {"samples": {"total_s": 0.0, "wall_s": 0.0}, "subsets": {"total_s": 0.0, "wall_s": 0.0}}
+    for ds in dsets:
+        whole = ds.questions * costmodel.sweep_sample(cost, g, ds, lattice).total_seconds
+        parts = [ds.questions * costmodel.sweep_sample(cost, g, ds, lattice[s::k]).total_seconds for s in range(k)]
+        out["samples"]["total_s"] += whole
+        out["samples"]["wall_s"] += whole / n
+        out["subsets"]["total_s"] += sum(parts)
+        out["subsets"]["wall_s"] += max(parts)
+    return out
 
 
 def pick_shard_by(costs: dict[str, dict[str, float]]) -> str:

@@ -109,7 +109,7 @@ def shard_table(base_name: str, costs: dict, shards: int, pick: str) -> str:
     """Cluster sweep jobs per dataset split by samples versus by subsets (see :func:`.parallel.shard_costs`)."""
     s, v = costs["samples"], costs["subsets"]
     return "\n".join([
-        "| base | jobs per dataset | by samples: GPU-h | longest job h | by subsets: GPU-h | longest job h "
-        "| --shard-by auto |", "|---|---|---|---|---|---|---|",
-        f"| {base_name} | {shards} | {_h(s['total_s'])} | {_h(s['job_s'])} | {_h(v['total_s'])} | {_h(v['job_s'])} "
+        f"| base | jobs per dataset | by samples: GPU-h | wall h on {shards} GPUs | by subsets: GPU-h "
+        f"| wall h on {shards} GPUs | --shard-by auto |", "|---|---|---|---|---|---|---|",
+        f"| {base_name} | {shards} | {_h(s['total_s'])} | {_h(s['wall_s'])} | {_h(v['total_s'])} | {_h(v['wall_s'])} "
         f"| {pick} |"])
