@@ -263,3 +263,21 @@ def test_encred_sweep_gpus_2_runs_torchrun_and_writes_the_same_bytes(env, tmp_pa
     assert len(summary) == 1 and f"{SAMPLES} computed" in summary[0] and "2 processes" in summary[0], proc.stdout
     assert _same_bytes(env, work) == []
     assert _checkpoint_lines(work) == {}
+
+
+def test_status_of_parts_shows_a_running_part_over_a_finished_one(tmp_path):
+    """Part 1 of a --shard-by samples sweep is done, part 0 still runs: the variants are `running`,
+    not `failed` for a finished job without its prediction file."""
+    import socket as _socket
+
+    from vlmeval_encred.sweep import cluster
+    from vlmeval_encred.sweep.status import collect
+
+    work = str(tmp_path)
+    cells = cluster.plan_cells("encred_tiny", ["encred_tiny", "encred_tiny_mask_hires"], [DS], "sweep", 2,
+                               shard_by="samples")
+    cluster.write_state(work, cells[0], "running", host=_socket.gethostname(), pid=os.getpid())
+    cluster.write_state(work, cells[1], "done")
+    rows = collect(work, "encred_tiny")
+    assert {(r["variant"], r["state"]) for r in rows} == {("encred_tiny", "running"),
+                                                           ("encred_tiny_mask_hires", "running")}, rows
