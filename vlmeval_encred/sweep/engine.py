@@ -250,12 +250,16 @@ def _sweep_dataset(base, entries, dataset, ds_name, indices, rep, report, work_d
         bar.close()
         ck.close()
     # ranks: every rank's checkpoint is closed once all are here; the writer sums what they computed
-    counts = parallel.all_gather(split, (rep.computed_samples, dict(rep.encoder_calls), rep.decode_calls))
+    counts = parallel.all_gather(split, (rep.computed_samples, dict(rep.encoder_calls), rep.decode_calls,
+                                         dict(vars(rep.decoding))))
     if split.mode == "ranks":
         rep.computed_samples = sum(c[0] for c in counts)
         rep.decode_calls = sum(c[2] for c in counts)
         rep.encoder_calls = {x: sum(c[1].get(x, 0) for c in counts) for x in base.encoders
                              if any(x in c[1] for c in counts)}
+        for k, v in vars(rep.decoding).items():
+            if isinstance(v, int):  # counters: every rank's summed
+                setattr(rep.decoding, k, sum(c[3].get(k, 0) for c in counts))
     if split.mode == "jobs":
         with parallel.merge_lock(work_dir, base.name, ds_name):
             _write_if_complete(base, entries, pending, dataset, ds_name, indices, rep, work_dir, ck_path, model,
