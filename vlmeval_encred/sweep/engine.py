@@ -279,6 +279,9 @@ def _write_if_complete(base, entries, pending, dataset, ds_name, indices, rep, w
 
     ``jobs`` parts (independent cluster jobs, under the merge lock) write only once the union holds
     every sample, taking the output locks to write; any other writer must find it complete."""
+    if split.mode == "jobs":  # another part may have written some or all of them meanwhile
+        pending = [e for e in pending if not ((f := predfiles.find_pred_file(work_dir, e.name, ds_name, layout))
+                                              and predfiles.is_complete(f, indices))]
     done = parallel.read_all(ck_path.parent, base.name, ds_name)
     missing = [i for i in indices if any(e.name not in done.get(str(i), {}) for e in pending)]
     if missing:
@@ -287,8 +290,6 @@ def _write_if_complete(base, entries, pending, dataset, ds_name, indices, rep, w
         raise SweepError(f"{ds_name}: after every part finished, {len(missing)} samples have no answer in "
                          f"{ck_path.parent} (e.g. index {missing[0]}); run the sweep again to compute them")
     if split.mode == "jobs":
-        pending = [e for e in pending if not ((f := predfiles.find_pred_file(work_dir, e.name, ds_name, layout))
-                                              and predfiles.is_complete(f, indices))]
         outs = [output_lock(work_dir, e.name, ds_name) for e in pending]
         scope = parallel.hold_all(split, outs, what=f"{base.name} x {ds_name} in {work_dir}")
     else:
@@ -308,7 +309,7 @@ def _write_if_complete(base, entries, pending, dataset, ds_name, indices, rep, w
             predfiles.link_up(path)
             rep.written.append(path)
     parallel.remove_free_checkpoints(ck_path.parent, base.name, ds_name, own=ck_path,
-                                     written=[e.name for e in entries])
+                                     written=[e.name for e in entries], wait_s=10.0 if split.mode == "jobs" else 0.0)
 
 
 def load_model(base: BaseModelSpec, entries: Sequence[Entry]) -> Any:

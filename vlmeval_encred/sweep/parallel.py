@@ -252,26 +252,35 @@ class CheckpointView:
 
 
 def remove_free_checkpoints(ck_dir: Path, base: str, dataset: str, own: Path | None = None,
-                            written: Sequence[str] = ()) -> list[Path]:
+                            written: Sequence[str] = (), wait_s: float = 0.0) -> list[Path]:
     """After the prediction files of the variants ``written`` (complete now) exist: delete ``own`` and
     every other checkpoint of (base, dataset) that holds answers of those variants only and that no
-    live process holds (its lock can be taken); returns the removed paths.  A checkpoint a live
-    process still appends to, or one with progress for other variants (a lattice shard's), is kept."""
+    live process holds (its lock can be taken, retried for up to ``wait_s`` seconds: a finished
+    cluster part releases its lock moments after giving up the merge); returns the removed paths.
+    A checkpoint a live process still appends to, or one with progress for other variants (a lattice
+    shard's), is kept; a part that finds the files written removes its own."""
+    import time
+
     removed = []
     keep_for = set(written)
+    deadline = time.monotonic() + wait_s
     for f in checkpoints(Path(ck_dir), base, dataset):
         if own is not None and f == Path(own):
             f.unlink(missing_ok=True)
             removed.append(f)
             continue
-        try:
-            with hold([f.with_suffix(".lock")], what=f.name):
-                variants = {v for preds in read_checkpoint(f).values() for v in preds}
-                if variants <= keep_for:
-                    f.unlink(missing_ok=True)
-                    removed.append(f)
-        except LockHeld:
-            continue
+        while True:
+            try:
+                with hold([f.with_suffix(".lock")], what=f.name):
+                    variants = {v for preds in read_checkpoint(f).values() for v in preds}
+                    if variants <= keep_for:
+                        f.unlink(missing_ok=True)
+                        removed.append(f)
+                break
+            except LockHeld:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.2)
     return removed
 
 
