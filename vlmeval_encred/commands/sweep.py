@@ -84,6 +84,16 @@ def run(args: argparse.Namespace) -> int:
     from ..sweep.protocol import SweepUnsupportedError
 
     if args.gpus > 1 and parallel.world()[1] <= 1:  # not yet under torchrun: start it, N copies of this command
+        import torch
+
+        from ..validate import ValidationError, check_int
+
+        if torch.cuda.is_available():  # one rank per GPU (each sets its LOCAL_RANK device)
+            try:
+                check_int(args.gpus, 1, torch.cuda.device_count(), extra=" (the GPUs visible here; without CUDA "
+                                                                           "--gpus N starts N CPU processes)")
+            except ValidationError as exc:
+                raise SystemExit(f"encred sweep: --gpus {exc}")
         return parallel.launch(getattr(args, "argv", None) or _argv(args), args.gpus)
     try:
         rep = run_sweep(base, chosen, datasets, args.work_dir, limit=args.limit, decode_batch=args.decode_batch,
