@@ -13,6 +13,7 @@ the same xlsx bytes (the frames inside are compared by test_sweep.py).
 
 from __future__ import annotations
 
+import importlib
 import json
 import multiprocessing
 import os
@@ -39,7 +40,7 @@ def env(tmp_path_factory):
     data.write_datasets(lmu, samples_per_category=SAMPLES)
     old = {k: os.environ.get(k) for k in ("LMUData", "PRED_FORMAT", "HF_HUB_OFFLINE")}
     os.environ.update(LMUData=str(lmu), PRED_FORMAT="tsv", HF_HUB_OFFLINE="1")
-    import vlmeval.config  # noqa: F401  (imported once, before any fork)
+    importlib.import_module("vlmeval.config")  # imported once, before any fork
 
     from vlmeval_encred.registry import get_base
     from vlmeval_encred.sweep.selection import select_entries
@@ -226,11 +227,11 @@ def test_cluster_parts_merge_when_the_last_finishes(env, tmp_path):
 def _locked_rank(rank: int, n: int, work: str, out: str) -> None:
     from vlmeval_encred.registry import get_base
     from vlmeval_encred.sweep.engine import SweepError, run_sweep
+    from vlmeval_encred.sweep.selection import select_entries
 
     base = get_base("encred_tiny")
     try:
-        run_sweep(base, [e for e in __import__("vlmeval_encred.registry", fromlist=["entries"]).entries(
-            base="encred_tiny")][:1], [DS], work, progress=False)
+        run_sweep(base, select_entries(base, "encred_tiny"), [DS], work, progress=False)
     except SweepError as exc:
         Path(f"{out}.{rank}.msg").write_text(str(exc))
         return
