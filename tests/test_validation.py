@@ -89,7 +89,7 @@ def test_non_finite_utilisation_is_refused(value, capsys):
     (["status", "--model", "eagle_x5_mask_clip"], ["masked entry of base model 'eagle_x5'", "e.g. 'eagle_x5'"]),
     (["sweep", "--model", "eagle_x5_mask_clip", "--data", "MME"], ["masked entry of base model 'eagle_x5'"]),
     (["profile", "--plan", "--model", "eagle_x6"], ["unknown base model 'eagle_x6'", "nearest valid: eagle_x5"]),
-    (["profile", "--plan", "--gpu", "a100"], ["unknown reference GPU 'a100'", "nearest valid: a100_80gb_bf16"]),
+    (["profile", "--plan", "--gpu", "a1000"], ["unknown reference GPU 'a1000'", "nearest valid: A100"]),
     (["profile", "--plan", "--data", "ChartQa"], ["'ChartQa'", "nearest: ChartQA_TEST"]),
     (["doctor", "--family", "eagle"], ["--family", "no self-test for family eagle", "nearest valid: eagle1"]),
 ])

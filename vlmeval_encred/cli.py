@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # e.g. `encred sweep --gpus N` re-runs it under torchrun
     if not getattr(args, "command", None):
         parser.print_help()
         return 2

@@ -30,7 +30,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("--plan (analytic, real sizes)")
     g.add_argument("--plan", action="store_true", help="print the cost model's tables instead of measuring")
     g.add_argument("--data", default="paper15", help="suite / short / official dataset names (default paper15)")
-    g.add_argument("--gpu", default="a100_80gb_bf16", help="reference GPU in costdata.yaml (default a100_80gb_bf16)")
+    g.add_argument("--gpu", default="a100_80gb_bf16",
+                   help="reference GPU in costdata.yaml: A100, H100, H200 or a key such as a100_80gb_bf16 (default)")
+    g.add_argument("--per-variant", action="store_true",
+                   help="one model (--model): per variant, vision, prefill and decode FLOPs and the predicted "
+                        "latency per sample, with their ratios to the full model")
+    g.add_argument("--shards", type=int_range(1), default=4,
+                   help="cluster sweep jobs per dataset to compare --shard-by samples and subsets for (default 4)")
     g.add_argument("--mfu", type=float_range(0, 1, lo_open=True, what="a fraction of the peak, not a percentage"), default=None, help="override the GPU's assumed FLOP utilisation (0-1)")
     g.add_argument("--mbu", type=float_range(0, 1, lo_open=True, what="a fraction of the peak, not a percentage"), default=None, help="override the GPU's assumed bandwidth utilisation (0-1)")
     g.add_argument("--answer-tokens", type=int_range(1), default=None,
@@ -95,9 +101,59 @@ def run_plan(args: argparse.Namespace) -> int:
     from ..sweep.planreport import render
     from ..sweep.selection import SelectionError
 
+    if args.per_variant:
+        try:
+            print(per_variant_report(args.model, args.subsets, args.data, args.gpu, args.mfu, args.mbu,
+                                     args.answer_tokens))
+        except (RegistryError, SelectionError, CostDataError) as exc:
+            raise SystemExit(f"encred profile --plan --per-variant: {exc}")
+        return 0
     try:
         plans = build_plans(args.model, args.subsets, args.data, args.gpu, args.mfu, args.mbu, args.answer_tokens)
+        shards = shard_report(plans, args.shards)
     except (RegistryError, SelectionError, CostDataError) as exc:
         raise SystemExit(f"encred profile --plan: {exc}")
     print(render(plans))
+    print(f"\nCluster sweeps, {args.shards} jobs per dataset (encred sweep --cluster --shards {args.shards} "
+          "--shard-by samples | subsets | auto):")
+    print(shards)
     return 0
+
+
+def per_variant_report(model: str | None, subsets: str, data: str, gpu_name: str, mfu: float | None = None,
+                       mbu: float | None = None, answer_tokens: int | None = None) -> str:
+    """The ``--plan --per-variant`` table of one base (every entry chosen by ``subsets``)."""
+    from ..registry import RegistryError, get_base
+    from ..sweep import costmodel
+    from ..sweep.planreport import per_variant_table
+    from ..sweep.selection import resolve_datasets, select_entries
+
+    if not model or "," in model or model.strip() == "all":
+        raise RegistryError("--per-variant takes one base model: --model <base> (see `encred models`)")
+    base = get_base(model.strip())
+    g = costmodel.gpu(gpu_name, mfu, mbu)
+    datasets = [costmodel.dataset(d, answer_tokens) for d in resolve_datasets(data.split(","))]
+    cost = costmodel.base_cost(base.name, base.encoders)
+    chosen = select_entries(base, subsets)
+    if not any(len(e.masked) == 0 for e in chosen):  # the ratios need the full model
+        chosen = [next(e for e in select_entries(base, "k=0"))] + chosen
+    costs = costmodel.variant_costs(cost, g, datasets, [e.kept for e in chosen])
+    n = sum(d.questions for d in datasets)
+    ds = ", ".join(d.name for d in datasets)
+    answer = ", ".join(sorted({f"{d.answer_tokens}" for d in datasets}))
+    return (per_variant_table(base.name, costs, [e.name for e in chosen], g) +
+            f"\n\nDatasets: {ds} ({n} questions; means weighted by question count; answer tokens incl. end of "
+            f"sequence: {answer}). Pre-processing, model loading and the tokenizer are not counted.")
+
+
+def shard_report(plans: list, shards: int) -> str:
+    """:func:`vlmeval_encred.sweep.planreport.shard_table` rows of each plan's base (its GPU and datasets)."""
+    from ..sweep.parallel import pick_shard_by, shard_costs_of
+    from ..sweep.planreport import shard_table
+
+    rows: list[str] = []
+    for p in plans:
+        costs = shard_costs_of(p.base, p.gpu, p.datasets, p.subsets, shards)
+        table = shard_table(p.base.name, costs, shards, pick_shard_by(costs) if shards > 1 else "(one job)")
+        rows += table.splitlines() if not rows else table.splitlines()[2:]
+    return "\n".join(rows)

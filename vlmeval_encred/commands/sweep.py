@@ -56,8 +56,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="submit instead of running here; 'local' runs the same jobs as local processes")
     c.add_argument("--per-variant", action="store_true",
                    help="one plain VLMEvalKit run per (variant, dataset) instead of sweep shards")
-    c.add_argument("--shards", type=int_range(1), default=1, help="split the lattice into this many sweep jobs per dataset")
-    c.add_argument("--gpus", type=int_range(0, extra=" (0 = CPU-only jobs)"), default=1, help="GPUs per job (>1: torchrun data parallelism, per-variant)")
+    c.add_argument("--shards", type=int_range(1), default=1, help="this many sweep jobs per dataset (see --shard-by)")
+    c.add_argument("--shard-by", choices=["samples", "subsets", "auto"], default="auto",
+                   help="split each dataset's samples across the --shards jobs (every job runs each needed tower "
+                        "once per image and decodes every subset; the last to finish writes the files) or split "
+                        "the lattice of subsets (a tower two jobs keep runs in both); auto (default): whichever "
+                        "the cost model (`encred profile --plan`) says is cheaper for this lattice")
+    c.add_argument("--gpus", type=int_range(0, extra=" (0 = CPU-only jobs)"), default=1,
+                   help="without --cluster: N > 1 runs the sweep as N processes under torchrun, the samples of "
+                        "each dataset split across them (one per GPU; gloo CPU processes without CUDA); with "
+                        "--cluster: GPUs per job (>1: torchrun data parallelism of per-variant runs)")
     c.add_argument("--partition", default=None)
     c.add_argument("--timeout-min", type=int_range(1), default=600, help="minutes per job (default 600)")
     c.add_argument("--judge", default=None, help="--judge for per-variant VLMEvalKit runs (e.g. exact_matching)")
@@ -101,16 +109,36 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"encred sweep: {exc}")
     if args.cluster:
         return _submit(args, base, chosen, datasets)
+    from ..sweep import parallel
     from ..sweep.engine import SweepError, run_sweep
     from ..sweep.protocol import SweepUnsupportedError
 
     if args.adaptive:
+        if args.gpus > 1:
+            raise SystemExit("encred sweep: --adaptive runs in one process (its rounds are paired across "
+                             "variants); drop --gpus, or use a plain sweep with --gpus")
         return _adaptive(args, base, chosen, datasets)
+    if args.gpus > 1 and parallel.world()[1] <= 1:  # not yet under torchrun: start it, N copies of this command
+        import torch
+
+        from ..validate import ValidationError, check_int
+
+        if torch.cuda.is_available():  # one rank per GPU (each sets its LOCAL_RANK device)
+            try:
+                check_int(args.gpus, 1, torch.cuda.device_count(), extra=" (the GPUs visible here; without CUDA "
+                                                                           "--gpus N starts N CPU processes)")
+            except ValidationError as exc:
+                raise SystemExit(f"encred sweep: --gpus {exc}")
+        return parallel.launch(getattr(args, "argv", None) or _argv(args), args.gpus)
     try:
         rep = run_sweep(base, chosen, datasets, args.work_dir, limit=args.limit, decode_batch=args.decode_batch,
                         progress=not args.no_progress)
     except (SweepError, SweepUnsupportedError) as exc:
-        raise SystemExit(f"encred sweep: {exc}")
+        raise SystemExit(f"encred sweep{_rank_note()}: {exc}")
+    finally:
+        parallel.shutdown()
+    if not parallel.is_main():
+        return 0  # rank 0 reports for every rank
     if args.limit:
         print(f"limited to the first {args.limit} samples: prediction files are in {rep.work_dir}/ "
               f"(not where a full run.py looks)")
@@ -118,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
         calls = ", ".join(f"{k}={v}" for k, v in d.encoder_calls.items()) or "-"
         print(f"{d.dataset}: {d.samples} samples, {d.computed_samples} computed, {len(d.written)} prediction "
               f"files written, {len(d.skipped_variants)} variants already complete; encoder calls: {calls}; "
-              f"{d.seconds:.1f} s")
+              f"{d.seconds:.1f} s" + (f" ({parallel.world()[1]} processes, samples split between them)"
+                                      if parallel.world()[1] > 1 else ""))
         if d.reused_adaptive:
             print(f"  reused {d.reused_adaptive} answers an adaptive sweep had computed (encred_adaptive/)")
         dec = d.decoding
@@ -128,6 +157,24 @@ def run(args: argparse.Namespace) -> int:
                   f"{dec.rows_dropped_early} finished rows left the batch early")
     _print_evaluation(fl, [e.name for e in chosen], datasets, args.work_dir, args.limit, args.judge)
     return 0
+
+
+def _rank_note() -> str:
+    from ..sweep.parallel import world
+
+    rank, size, _ = world()
+    return f" (rank {rank} of {size})" if size > 1 else ""
+
+
+def _argv(args: argparse.Namespace) -> list[str]:
+    """The command line of ``args`` when it was not recorded (``main`` records it)."""
+    out = ["sweep", "--model", args.model, "--data", *args.data, "--subsets", args.subsets, "--work-dir",
+           args.work_dir, "--decode-batch", str(args.decode_batch)]
+    for opt, val in (("--limit", args.limit), ("--suite-file", args.suite_file), ("--vlmeval-root", args.vlmeval_root),
+                     ("--judge", args.judge)):
+        if val is not None:
+            out += [opt, str(val)]
+    return out + (["--no-progress"] if args.no_progress else [])
 
 
 def _print_evaluation(fl, variants, datasets, work_dir, limit, judge) -> None:
@@ -143,8 +190,15 @@ def _submit(args: argparse.Namespace, base, chosen, datasets) -> int:
     from ..sweep import cluster
     from ..sweep.status import collect, render
 
+    shard_by = args.shard_by
+    if not args.per_variant and args.shards > 1 and shard_by == "auto":
+        from ..sweep.parallel import choose_shard_by
+
+        shard_by, why = choose_shard_by(base.name, base.encoders, [e.kept for e in chosen], datasets, args.shards)
+        print(f"--shard-by auto: by {shard_by} ({why})")
     cells = cluster.plan_cells(base.name, [e.name for e in chosen], datasets,
-                               "variant" if args.per_variant else "sweep", args.shards)
+                               "variant" if args.per_variant else "sweep", args.shards,
+                               shard_by="samples" if shard_by == "samples" else "subsets")
     ex = cluster.make_executor(args.work_dir, args.cluster, gpus=args.gpus, timeout_min=args.timeout_min,
                                partition=args.partition)
     jobs = cluster.launch(cells, args.work_dir, ex, gpus=args.gpus, limit=args.limit, judge=args.judge,

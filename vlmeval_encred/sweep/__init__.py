@@ -9,6 +9,7 @@ Small modules, one job each:
 * :mod:`.predfiles` -- where VLMEvalKit writes a prediction file and what it holds.
 * :mod:`.checkpoint` -- the append-only, kill-safe per-(base, dataset) checkpoint.
 * :mod:`.engine` -- the sweep itself.
+* :mod:`.parallel` -- samples split across torchrun ranks or cluster jobs (``--gpus N``, ``--shard-by samples``).
 * :mod:`.cluster` / :mod:`.status` -- submitit job arrays and ``encred status``.
 * :mod:`.profile` -- per-variant FLOPs, latency and memory (``encred profile``).
 

@@ -40,10 +40,16 @@ class Cell:
     dataset: str
     variants: tuple[str, ...]
     shard: int = 0
+    parts: int = 0
+    """> 1: a sweep cell computing samples ``shard, shard+parts, ...`` of every variant (``--shard-by
+    samples``); 0: ``shard`` numbers a lattice shard (``--shard-by subsets``)."""
 
     @property
     def cell_id(self) -> str:
-        who = f"shard{self.shard}" if self.kind == "sweep" else self.variants[0]
+        if self.kind == "sweep":
+            who = f"part{self.shard}of{self.parts}" if self.parts > 1 else f"shard{self.shard}"
+        else:
+            who = self.variants[0]
         return f"{self.kind}__{who}__{self.dataset}"
 
 
@@ -105,10 +111,17 @@ class CellJob:
         from ..registry import get_base, parse_entry_name
         from .engine import run_sweep
 
+        from .parallel import Split
+
         base = get_base(self.cell.base)
+        chosen = [parse_entry_name(v) for v in self.cell.variants]
+        if self.cell.parts > 1:  # samples split across jobs; the last part to finish writes the files
+            run_sweep(base, chosen, [self.cell.dataset], self.work_dir, limit=self.limit, progress=False,
+                      split=Split(self.cell.shard, self.cell.parts, "jobs"))
+            return
         # a checkpoint per shard: shards of one dataset run at once and must not share one
-        run_sweep(base, [parse_entry_name(v) for v in self.cell.variants], [self.cell.dataset], self.work_dir,
-                  limit=self.limit, progress=False, checkpoint_tag=f"shard{self.cell.shard}")
+        run_sweep(base, chosen, [self.cell.dataset], self.work_dir, limit=self.limit, progress=False,
+                  checkpoint_tag=f"shard{self.cell.shard}", split=Split())
 
     def command(self) -> list[str]:
         """The VLMEvalKit command line of a variant cell (run it in :meth:`cwd`)."""
@@ -147,14 +160,20 @@ class CellJob:
                                f"{proc.stdout[-1500:]}")
 
 
-def plan_cells(base: str, variants: Sequence[str], datasets: Sequence[str], mode: str, shards: int = 1) -> list[Cell]:
-    """Cells of a launch: per dataset, one per variant (``variant``) or one per lattice shard (``sweep``)."""
+def plan_cells(base: str, variants: Sequence[str], datasets: Sequence[str], mode: str, shards: int = 1,
+               shard_by: str = "subsets") -> list[Cell]:
+    """Cells of a launch: per dataset, one per variant (``variant``), or ``shards`` sweep cells: lattice
+    shards (``shard_by="subsets"``) or parts of the samples, every variant each (``"samples"``)."""
     if mode not in ("sweep", "variant"):
         raise ValueError(f"mode must be 'sweep' or 'variant', not {mode!r}")
+    if shard_by not in ("samples", "subsets"):
+        raise ValueError(f"shard_by must be 'samples' or 'subsets', not {shard_by!r}")
     cells = []
     for ds in datasets:
         if mode == "variant":
             cells += [Cell("variant", base, ds, (v,)) for v in variants]
+        elif shard_by == "samples" and shards > 1:
+            cells += [Cell("sweep", base, ds, tuple(variants), shard=s, parts=shards) for s in range(shards)]
         else:
             k = max(1, min(shards, len(variants)))
             for s in range(k):

@@ -254,6 +254,38 @@ def sweep_sample(base: BaseCost, gpu: GPU, ds: Dataset, subsets: Sequence[Sequen
     return p
 
 
+@dataclass(frozen=True)
+class VariantCost:
+    """One variant run on its own (batch 1), per sample: question-weighted means over the datasets."""
+
+    kept: tuple[str, ...]
+    vision_flops: float
+    connector_flops: float
+    prefill_flops: float
+    decode_flops: float
+    seconds: float
+
+    @property
+    def total_flops(self) -> float:
+        return self.vision_flops + self.connector_flops + self.prefill_flops + self.decode_flops
+
+
+def variant_costs(base: BaseCost, gpu: GPU, datasets: Sequence[Dataset],
+                  subsets: Sequence[Sequence[str]]) -> list[VariantCost]:
+    """:func:`per_variant_sample` of each subset, averaged over ``datasets`` by question count."""
+    n = sum(d.questions for d in datasets)
+    if not n:
+        raise CostDataError("no questions in the datasets given")
+    out = []
+    for kept in subsets:
+        acc = Phases()
+        for ds in datasets:
+            acc.add(per_variant_sample(base, gpu, ds, kept), ds.questions / n)
+        out.append(VariantCost(tuple(kept), acc.flops["towers"], acc.flops["connector"], acc.flops["prefill"],
+                               acc.flops["decode"], acc.total_seconds))
+    return out
+
+
 @dataclass
 class Plan:
     base: BaseCost
@@ -354,13 +386,26 @@ def load_data(path: str | None = None) -> dict[str, Any]:
     return data
 
 
-def gpu(name: str, mfu: float | None = None, mbu: float | None = None, path: str | None = None) -> GPU:
+def gpu_names(path: str | None = None) -> dict[str, str]:
+    """Every name ``--gpu`` accepts (keys and their ``aliases``, lower-cased) -> the key."""
     data = load_data(path)["gpus"]
-    if name not in data:
+    out = {}
+    for key, spec in data.items():
+        for n in [key, *((spec or {}).get("aliases") or [])]:
+            out[str(n).lower()] = key
+    return out
+
+
+def gpu(name: str, mfu: float | None = None, mbu: float | None = None, path: str | None = None) -> GPU:
+    """Reference GPU ``name``: a key of ``gpus:`` or one of its aliases (``A100``, ``H100``, ``H200``), any case."""
+    data = load_data(path)["gpus"]
+    key = gpu_names(path).get(str(name).lower())
+    if key is None:
         from ..validate import unknown_name
 
-        raise CostDataError(unknown_name("reference GPU", name, sorted(data), hint=f"add one to {path or DATA_FILE}"))
-    g = dict(data[name])
+        valid = [n for k, spec in data.items() for n in [*((spec or {}).get("aliases") or []), k]]
+        raise CostDataError(unknown_name("reference GPU", name, valid, hint=f"add one to {path or DATA_FILE}"))
+    g = dict(data[key])
     if mfu is not None:
         g["mfu"] = mfu
     if mbu is not None:

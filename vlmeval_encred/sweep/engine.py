@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -32,9 +33,10 @@ from typing import Any, Callable, Sequence
 from .. import provenance
 from ..registry import BaseModelSpec, Entry
 from . import predfiles
-from .checkpoint import SweepCheckpoint, checkpoint_path
+from . import parallel
+from .checkpoint import checkpoint_path
 from .decoding import DecodeStats, collect
-from .locks import LockHeld, hold, output_lock
+from .locks import LockHeld, output_lock
 from .protocol import support_for
 
 log = logging.getLogger("vlmeval_encred")
@@ -120,7 +122,7 @@ def _chunks(seq: list, size: int) -> list[list]:
 def run_sweep(base: BaseModelSpec, entries: Sequence[Entry], datasets: Sequence[str], work_dir: str,
               *, limit: int | None = None, decode_batch: int = 0, sync_every: int = 10, progress: bool = True,
               model: Any = None, on_sample: Callable[[str, Any], None] | None = None,
-              checkpoint_tag: str = "") -> SweepReport:
+              checkpoint_tag: str = "", split: parallel.Split | None = None) -> SweepReport:
     """Sweep ``entries`` of ``base`` over ``datasets`` into ``work_dir``; see the module docstring.
 
     ``decode_batch``: at most this many subsets per ``generate`` call (0: all of a sample's).
@@ -133,18 +135,24 @@ def run_sweep(base: BaseModelSpec, entries: Sequence[Entry], datasets: Sequence[
     ``checkpoint_tag``: a checkpoint (and its lock) of its own, e.g. per cluster shard, so
     shards of one dataset running at once never share, rewrite or delete each other's.
 
+    ``split``: which samples this process computes and who writes (:mod:`.parallel`); default
+    :func:`.parallel.from_env` -- one of torchrun's ranks when ``WORLD_SIZE`` > 1, else all.
+    Whatever the split, the prediction files are the same bytes.
+
     Per dataset the sweep holds :mod:`.locks` (its checkpoint, and every selected variant's
     output) while it computes and writes; if another live process holds one, it raises
     :class:`SweepError` naming that process instead of computing the same files again.
     """
-    import os
-
     if os.environ.get("SPLIT_THINK"):
         raise SweepError("SPLIT_THINK is set: VLMEvalKit would split thinking traces into an extra column; "
                          "the sweep does not reproduce that layout -- unset it or run variants one by one")
     entries = list(entries)
     if not entries:
         raise SweepError("no entries selected")
+    split = split or parallel.from_env()
+    if split.parts > 1 and checkpoint_tag:
+        raise SweepError("a lattice shard (checkpoint_tag) cannot also be split by samples")
+    checkpoint_tag = checkpoint_tag or split.tag
     work_dir = predfiles.limited_work_dir(str(work_dir), limit)
     report = SweepReport(base.name, [e.name for e in entries], work_dir=work_dir, limit=limit or None)
     support_box: list[Any] = [None]
@@ -160,16 +168,18 @@ def run_sweep(base: BaseModelSpec, entries: Sequence[Entry], datasets: Sequence[
         report.datasets.append(rep)
         indices = list(dataset.data["index"])
         ck_path = checkpoint_path(work_dir, base.name, ds_name, checkpoint_tag)
-        lock_paths = [ck_path.with_suffix(".lock")] + [output_lock(work_dir, e.name, ds_name) for e in entries]
+        lock_paths = split.lock_paths(ck_path, [output_lock(work_dir, e.name, ds_name) for e in entries])
         try:
-            with hold(lock_paths, what=f"{base.name} x {ds_name} in {work_dir}"):
-                if not limit:  # answers an adaptive sweep already computed are reused, not recomputed
+            with parallel.hold_all(split, lock_paths, what=f"{base.name} x {ds_name} in {work_dir}"):
+                # answers an adaptive sweep already computed are reused, not recomputed (imported once, by
+                # the writer; another rank that opened its view earlier at worst recomputes some of them)
+                if not limit and split.writes:
                     from .adaptive import import_answers
 
                     rep.reused_adaptive = import_answers(work_dir, base, ds_name, ck_path, entries)
                 model = _sweep_dataset(base, entries, dataset, ds_name, indices, rep, report, work_dir, ck_path,
                                        model, support_box, mask_mode, layout, run_id, decode_batch, sync_every,
-                                       progress, on_sample)
+                                       progress, on_sample, split)
         except LockHeld as exc:
             raise SweepError(str(exc)) from None
         rep.seconds = time.perf_counter() - t0
@@ -177,8 +187,12 @@ def run_sweep(base: BaseModelSpec, entries: Sequence[Entry], datasets: Sequence[
 
 
 def _sweep_dataset(base, entries, dataset, ds_name, indices, rep, report, work_dir, ck_path, model, support_box,
-                   mask_mode, layout, run_id, decode_batch, sync_every, progress, on_sample):
-    """One dataset of :func:`run_sweep`, under its locks; returns the (possibly just loaded) model."""
+                   mask_mode, layout, run_id, decode_batch, sync_every, progress, on_sample, split):
+    """One dataset of :func:`run_sweep`, under its locks; returns the (possibly just loaded) model.
+
+    This process computes the samples ``split`` gives it that no checkpoint of the (base,
+    dataset) holds yet; the writer (see :mod:`.parallel`) then writes every pending variant's
+    file from the union of the checkpoints."""
     from tqdm import tqdm
 
     pending = []
@@ -189,26 +203,30 @@ def _sweep_dataset(base, entries, dataset, ds_name, indices, rep, report, work_d
         else:
             pending.append(e)
     if not pending:
-        if ck_path.exists():
-            ck_path.unlink()
+        ck_path.unlink(missing_ok=True)
+        if split.writes:
+            parallel.remove_free_checkpoints(ck_path.parent, base.name, ds_name, written=[e.name for e in entries])
         return model
-    if model is None:
-        t_load = time.perf_counter()
-        model = load_model(base, entries)
-        report.load_seconds += time.perf_counter() - t_load
-    if support_box[0] is None:
-        support_box[0] = support_for(model)
-    support = support_box[0]
-    model.set_dump_image(dataset.dump_image)
-    ck = SweepCheckpoint.open(ck_path, sync_every=sync_every)
+    ck = parallel.CheckpointView.open(ck_path, base.name, ds_name, sync_every=sync_every)
     data = dataset.data
-    already = sum(1 for i in indices if all(e.name in ck.get(i) for e in pending))
-    bar = tqdm(total=len(indices), initial=already, disable=not progress, unit="sample",
-               desc=f"sweep {base.name}/{ds_name} x{len(pending)} variants")
+    mine = split.positions(len(data))
+    todo_pos = [p for p in mine if not all(e.name in ck.get(data.iloc[p]["index"]) for e in pending)]
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo_pos), disable=not progress or not split.writes,
+               unit="sample", desc=f"sweep {base.name}/{ds_name} x{len(pending)} variants"
+                                   + (f" (rank 0 of {split.parts})" if split.parts > 1 else ""))
     scope = contextlib.ExitStack()
     rep.decoding = scope.enter_context(collect())
     try:
-        for pos in range(len(data)):
+        if todo_pos and model is None:
+            t_load = time.perf_counter()
+            model = load_model(base, entries)
+            report.load_seconds += time.perf_counter() - t_load
+        if todo_pos and support_box[0] is None:
+            support_box[0] = support_for(model)
+        support = support_box[0]
+        if todo_pos:
+            model.set_dump_image(dataset.dump_image)
+        for pos in todo_pos:
             line = data.iloc[pos]
             idx = line["index"]
             have = ck.get(idx)
@@ -225,19 +243,27 @@ def _sweep_dataset(base, entries, dataset, ds_name, indices, rep, report, work_d
         scope.close()
         bar.close()
         ck.close()
-    for e in pending:
-        preds = {i: ck.get(i)[e.name] for i in indices}
-        path = predfiles.target_pred_file(work_dir, e.name, ds_name, run_id)
-        frame = predfiles.prediction_frame(dataset, preds)
-        predfiles.write_atomically(frame, path)
-        provenance.write(path, provenance.record(
-            path, writer="encred sweep", model=model, entry_name=e.name,
-            fp=provenance.fingerprint(frame["index"], frame["prediction"]),
-            extra={"dataset": ds_name, "samples": len(indices), "masked": list(e.masked), "mode": mask_mode,
-                   "loaded_as": base.entry_name(load_mask(entries))}))
-        predfiles.link_up(path)
-        rep.written.append(path)
-    ck.remove()
+    # ranks: every rank's checkpoint is closed once all are here; the writer sums what they computed
+    counts = parallel.all_gather(split, (rep.computed_samples, dict(rep.encoder_calls), rep.decode_calls,
+                                         dict(vars(rep.decoding))))
+    if split.mode == "ranks":
+        rep.computed_samples = sum(c[0] for c in counts)
+        rep.decode_calls = sum(c[2] for c in counts)
+        rep.encoder_calls = {x: sum(c[1].get(x, 0) for c in counts) for x in base.encoders
+                             if any(x in c[1] for c in counts)}
+        for k, v in vars(rep.decoding).items():
+            if isinstance(v, int):  # counters: every rank's summed
+                setattr(rep.decoding, k, sum(c[3].get(k, 0) for c in counts))
+    if split.mode == "jobs":
+        with parallel.merge_lock(work_dir, base.name, ds_name):
+            _write_if_complete(base, entries, pending, dataset, ds_name, indices, rep, work_dir, ck_path, model,
+                               mask_mode, layout, run_id, split)
+    elif split.writes:
+        _write_if_complete(base, entries, pending, dataset, ds_name, indices, rep, work_dir, ck_path, model,
+                           mask_mode, layout, run_id, split)
+    parallel.barrier(split)  # ranks: the files exist (or the writer failed) before anyone goes on
+    if not split.writes:
+        ck.remove()
     return model
 
 
@@ -262,6 +288,45 @@ def answer_sample(base: BaseModelSpec, support: Any, model: Any, dataset: Any, d
     return preds
 
 
+def _write_if_complete(base, entries, pending, dataset, ds_name, indices, rep, work_dir, ck_path, model, mask_mode,
+                       layout, run_id, split):
+    """Write every pending variant's prediction file from the union of the checkpoints, then delete them.
+
+    ``jobs`` parts (independent cluster jobs, under the merge lock) write only once the union holds
+    every sample, taking the output locks to write; any other writer must find it complete."""
+    if split.mode == "jobs":  # another part may have written some or all of them meanwhile
+        pending = [e for e in pending if not ((f := predfiles.find_pred_file(work_dir, e.name, ds_name, layout))
+                                              and predfiles.is_complete(f, indices))]
+    done = parallel.read_all(ck_path.parent, base.name, ds_name)
+    missing = [i for i in indices if any(e.name not in done.get(str(i), {}) for e in pending)]
+    if missing:
+        if split.mode == "jobs":
+            return  # another part still computes; the last one to finish writes
+        raise SweepError(f"{ds_name}: after every part finished, {len(missing)} samples have no answer in "
+                         f"{ck_path.parent} (e.g. index {missing[0]}); run the sweep again to compute them")
+    if split.mode == "jobs":
+        outs = [output_lock(work_dir, e.name, ds_name) for e in pending]
+        scope = parallel.hold_all(split, outs, what=f"{base.name} x {ds_name} in {work_dir}")
+    else:
+        scope = contextlib.nullcontext()
+    with scope:
+        for e in pending:
+            preds = {i: done[str(i)][e.name] for i in indices}
+            path = predfiles.target_pred_file(work_dir, e.name, ds_name, run_id)
+            frame = predfiles.prediction_frame(dataset, preds)
+            predfiles.write_atomically(frame, path)
+            provenance.write(path, provenance.record(
+                path, writer="encred sweep", model=model, entry_name=e.name,
+                fp=provenance.fingerprint(frame["index"], frame["prediction"]),
+                extra={"dataset": ds_name, "samples": len(indices), "masked": list(e.masked), "mode": mask_mode,
+                       "loaded_as": base.entry_name(load_mask(entries)),
+                       "processes": split.parts if split.parts > 1 else 1}))
+            predfiles.link_up(path)
+            rep.written.append(path)
+    parallel.remove_free_checkpoints(ck_path.parent, base.name, ds_name, own=ck_path,
+                                     written=[e.name for e in entries], wait_s=10.0 if split.mode == "jobs" else 0.0)
+
+
 def load_model(base: BaseModelSpec, entries: Sequence[Entry]) -> Any:
     """The wrapper VLMEvalKit would build for the entry masking :func:`load_mask`'s encoders."""
     from vlmeval.config import supported_VLM
@@ -270,4 +335,10 @@ def load_model(base: BaseModelSpec, entries: Sequence[Entry]) -> Any:
     if name not in supported_VLM:
         raise SweepError(f"{name!r} is not in vlmeval.config.supported_VLM: the vlmeval-encred hook did not "
                          "register it (is VLMEVAL_ENCRED_DISABLE set, or did the family fail to import?)")
-    return supported_VLM[name]()
+    # as VLMEvalKit's infer_data: transformers >= 4.50 would turn WORLD_SIZE into tensor parallelism
+    ws = os.environ.pop("WORLD_SIZE", None)
+    try:
+        return supported_VLM[name]()
+    finally:
+        if ws is not None:
+            os.environ["WORLD_SIZE"] = ws

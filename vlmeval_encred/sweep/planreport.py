@@ -85,3 +85,31 @@ def render(plans: Sequence[Plan]) -> str:
                      f"{p.sweep.total_seconds / p.per_variant.total_seconds:.0%} of the per-variant GPU time, "
                      f"{p.sweep_shared.total_seconds / p.per_variant.total_seconds:.0%} with the shared prefix.")
     return "\n".join(parts)
+
+
+def per_variant_table(base_name: str, costs: Sequence, names: Sequence[str], gpu) -> str:
+    """``encred profile --plan --per-variant``: per variant (run on its own, batch 1), per sample --
+    vision, prefill and decode FLOPs, predicted latency and both ratios to the full model (the
+    variant keeping every encoder, which must be among ``costs``)."""
+    full = max(costs, key=lambda c: len(c.kept))
+    rows = [f"{base_name} on {gpu.name} ({gpu.mfu:.0%} MFU, {gpu.mbu:.0%} MBU), per sample, each variant run on its "
+            "own (batch 1):", "",
+            "| variant | kept encoders | vision TFLOPs | vision vs full | prefill TFLOPs | decode TFLOPs "
+            "| latency ms | latency vs full | latency change |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, c in zip(names, costs):
+        rv = c.vision_flops / full.vision_flops if full.vision_flops else float("nan")
+        rl = c.seconds / full.seconds
+        rows.append(f"| {name} | {'+'.join(c.kept) or '(none)'} | {c.vision_flops / 1e12:.3f} | {rv:.1%} | "
+                    f"{c.prefill_flops / 1e12:.2f} | {c.decode_flops / 1e12:.3f} | {c.seconds * 1e3:.1f} | "
+                    f"{rl:.3f} | {rl - 1:+.1%} |")
+    return "\n".join(rows)
+
+
+def shard_table(base_name: str, costs: dict, shards: int, pick: str) -> str:
+    """Cluster sweep jobs per dataset split by samples versus by subsets (see :func:`.parallel.shard_costs`)."""
+    s, v = costs["samples"], costs["subsets"]
+    return "\n".join([
+        f"| base | jobs per dataset | by samples: GPU-h | wall h on {shards} GPUs | by subsets: GPU-h "
+        f"| wall h on {shards} GPUs | --shard-by auto |", "|---|---|---|---|---|---|---|",
+        f"| {base_name} | {shards} | {_h(s['total_s'])} | {_h(s['wall_s'])} | {_h(v['total_s'])} | {_h(v['wall_s'])} "
+        f"| {pick} |"])

@@ -250,9 +250,15 @@ def collect(work_dir: str, base: str) -> list[dict[str, Any]]:
     # job records
     jd = jobs_dir(work_dir, base)
     recs = [r for r in map(read_state, sorted(jd.glob("*.json")) if jd.is_dir() else []) if r.get("cell")]
+    # several cells can cover one (variant, dataset) -- the parts of a --shard-by samples sweep: the
+    # row shows the most telling of their states (a part still running outranks one already done)
+    rank = {"failed": 4, "running": 3, "pending": 2, "submitted": 1}
     for rec, state in zip(recs, record_states(recs)):
         c = rec["cell"]
         for v in c["variants"]:
+            old = rows.get((v, c["dataset"], rec.get("limit") or None))
+            if old is not None and rank.get(old["state"], 0) > rank.get(state, 0):
+                continue
             row(v, c["dataset"], rec.get("limit") or None, state=state, via=c["kind"], job=rec.get("job_id", ""),
                 error=rec.get("error", ""))
     for root, limit in _roots(work_dir):
