@@ -86,8 +86,11 @@ class EncredMixin:
     def apply_mask(self, model: Any, spec: MaskSpec, name: str) -> MaskReport:
         self.encred_report = self.adapter.apply(model, spec, name)
         r = self.encred_report
-        log.info("vlmeval-encred: %s masked=%s mode=%s freed=%d params resident=%d",
-                 name, ",".join(r.spec.masked) or "-", r.spec.mode, r.released_params, r.resident_params)
+        tokens = getattr(self, "tokens", None)
+        log.info("vlmeval-encred: %s masked=%s mode=%s freed=%d params resident=%d%s",
+                 name, ",".join(r.spec.masked) or "-", r.spec.mode, r.released_params, r.resident_params,
+                 f" tokens=keep{tokens.keep}/{tokens.stage}" + (f"@K={tokens.layer}" if tokens.layer else "")
+                 if tokens is not None else "")
         return r
 
 
