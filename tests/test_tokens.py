@@ -420,3 +420,22 @@ def test_dsvl_refusals_are_clear(dsvl):
         load({"keep": 25, "stage": "llm", "layer": 4})
     with pytest.raises(TokenError, match="every encoder is masked"):
         load({"keep": 25, "stage": "fusion"}, mask=("siglip", "sam"))
+
+
+def test_vlmevalkit_supported_vlm_has_token_budgets():
+    import os
+
+    if os.environ.get("VLMEVAL_ENCRED_DISABLE"):
+        pytest.skip("VLMEVAL_ENCRED_DISABLE is set: the start-up hook is off in this process")
+    import vlmeval.config as config
+
+    from vlmeval_encred.vlmeval_plugin import UnknownModelName
+
+    sv = config.supported_VLM
+    for name in ("encred_tiny_keep25", "encred_tiny_mask_colour_keep50_llm", "deepseek_vl_tiny_random_keep75"):
+        assert dict.__contains__(sv, name)  # registered up front
+    assert not dict.__contains__(sv, "encred_tiny_keep10_llm")
+    assert "encred_tiny_keep10_llm" in sv  # registered on first lookup
+    assert sv["encred_tiny_keep10_llm"].keywords["tokens"] == {"keep": 10, "stage": "llm", "layer": 1}
+    with pytest.raises(UnknownModelName, match="not yet implemented for family eagle1"):
+        sv["eagle_x5_keep25"]
