@@ -1,6 +1,7 @@
 """What the start-up hook does inside VLMEvalKit, once its modules have executed.
 
-* :func:`after_config`: add every registry entry to ``vlmeval.config.supported_VLM``
+* :func:`after_config`: add every registry entry (masks and the registered token budgets;
+  other ``_keep<NN>`` budgets are added on first lookup) to ``vlmeval.config.supported_VLM``
   (the very dict that ``run.py`` and ``vlmeval/inference.py`` look names up in)
   and set each wrapper class as an attribute of ``vlmeval.vlm`` so that
   ``run.py --config cfg.json`` with ``"class": "<Wrapper>"`` resolves it.  It also
@@ -75,7 +76,34 @@ class GuardedModels(dict):
     behave as before (``KeyError``), so VLMEvalKit and other plugins see no difference.
     """
 
+    def _on_demand(self, key):
+        """A token-budget name of ours that is valid but not pre-registered (e.g. ``..._keep10``):
+        build its entry from the base's registered builder, store it and return it (else None)."""
+        from .tokens import KEEP_SEP
+
+        if not isinstance(key, str) or KEEP_SEP not in key:
+            return None
+        try:
+            from .registry import parse_entry_name
+
+            entry = parse_entry_name(key)
+        except Exception:
+            return None
+        base = dict.get(self, entry.base.name)
+        if entry.tokens is None or base is None or not getattr(base, _MARK, False):
+            return None
+        builder = functools.partial(base.func, **entry.kwargs())
+        setattr(builder, _MARK, True)
+        dict.__setitem__(self, key, builder)
+        return builder
+
+    def __contains__(self, key):
+        return dict.__contains__(self, key) or self._on_demand(key) is not None
+
     def __missing__(self, key):
+        built = self._on_demand(key)
+        if built is not None:
+            return built
         try:
             msg = guard_message(key, self) if isinstance(key, str) else None
         except Exception:  # the guard must never turn a plain KeyError into something worse
@@ -220,7 +248,7 @@ def after_config(config: ModuleType) -> int:
     classes: dict[str, type] = {}
     failed: dict[str, str] = {}
     added = 0
-    for entry in entries():
+    for entry in entries(tokens=True):  # the mask lattice and the registered token budgets
         wrapper = entry.base.wrapper
         if wrapper in failed:
             _FAILED_WRAPPERS[entry.base.name] = f"{wrapper}: {failed[wrapper]}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from .masking import EncoderAdapter, MaskReport, MaskSpec
+from .masking import EncoderAdapter, MaskError, MaskReport, MaskSpec
 
 log = logging.getLogger("vlmeval_encred")
 if not log.handlers:  # one visible line per loaded variant, whatever VLMEvalKit configures
@@ -43,10 +43,33 @@ class EncredMixin:
         recipe = kwargs.pop("encred_recipe", "")
         if requires:
             check_requires(requires, what=kwargs.get("encred_base") or "this model", recipe=recipe)
+        if kwargs.get("tokens") is not None:
+            raise MaskError(f"{kwargs.get('encred_base') or 'this model'}: token-budget variants are not yet "
+                            "implemented for this family's wrapper (docs/tokens.md lists the families that have them)")
+        kwargs.pop("tokens", None)
         mask = kwargs.pop("mask", ()) or ()
         mode = kwargs.pop("mask_mode", "zero")
         base = kwargs.pop("encred_base", "")
         return MaskSpec(tuple(mask) if not isinstance(mask, str) else mask, mode), base
+
+    @staticmethod
+    def pop_token_kwargs(kwargs: dict[str, Any]) -> Any:
+        """Remove ``tokens`` (a token-budget variant's budget) from ``kwargs``: a
+        :class:`~vlmeval_encred.tokens.TokenSpec` or None.  Only families that implement token
+        budgets call this (before :meth:`pop_encred_kwargs`, which refuses ``tokens`` elsewhere);
+        the default K of ``{"stage": "llm"}`` without a layer is the base's ``llm_layer``."""
+        from .tokens import DEFAULT_LLM_LAYER, TokenSpec
+
+        value = kwargs.pop("tokens", None)
+        layer = DEFAULT_LLM_LAYER
+        if kwargs.get("encred_base"):
+            from .registry import RegistryError, get_base
+
+            try:
+                layer = get_base(kwargs["encred_base"]).llm_layer
+            except RegistryError:
+                pass
+        return TokenSpec.from_kwargs(value, layer)
 
     @staticmethod
     def generation_kwargs(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -63,8 +86,11 @@ class EncredMixin:
     def apply_mask(self, model: Any, spec: MaskSpec, name: str) -> MaskReport:
         self.encred_report = self.adapter.apply(model, spec, name)
         r = self.encred_report
-        log.info("vlmeval-encred: %s masked=%s mode=%s freed=%d params resident=%d",
-                 name, ",".join(r.spec.masked) or "-", r.spec.mode, r.released_params, r.resident_params)
+        tokens = getattr(self, "tokens", None)
+        log.info("vlmeval-encred: %s masked=%s mode=%s freed=%d params resident=%d%s",
+                 name, ",".join(r.spec.masked) or "-", r.spec.mode, r.released_params, r.resident_params,
+                 f" tokens=keep{tokens.keep}/{tokens.stage}" + (f"@K={tokens.layer}" if tokens.layer else "")
+                 if tokens is not None else "")
         return r
 
 

@@ -13,7 +13,7 @@ _WRAPPER = "vlmeval_encred.model_wrappers.deepseek_vl_hf.modeling:EncredDeepseek
 register_base(BaseModelSpec(
     name="deepseek_vl_7b_hf", family="deepseek_vl_hf",
     checkpoint="deepseek-community/deepseek-vl-7b-chat", encoders=("siglip", "sam"),
-    wrapper=_WRAPPER, requires=_HF_DSVL,
+    wrapper=_WRAPPER, requires=_HF_DSVL, token_stages=("fusion", "llm"),
     description="DeepSeek-VL 7B via transformers' DeepseekVLHybridForConditionalGeneration"))
 
 # A tiny randomly initialised DeepseekVLHybrid, built offline on first use into the cache
@@ -24,4 +24,5 @@ register_base(BaseModelSpec(
     checkpoint="encred-tiny:deepseek-vl-hybrid", encoders=("siglip", "sam"),
     wrapper=_WRAPPER,
     loader={"max_new_tokens": 8, "torch_dtype": "float32", "device": "cpu"}, requires=_HF_DSVL,
+    token_stages=("fusion", "llm"), llm_layer=1,  # its language model has 2 decoder layers
     description="Random tiny DeepseekVLHybrid (CPU smoke tests only; answers are noise)"))

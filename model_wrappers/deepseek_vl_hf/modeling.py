@@ -215,6 +215,7 @@ class EncredDeepseekVLHybrid(EncredMixin, BaseModel):
 
     def __init__(self, model_path: str = "deepseek-community/deepseek-vl-7b-chat", torch_dtype: Any = "bfloat16",
                  device: str | None = None, max_new_tokens: int = 512, **gen_kwargs: Any) -> None:
+        self.tokens = self.pop_token_kwargs(gen_kwargs)
         spec, base = self.pop_encred_kwargs(gen_kwargs)
         super().__init__()
         from transformers import AutoProcessor, DeepseekVLHybridForConditionalGeneration
@@ -236,6 +237,10 @@ class EncredDeepseekVLHybrid(EncredMixin, BaseModel):
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.kwargs = self.generation_kwargs(dict(max_new_tokens=max_new_tokens, use_cache=True, pad_token_id=pad),
                                              gen_kwargs)
+        self.pruner = None
+        self.token_report: dict[str, Any] | None = None
+        if self.tokens is not None:
+            self.pruner = install_tokens(self, self.tokens, base or model_path)
 
     # -- prompt building -------------------------------------------------------------------
     def build_inputs(self, message: list[dict[str, Any]]) -> Any:
@@ -262,10 +267,101 @@ class EncredDeepseekVLHybrid(EncredMixin, BaseModel):
 
     def generate_inner(self, message: list[dict[str, Any]], dataset: str | None = None) -> str:
         inputs = self.build_inputs(message)
+        if self.tokens is not None:
+            return generate_with_tokens(self, inputs)
         with torch.inference_mode():
             out = self.model.generate(**inputs, **self.kwargs)
         new = out[0, inputs["input_ids"].shape[1]:]
         return self.tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+# --- token budgets (docs/tokens.md) -----------------------------------------------------------
+# fusion: per image, the T positions of the shared grid are scored by the L2 norm of each
+# unmasked branch's tokens at the aligner input (SigLIP as DeepSeek-VL uses it has no [CLS] and
+# no pooling head in this path; SAM is windowed with no [CLS]: neither has an attention signal
+# over the grid), combined with effective-rank weights.  The aligner runs on all T tokens (it is
+# per-token), the kept rows enter the LLM in place of the kept placeholders; the pruned
+# placeholders are removed from input_ids and the remaining tokens keep their original
+# position_ids (given to generate(), which extends them by +1 per new token).
+# llm: LlmPruner on language_model.layers; the visual positions are the image placeholders.
+
+
+def install_tokens(wrapper: Any, tokens: Any, name: str) -> Any:
+    """Check ``tokens`` against the loaded model; return the LlmPruner for the llm stage (else None)."""
+    from vlmeval_encred.tokens import LlmPruner, TokenError
+
+    if tokens.stage == "fusion":
+        r = wrapper.encred_report
+        if r is not None and len(r.spec.masked) >= len(r.encoders):
+            raise TokenError(f"{name}: every encoder is masked; the fusion stage has no encoder to score tokens")
+        return None
+    return LlmPruner(wrapper.model.model.language_model.layers, tokens)
+
+
+def _visual_positions(wrapper: Any, input_ids: torch.Tensor) -> list[int]:
+    return (input_ids[0] == wrapper.model.config.image_token_id).nonzero().flatten().tolist()
+
+
+def fusion_token_inputs(wrapper: Any, inputs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The fusion stage: (the model inputs with the pruned placeholders removed, the report).
+
+    The returned inputs (``input_ids``, ``attention_mask``, original ``position_ids``, the kept
+    image rows as ``mm_encoder_outputs``) go to ``model(...)`` or ``model.generate(...)``."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    from vlmeval_encred.tokens import TokenError, fusion_select, splice_positions
+
+    ids = inputs["input_ids"]
+    if ids.shape[0] != 1:
+        raise TokenError("token budgets run one sample at a time (batch size 1)")
+    visual = _visual_positions(wrapper, ids)
+    inner = wrapper.model.model
+    masked = set(wrapper.encred_report.spec.masked) if wrapper.encred_report else set()
+    names = {i.index: i.name for i in wrapper.adapter.encoders(wrapper.model)}
+    low = inner.get_low_res_image_features(inputs["pixel_values"]).last_hidden_state
+    high = inner.get_high_res_image_features(inputs["high_res_pixel_values"]).last_hidden_state
+    fused = inner.aligner(low, high)  # (n_images, T, D): what get_image_features returns
+    n_img, t = fused.shape[:2]
+    if len(visual) != n_img * t:
+        raise TokenError(f"fusion stage: {len(visual)} image placeholders for {n_img} images of {t} tokens")
+    kept_vis, rows, weights = [], [], []
+    for b in range(n_img):
+        feats = {names[i]: f[b] for i, f in ((0, low), (1, high)) if names[i] not in masked}
+        sel = fusion_select(feats, wrapper.tokens)
+        kept_vis += [visual[b * t + j] for j in sel.kept.tolist()]
+        rows.append(fused[b, sel.kept.to(fused.device)])
+        weights.append(sel.weights)
+    idx = torch.tensor(splice_positions(ids.shape[1], visual, kept_vis), device=ids.device)
+    new_ids = ids[:, idx]
+    mm = {"image": BaseModelOutputWithPooling(pooler_output=torch.cat(rows, 0).unsqueeze(0))}
+    gen = dict(input_ids=new_ids, attention_mask=torch.ones_like(new_ids), position_ids=idx.unsqueeze(0),
+               mm_encoder_outputs=mm)
+    return gen, {"stage": "fusion", "visual": visual, "kept": kept_vis, "weights": weights}
+
+
+def generate_with_tokens(wrapper: Any, inputs: dict[str, Any]) -> str:
+    """``generate_inner`` with the wrapper's token budget; sets ``wrapper.token_report``."""
+    from vlmeval_encred.tokens import TokenError
+
+    ids = inputs["input_ids"]
+    if ids.shape[0] != 1:
+        raise TokenError("token budgets run one sample at a time (batch size 1)")
+    with torch.inference_mode():
+        if wrapper.tokens.stage == "llm":
+            visual = _visual_positions(wrapper, ids)
+            wrapper.pruner.arm(visual, ids.shape[1])
+            try:
+                out = wrapper.model.generate(**inputs, **wrapper.kwargs)
+            finally:
+                wrapper.pruner.disarm()
+            wrapper.token_report = {"stage": "llm", "layer": wrapper.tokens.layer, "visual": visual,
+                                    "kept": list(wrapper.pruner.kept_visual or visual)}
+            start = ids.shape[1]
+        else:
+            gen, wrapper.token_report = fusion_token_inputs(wrapper, inputs)
+            out = wrapper.model.generate(**gen, **wrapper.kwargs)
+            start = gen["input_ids"].shape[1]
+    return wrapper.tokenizer.decode(out[0, start:], skip_special_tokens=True).strip()
 
 
 # --- encred sweep support: share encoder outputs across every subset of a sample ---------------

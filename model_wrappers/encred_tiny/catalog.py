@@ -14,4 +14,5 @@ register_base(BaseModelSpec(
     encoders=("lowres", "hires", "colour"),
     wrapper=_WRAPPER,
     loader={"max_new_tokens": 2}, modes=("zero", "drop"),
+    token_stages=("fusion", "llm"), llm_layer=1,  # its language model has 2 decoder layers
     description="CPU demo: low-res conv, high-res ink-map patch encoder, colour histogram (trained, 2 MB)"))

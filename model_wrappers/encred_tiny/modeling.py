@@ -119,6 +119,7 @@ class EncredTiny(EncredMixin, BaseModel):
     def __init__(self, model_path: str = "encred-demo:default", max_new_tokens: int = 2,
                  threads: int | None = None, torch_dtype: Any = "float32", device: str = "cpu",
                  **kwargs: Any) -> None:
+        self.tokens = self.pop_token_kwargs(kwargs)
         spec, base = self.pop_encred_kwargs(kwargs)
         kwargs.pop("verbose", None)
         kwargs.pop("retry", None)
@@ -147,6 +148,10 @@ class EncredTiny(EncredMixin, BaseModel):
             raise ValueError(f"EncredTiny decodes greedily only; unsupported generation settings: "
                              f"{unsupported or {k: gen[k] for k in ('do_sample', 'num_beams')}}")
         self.max_new_tokens = int(gen["max_new_tokens"])
+        self.pruner = None
+        self.token_report: dict[str, Any] | None = None
+        if self.tokens is not None:
+            self.pruner = install_tokens(self.model, self.tokens, base or str(model_path))
 
     @staticmethod
     def model_inputs(model: Any, message: list[dict[str, Any]]) -> tuple[torch.Tensor, str]:
@@ -162,11 +167,97 @@ class EncredTiny(EncredMixin, BaseModel):
 
     def generate_inner(self, message: list[dict[str, Any]], dataset: str | None = None) -> str:
         pixels, prompt = self.model_inputs(self.model, message)
-        answer = self.model.generate_answer(self.tokenizer, pixels, prompt, self.max_new_tokens)
+        if self.tokens is None:
+            answer = self.model.generate_answer(self.tokenizer, pixels, prompt, self.max_new_tokens)
+        else:
+            answer, self.token_report = generate_with_tokens(self.model, self.tokenizer, pixels, prompt,
+                                                             self.max_new_tokens, self.tokens, self.pruner)
         hook = type(self).on_generate
         if hook is not None:
             hook()
         return answer
+
+
+# --- token budgets (docs/tokens.md) -----------------------------------------------------------
+# fusion: the 16 positions of the common grid are scored per unmasked tower by the L2 norm of
+# the tower's token features at the fusion point (none of the towers has an attention signal:
+# two conv nets and a histogram MLP), combined with effective-rank weights; the kept positions'
+# projector outputs enter the LLM at their original positions (1 + grid index), the pruned ones
+# are not in the sequence at all.  llm: LlmPruner on the LLM's decoder layers, the visual
+# positions being 1..16.
+
+
+def install_tokens(model: Any, tokens: Any, name: str = "encred_tiny") -> Any:
+    """Check ``tokens`` against the loaded model; return the LlmPruner for the llm stage (else None)."""
+    from vlmeval_encred.tokens import LlmPruner, TokenError
+
+    if tokens.stage == "fusion":
+        live = [n for n in model.encoder_names if n not in model.zeroed and n not in model.dropped]
+        if not live:
+            raise TokenError(f"{name}: every tower is masked; the fusion stage has no encoder to score tokens")
+        return None
+    return LlmPruner(model.language_model.model.layers, tokens)
+
+
+def fusion_features(model: Any, pixels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(the channel concatenation the projector reads, each unmasked tower's (B, T, C) part of it).
+
+    The same operations as ``EncredTinyModel.fusion_inputs`` (so keep100 is bit-identical)."""
+    grid, parts, feats = model.config.grid, [], {}
+    from vlmeval_encred.demo.model import to_grid
+
+    for name in model.encoder_names:
+        if name in model.dropped:
+            continue
+        if name in model.zeroed:
+            parts.append(pixels.new_zeros(pixels.shape[0], grid * grid, model.tower_channels[name]))
+            continue
+        feats[name] = to_grid(model.towers[name](pixels), grid)
+        parts.append(feats[name])
+    cat = torch.cat(parts, dim=-1) if parts else pixels.new_zeros(pixels.shape[0], grid * grid, 0)
+    return cat, feats
+
+
+@torch.inference_mode()
+def generate_with_tokens(model: Any, tokenizer: Any, pixels: torch.Tensor, prompt: str, max_new_tokens: int,
+                         tokens: Any, pruner: Any = None) -> tuple[str, dict[str, Any]]:
+    """Greedy decoding as ``generate_answer``, with the token budget applied; returns (answer, report).
+
+    The report names the kept visual positions (grid indices 0..T-1) and, for the llm stage,
+    how many tokens the layers after K received."""
+    from vlmeval_encred.tokens import fusion_select
+
+    t = model.config.n_image_tokens
+    ids = torch.tensor([model.build_inputs(tokenizer, prompt)], device=pixels.device)
+    emb_layer = model.language_model.get_input_embeddings()
+    out: list[int] = []
+    if tokens.stage == "fusion":
+        cat, feats = fusion_features(model, pixels)
+        sel = fusion_select({n: f[0] for n, f in feats.items()}, tokens)
+        kept = sel.kept.tolist()
+        emb = emb_layer(ids)
+        img = model.projector(cat).to(emb.dtype)
+        embeds = torch.cat([emb[:, :1], img[:, sel.kept.to(img.device)], emb[:, 1 + t:]], dim=1)
+        pos = [0] + [1 + k for k in kept] + list(range(1 + t, ids.shape[1]))
+        report = {"stage": "fusion", "kept": kept, "n_visual": t, "weights": sel.weights}
+        for _ in range(max_new_tokens):
+            p = torch.tensor([pos], device=pixels.device)
+            logits = model.language_model(inputs_embeds=embeds, position_ids=p,
+                                          attention_mask=torch.ones_like(p)).logits[0, -1]
+            nxt = int(torch.argmax(logits))
+            if nxt == tokenizer.eos_token_id:
+                break
+            out.append(nxt)
+            embeds = torch.cat([embeds, emb_layer(torch.tensor([[nxt]], device=pixels.device))], dim=1)
+            pos.append(pos[-1] + 1)
+        return tokenizer.decode(out, skip_special_tokens=True).strip(), report
+    pruner.arm(range(1, 1 + t), ids.shape[1])
+    try:
+        answer = model.generate_answer(tokenizer, pixels, prompt, max_new_tokens)
+        kept = [k - 1 for k in pruner.kept_visual]
+    finally:
+        pruner.disarm()
+    return answer, {"stage": "llm", "kept": kept, "n_visual": t, "layer": tokens.layer}
 
 
 # --- encred sweep support: share encoder outputs across every subset of a sample ---------------
