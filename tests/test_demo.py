@@ -218,18 +218,18 @@ def test_demo_prints_its_verdict_when_its_report_was_edited_by_hand(tmp_path, ca
     work = tmp_path / "w"
     variants = _fake_demo_results(work)
     datasets = list(data.DATASET_NAMES)
-    rc, res, why = demo._report_and_verdict(work, variants, datasets, 20, 50)
+    rc, res, why = demo._report_and_verdict(work, "encred_tiny", variants, datasets, 20, 50)
     assert rc in (0, 1) and not why and res.out_dir is not None
     md = res.files["markdown"]
     md.write_text("my notes")
     capsys.readouterr()
-    rc, res2, why = demo._report_and_verdict(work, variants, datasets, 20, 50)
+    rc, res2, why = demo._report_and_verdict(work, "encred_tiny", variants, datasets, 20, 50)
     out = capsys.readouterr().out
     assert rc == 2 and "Planted structure" in out and "95% paired-bootstrap intervals of CUR" in out
     assert "the report was not rewritten" in why and md.name in why and "--force" in why and "\n" not in why
     assert "Verdict above computed from the results; the report was not rewritten" in out
     assert md.read_text() == "my notes" and res2 is not None and res2.bootstrap and res2.out_dir is None
-    rc, _, why = demo._report_and_verdict(work, variants, datasets, 20, 50, force=True)
+    rc, _, why = demo._report_and_verdict(work, "encred_tiny", variants, datasets, 20, 50, force=True)
     assert rc in (0, 1) and not why and md.read_text() != "my notes"
 
 

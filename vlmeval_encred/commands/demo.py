@@ -307,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
     # 3. report -----------------------------------------------------------------------------
     print(f"[3/3] report (suite {SUITE}, {n_boot} bootstrap resamples) ...", flush=True)
     t_report = time.perf_counter()
-    rc, result, not_written = _report_and_verdict(work, variants, datasets, n, n_boot, force=args.force)
+    rc, result, not_written = _report_and_verdict(work, BASE, variants, datasets, n, n_boot, force=args.force)
     t_report = time.perf_counter() - t_report
     total_s = time.perf_counter() - t_start
     print()
@@ -323,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
     return rc
 
 
-def _report_and_verdict(work: Path, variants: list[str], datasets: list[str], n: int, n_boot: int,
+def _report_and_verdict(work: Path, base: str, variants: list[str], datasets: list[str], n: int, n_boot: int,
                         force: bool = False) -> tuple[int, Any, str]:
     """Build the report, print the scores and the planted-structure verdict.
 
@@ -341,10 +341,10 @@ def _report_and_verdict(work: Path, variants: list[str], datasets: list[str], n:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            result = build_report(work, BASE, suite=SUITE, n_boot=n_boot, force=force)
+            result = build_report(work, base, suite=SUITE, n_boot=n_boot, force=force)
         except OutputError as exc:
             not_written = f"the report was not rewritten: {exc}"
-            result = build_report(work, BASE, suite=SUITE, n_boot=n_boot, write=False)
+            result = build_report(work, base, suite=SUITE, n_boot=n_boot, write=False)
         except ReportError as exc:
             not_written = f"no report: {exc}"
             result = None
