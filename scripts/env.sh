@@ -105,7 +105,7 @@ if [ "$(cat "$LAYER/.encred-layer" 2>/dev/null)" != "$WANT" ]; then
   # Built by the base environment's python (its packages agree with each other; an overlay's older
   # pins can break a base package's setuptools plug-in, e.g. kernels' egg_info writer importing a
   # newer huggingface_hub), installed into the layer; the console script then runs the layer's python.
-  "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation --no-warn-script-location \
+  PYTHONWARNINGS=ignore "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation --no-warn-script-location \
     --prefix "$LAYER" -e "$ROOT" >&2
   for script in "$LAYER"/bin/encred; do
     [ -f "$script" ] && sed -i "1s|^#!.*python.*$|#!$LAYER/bin/python|" "$script"
