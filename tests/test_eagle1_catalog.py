@@ -100,5 +100,5 @@ def test_masked_entry_fails_before_loading_in_transformers_5(tmp_path):
     msg = str(err.value)
     assert f"transformers {md.version('transformers')} is installed" in msg
     assert "needs transformers>=4.37,<4.45" in msg
-    assert "eagle1.txt" in msg and "--env eagle1" in msg
+    assert "eagle1/recipe.txt" in msg and "--env eagle1" in msg
     assert not unreachable.exists()
