@@ -1,4 +1,4 @@
-"""Cambrian-1 masking (model_wrappers/cambrian.py) on a tiny stand-in of the SVA model.
+"""Cambrian-1 masking (model_wrappers/cambrian/modeling.py) on a tiny stand-in of the SVA model.
 
 The stand-in (tests/standins/cambrian/) mirrors cambrian_arch.py and
 vision_sampler.py; 7B+ checkpoints and the GPU cannot exist here.  It needs no

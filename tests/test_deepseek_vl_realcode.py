@@ -1,9 +1,9 @@
 """The original DeepSeek-VL family against the *real* upstream code (github.com/deepseek-ai/DeepSeek-VL).
 
-Runs in the ``deepseek_vl`` environment (vlmeval_encred/recipes/deepseek_vl.txt:
+Runs in the ``deepseek_vl`` environment (model_wrappers/deepseek_vl/recipe.txt:
 transformers 4.57; the package does not import under transformers 5).  The model
 is upstream's ``MultiModalityCausalLM`` with upstream's SAM/SigLIP towers, aligner
-and Llama, tiny and random (vlmeval_encred/realcode/deepseek_vl.py), saved and
+and Llama, tiny and random (model_wrappers/deepseek_vl/selftest.py), saved and
 loaded like a checkpoint; fp32 on the CPU.  Mocked, because it cannot exist here:
 a GPU (VLMEvalKit's ``DeepSeekVL`` calls ``.cuda()``; the test makes that a no-op
 and the model stays on the CPU) and the 7B weights (the 7B tower geometry is

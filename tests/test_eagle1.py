@@ -1,4 +1,4 @@
-"""Eagle-1 masking (model_wrappers/eagle1.py) on a tiny stand-in of NVlabs EAGLE.
+"""Eagle-1 masking (model_wrappers/eagle1/modeling.py) on a tiny stand-in of NVlabs EAGLE.
 
 The ``eagle`` package is not pip-installable and its checkpoints are 7B+, so
 these tests import the stand-in under tests/standins/eagle/ (same module

@@ -1,4 +1,4 @@
-"""Eagle2 (model_wrappers/eagle2.py) on a tiny stand-in of the nvidia/Eagle2-9B remote code.
+"""Eagle2 (model_wrappers/eagle2/modeling.py) on a tiny stand-in of the nvidia/Eagle2-9B remote code.
 
 The stand-in (tests/standins/eagle2/) follows the remote code's module and class
 names, attributes and forward contracts for both fusion layouts of

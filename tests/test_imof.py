@@ -1,4 +1,4 @@
-"""I-MoF masking (model_wrappers/imof.py) on a tiny stand-in of the MMVP LLaVA fork.
+"""I-MoF masking (model_wrappers/imof/modeling.py) on a tiny stand-in of the MMVP LLaVA fork.
 
 The stand-in (tests/standins/llava_mof/) mirrors llava_arch.py and dino_encoder.py;
 the 13B checkpoint and DINOv2 weights cannot exist here.  DINOv2 is built through

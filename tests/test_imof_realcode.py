@@ -2,7 +2,7 @@
 
 The model is the fork's own ``LlavaLlamaForCausalLM`` with its real ``CLIPVisionTower``
 and ``DINOVisionTower``, DINOv2 built by the real hub code of the registered dinov2 clone; only
-sizes are tiny and weights random (see vlmeval_encred/realcode/imof.py).  Replaced
+sizes are tiny and weights random (see model_wrappers/imof/selftest.py).  Replaced
 because they cannot exist here: the CLIP checkpoint behind the fork's hard-coded hub id
 (a random tiny CLIP in a throw-away offline hub cache) and DINOv2's pretrained weights
 (the hub entry built with ``pretrained=False``, cut to one block).  The VLMEvalKit tests

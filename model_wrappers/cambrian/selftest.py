@@ -1,4 +1,4 @@
-"""Real-code self-test of the Cambrian-1 adapter (model_wrappers/cambrian.py).
+"""Real-code self-test of the Cambrian-1 adapter (model_wrappers/cambrian/modeling.py).
 
 The model is upstream's ``CambrianLlamaForCausalLM`` built from a tiny config with
 its real towers loaded from a local fake hub cache (see

@@ -307,7 +307,7 @@ def build_checkpoint(out: Path, towers: str = X5_TOWERS, sizes: TinySizes = Tiny
 
 
 class Eagle1SelfTest(RealCodeSelfTest):
-    """The adapter of model_wrappers/eagle1.py on upstream's real Eagle classes (one tower layout)."""
+    """The adapter of model_wrappers/eagle1/modeling.py on upstream's real Eagle classes (one tower layout)."""
 
     recipe = "eagle1"
     upstream = ("eagle",)
