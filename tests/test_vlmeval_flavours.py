@@ -272,6 +272,16 @@ def test_sweep_output_is_evaluated_by_run_py_without_building_the_model(tmp_path
 # --- a report over cells from two VLMEvalKit versions ----------------------------------------
 
 @pytest.mark.envs("vlmeval_checkout")
+def _base_python() -> Path:
+    """This checkout's python of the base environment: ms-vlmeval with this checkout installed in its own
+    layer (scripts/env.sh builds the layer if this session has not yet)."""
+    env = {k: v for k, v in os.environ.items() if k != "ENCRED_ENV"}
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "env.sh"), "python", "-c", "import sys; print(sys.executable)"],
+                         env=env, capture_output=True, text=True, timeout=HANG_GUARD)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
 def test_report_over_two_vlmevalkit_versions_says_so(tmp_path):
     """Two variants through the upstream checkout's run.py, two through ms-vlmeval's
     ``python -m vlmeval`` (the base environment's Python, in the same work dir): the report
@@ -300,8 +310,7 @@ def test_report_over_two_vlmevalkit_versions_says_so(tmp_path):
     up = subprocess.run([sys.executable, str(fl.run_py), "--model", BASE, f"{BASE}_mask_lowres", *common],
                         cwd=fl.root, env=env, capture_output=True, text=True, timeout=HANG_GUARD)
     assert up.returncode == 0, explain(up)
-    base_site = (Path(sys.prefix) / "lib").glob("python*/site-packages/zz_encred_base_env.pth")
-    base_python = Path(next(base_site).read_text().strip()).parents[2] / "bin" / "python"
+    base_python = _base_python()
     ms = subprocess.run([str(base_python), "-m", "vlmeval", "--model", f"{BASE}_mask_hires", f"{BASE}_mask_colour",
                          *common], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_GUARD)
     assert ms.returncode == 0, explain(ms)
