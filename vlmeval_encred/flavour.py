@@ -37,8 +37,8 @@ from typing import Any, Sequence
 ROOT_ENV = "ENCRED_VLMEVAL_ROOT"
 """A VLMEvalKit checkout to drive instead of the importable ``vlmeval`` (same as ``--vlmeval-root``)."""
 
-SNAPSHOT_COMMIT_FILE = ".encred-source-commit"
-"""Written by ``encred sources add`` into a tree extracted from a bare git directory (no ``.git``)."""
+# Written by ``encred sources add`` into a tree extracted from a bare git directory (no ``.git``).
+from .sources import COMMIT_FILE as SNAPSHOT_COMMIT_FILE  # noqa: E402
 
 MS_VLMEVAL_UPSTREAM = {"0.0.20": "354a485c"}
 """Upstream commit each ms-vlmeval release was cut from (measured; see docs/plugin.md)."""

@@ -36,6 +36,12 @@ from pathlib import Path
 from typing import Iterator
 
 
+COMMIT_FILE = ".encred-source-commit"
+"""In a tree extracted from a bare git directory (no ``.git``): the commit it is (read by flavour.py too)."""
+MISSING_FILE = ".encred-source-missing"
+"""In such a tree: the files whose content the repository lacked."""
+
+
 class SourcesError(RuntimeError):
     """A source cannot be registered or used; the message says which and what to do."""
 
@@ -164,7 +170,7 @@ def clone_commit(path: Path) -> str | None:
         head = git("rev-parse", "HEAD", cwd=path)
         if head:
             return head
-    marker = path / ".encred-source-commit"
+    marker = path / COMMIT_FILE
     if marker.is_file():
         return marker.read_text().strip() or None
     return None
@@ -223,19 +229,19 @@ def extract(name: str, bare: Path, commit: str, cache: Path) -> Path:
     ``cache/<name>-<commit>`` (atomic: concurrent callers race safely).  Files whose content
     the repository lacks are listed in ``.encred-source-missing`` of the extracted tree."""
     dest = cache / f"{name}-{commit}"
-    if (dest / ".encred-source-commit").is_file():
+    if (dest / COMMIT_FILE).is_file():
         return dest
     cache.mkdir(parents=True, exist_ok=True)
     tree = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache))
     try:
         missing = _write_tree(bare, commit, tree)
         if missing:
-            (tree / ".encred-source-missing").write_text("".join(m + "\n" for m in missing))
-        (tree / ".encred-source-commit").write_text(commit + "\n")
+            (tree / MISSING_FILE).write_text("".join(m + "\n" for m in missing))
+        (tree / COMMIT_FILE).write_text(commit + "\n")
         try:
             os.rename(tree, dest)
         except OSError:  # another process won the race, or a stale incomplete copy is in the way
-            if not (dest / ".encred-source-commit").is_file():
+            if not (dest / COMMIT_FILE).is_file():
                 shutil.rmtree(dest, ignore_errors=True)
                 os.rename(tree, dest)
     finally:
@@ -245,5 +251,5 @@ def extract(name: str, bare: Path, commit: str, cache: Path) -> Path:
 
 def missing_files(root: Path) -> list[str]:
     """Files of an extracted tree whose content its bare repository lacked (see :func:`extract`)."""
-    marker = root / ".encred-source-missing"
+    marker = root / MISSING_FILE
     return marker.read_text().split() if marker.is_file() else []

@@ -88,7 +88,7 @@ def add(name: str, path: str, commit: str | None) -> str:
     lacking = sources.missing_files(found.root)
     if lacking:
         msg += (f"\nnote: the repository lacks the content of {len(lacking)} file(s) (e.g. {lacking[0]}); "
-                f"they are listed in {found.root / '.encred-source-missing'}")
+                f"they are listed in {found.root / sources.MISSING_FILE}")
     return msg + f"\n(in {register})"
 
 
