@@ -271,7 +271,6 @@ def test_sweep_output_is_evaluated_by_run_py_without_building_the_model(tmp_path
 
 # --- a report over cells from two VLMEvalKit versions ----------------------------------------
 
-@pytest.mark.envs("vlmeval_checkout")
 def _base_python() -> Path:
     """This checkout's python of the base environment: ms-vlmeval with this checkout installed in its own
     layer (scripts/env.sh builds the layer if this session has not yet)."""
@@ -282,6 +281,7 @@ def _base_python() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.envs("vlmeval_checkout")
 def test_report_over_two_vlmevalkit_versions_says_so(tmp_path):
     """Two variants through the upstream checkout's run.py, two through ms-vlmeval's
     ``python -m vlmeval`` (the base environment's Python, in the same work dir): the report
