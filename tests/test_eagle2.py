@@ -24,7 +24,8 @@ from standins.eagle2.tiny import LAYOUTS, TILE, build
 from vlmeval_encred.masking import MaskError, MaskSpec
 from vlmeval_encred.model_wrappers.eagle2 import (ADAPTER, Eagle2Sweep, ZeroTower, choose_grid, dynamic_tiles,
                                                   layout_of, tile_policy)
-from vlmeval_encred.realcode.checks import RealCodeSelfTest, run_selftest
+from vlmeval_encred.model_wrappers.eagle2.selftest import Eagle2Runs, towers
+from vlmeval_encred.realcode.checks import run_selftest
 
 pytestmark = pytest.mark.envs("base", "eagle2")
 
@@ -42,8 +43,14 @@ def pixels():
     return torch.randn(TILES, 3, TILE, TILE, generator=torch.Generator().manual_seed(1))
 
 
-def towers(model) -> dict[str, Any]:
-    return {t.name: t for t in model.vision_model.vision_model.vision_towers}
+def assert_every_subset_checked(results) -> None:
+    """No check failed, and every subset got the three checks (shared with the real-code test)."""
+    failed = [r.line() for r in results if not r.ok]
+    assert not failed, "\n".join(failed)
+    checks = {(r.check, r.subject) for r in results}
+    for subset in ("siglip", "convnext", "siglip,convnext"):
+        for check in ("not_called", "params_freed", "zero_equals_run_then_zero"):
+            assert (check, f"mask={subset} mode=zero") in checks
 
 
 # --------------------------------------------------------------------------- adapter, both layouts
@@ -79,7 +86,7 @@ def test_other_layouts_and_models_rejected(standin):
         ADAPTER.apply(copy.deepcopy(model), MaskSpec(("siglip",), "drop"))
 
 
-class StandinSelfTest(RealCodeSelfTest):
+class StandinSelfTest(Eagle2Runs):
     """The family-independent checks of vlmeval_encred/realcode/checks.py, on the stand-in.
 
     Not registered in realcode.SELFTESTS: ``encred doctor`` runs real upstream code only,
@@ -106,30 +113,11 @@ class StandinSelfTest(RealCodeSelfTest):
     def mask(self, model: Any, masked: tuple[str, ...], mode: str) -> Any:
         return ADAPTER.apply(model, MaskSpec(masked, mode), f"standin-{self.layout}")
 
-    def run(self, model: Any) -> Any:
-        """Projected image tokens and the language model's logits over them (exact comparison)."""
-        with torch.no_grad():
-            feats = model.extract_feature(self.px)
-            logits = model.language_model(inputs_embeds=feats.reshape(1, -1, feats.shape[-1])).logits
-        return [feats, logits]
-
-    def run_then_zero(self, model: Any, masked: tuple[str, ...]) -> Any:
-        for name, tower in towers(model).items():
-            if name in masked:  # run the tower, then zero what it returns (the paper's zero-fill)
-                tower.register_forward_hook(lambda _m, _i, out: torch.zeros_like(out))
-        return self.run(model)
-
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_realcode_checks_on_standin(layout, tmp_path):
     """Masked tower never called, zero == run-then-zero (bit for bit), parameters freed: every subset."""
-    results = run_selftest(StandinSelfTest(layout), tmp_path)
-    failed = [r.line() for r in results if not r.ok]
-    assert not failed, "\n".join(failed)
-    checks = {(r.check, r.subject) for r in results}
-    for subset in ("siglip", "convnext", "siglip,convnext"):
-        for check in ("not_called", "params_freed", "zero_equals_run_then_zero"):
-            assert (check, f"mask={subset} mode=zero") in checks
+    assert_every_subset_checked(run_selftest(StandinSelfTest(layout), tmp_path))
 
 
 def test_zero_tower_keeps_upstream_contract(standin, pixels):

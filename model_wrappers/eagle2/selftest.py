@@ -198,7 +198,29 @@ def towers(model: Any) -> dict[str, Any]:
     return {t.name: t for t in model.vision_model.vision_model.vision_towers}
 
 
-class Eagle2SelfTest(RealCodeSelfTest):
+class Eagle2Runs(RealCodeSelfTest):
+    """What the checks run on an Eagle2 model, real or stand-in (both have ``extract_feature``, a
+    ``language_model`` and the towers under ``vision_model.vision_model``): projected image tokens
+    and the language model's logits over them, compared exactly.  Subclasses provide ``px``."""
+
+    def run(self, model: Any) -> Any:
+        import torch
+
+        with torch.no_grad():
+            feats = model.extract_feature(self.px)
+            logits = model.language_model(inputs_embeds=feats.reshape(1, -1, feats.shape[-1])).logits
+        return [feats, logits]
+
+    def run_then_zero(self, model: Any, masked: tuple[str, ...]) -> Any:
+        import torch
+
+        for name, tower in towers(model).items():
+            if name in masked:  # run the tower, then zero its output at the fusion point (the paper's zero-fill)
+                tower.register_forward_hook(lambda _m, _i, out: torch.zeros_like(out))
+        return self.run(model)
+
+
+class Eagle2SelfTest(Eagle2Runs):
     family, recipe, upstream, modes = "eagle2", "eagle2", ("eagle2",), ("zero",)
 
     def __init__(self) -> None:
@@ -241,21 +263,6 @@ class Eagle2SelfTest(RealCodeSelfTest):
 
         return ADAPTER.apply(model, MaskSpec(masked, mode), "eagle2-realcode-tiny")
 
-    def run(self, model: Any) -> Any:
-        import torch
-
-        with torch.no_grad():
-            feats = model.extract_feature(self.px)
-            logits = model.language_model(inputs_embeds=feats.reshape(1, -1, feats.shape[-1])).logits
-        return [feats, logits]
-
-    def run_then_zero(self, model: Any, masked: tuple[str, ...]) -> Any:
-        import torch
-
-        for name, tower in towers(model).items():
-            if name in masked:  # run the tower, then zero its output at the fusion point
-                tower.register_forward_hook(lambda _m, _i, out: torch.zeros_like(out))
-        return self.run(model)
 
 
 SELFTEST = Eagle2SelfTest()
