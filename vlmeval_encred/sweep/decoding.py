@@ -34,7 +34,7 @@ import copy
 import functools
 import inspect
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 if TYPE_CHECKING:  # torch is imported where used: the engine (and `encred status`) import this module
@@ -192,3 +192,45 @@ def _greedy(lm: Any, embeds: "torch.Tensor", embed_tokens: Callable[["torch.Tens
         if stats is not None:
             stats.decode_row_steps += len(live)
     return answers
+
+
+@dataclass
+class DecodeRequest:
+    """One sample's subsets, fused and ready for greedy decoding.
+
+    What a family's optional ``SweepSupport.fuse`` returns instead of decoding itself, so
+    that the engine decides how rows are batched (one sample's subsets together, by
+    default; rows of several samples together with a token budget, see :func:`decode`).
+    A family builds it only where the wrapper's generation is plain greedy decoding of
+    ``inputs_embeds`` (``do_sample=False``, one beam, no repetition penalty); otherwise it
+    keeps its own ``fuse_and_generate``.
+    """
+
+    lm: Any
+    """A transformers causal LM that accepts ``inputs_embeds`` and a dynamic cache."""
+    embeds: "torch.Tensor"
+    """(S, T, d): one row per subset, in the order of ``features_per_subset``, unpadded."""
+    embed_tokens: Callable[["torch.Tensor"], "torch.Tensor"]
+    """Token ids (n, 1) -> embeddings (n, 1, d), as the model embeds generated tokens."""
+    eos_ids: Sequence[int]
+    max_new_tokens: int
+    finish: Callable[[list[list[int]]], list[str]]
+    """Generated ids per row (end-of-sequence token included when produced) -> the answer
+    strings, post-processed exactly as the wrapper's ``generate_inner`` post-processes."""
+    lm_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Reserved: extra keyword arguments every forward of ``lm`` needs (none so far)."""
+
+
+def decode(requests: Sequence[DecodeRequest], batch_tokens: int = 0, share_prefix: bool = True) -> list[list[str]]:
+    """Answers of every request (one list of strings per request, one string per row).
+
+    ``batch_tokens=0`` (the default, exact): each request is decoded on its own by
+    :func:`greedy_subsets`, so every row sees the positions of a batch of one.
+    ``batch_tokens > 0``: rows of several requests may share one decode batch of at most
+    that many prompt tokens (padding included); see the engine's ``--decode-batch-tokens``.
+    """
+    if batch_tokens:
+        raise NotImplementedError("cross-sample decode batches are not implemented yet")
+    return [r.finish(greedy_subsets(r.lm, r.embeds, r.embed_tokens, r.eos_ids, r.max_new_tokens,
+                                    share_prefix=share_prefix))
+            for r in requests]

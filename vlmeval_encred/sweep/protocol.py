@@ -19,6 +19,13 @@ per sample:
    return one string per subset, post-processed exactly as ``generate_inner``
    post-processes.
 
+Optional: ``fuse(wrapper, inputs, features_per_subset, mask_mode) ->
+:class:`~.decoding.DecodeRequest``` -- the same fusion as ``fuse_and_generate`` but
+stopping before decoding; a family that has it lets the engine decode with
+:func:`.decoding.decode` (shared prefix, finished rows dropped, and rows of several
+samples in one batch when the user sets a token budget).  Its ``fuse_and_generate``
+should then be ``decode([self.fuse(...)])[0]``, so both paths are one.
+
 Optional: ``project(wrapper, inputs, features) -> {encoder: tensor}``, each
 encoder's features carried through the family's projector (``encred rank`` ranks
 them next to the fusion-point features; see :mod:`.features`).
