@@ -88,7 +88,8 @@ def test_adaptive_arguments_are_checked_before_anything_runs():
     check_adaptive(**ok)
     for bad, msg in [(dict(halfwidth=None), "needs a target"), (dict(adaptive=False), "add --adaptive"),
                      (dict(limit=10), "--limit"), (dict(cluster="slurm"), "--cluster"),
-                     (dict(complete="all"), "--complete")]:
+                     (dict(complete="all"), "--complete"),
+                     (dict(adaptive=False, halfwidth=None, stop_level="category"), "--stop-level")]:
         with pytest.raises(ValidationError, match=msg):
             check_adaptive(**{**ok, **bad})
 
@@ -210,3 +211,50 @@ def test_adaptive_sweep_on_the_demo_model(demo, tmp_path):
         got = load(predfiles.find_pred_file(str(work), e.name, DS))
         want = load(predfiles.find_pred_file(str(full), e.name, DS))
         assert list(got["prediction"].astype(str)) == list(want["prediction"].astype(str))
+
+
+def test_category_level_targets_stop_on_the_reports_category_interval(demo, tmp_path):
+    """--stop-level category: the demo's OCR and General datasets form one category ("Mixed",
+    a suite of this test's own suite file); masking `hires` costs about -85 points on OCR and
+    nothing on General, so the category mean is about -40 and its sign is decided early.  The
+    interval the sweep stopped on must be the one the report prints for that category."""
+    import yaml
+
+    from vlmeval_encred.report import build_report
+    from vlmeval_encred.suites import DEFAULT_FILE
+    from vlmeval_encred.sweep.adaptive import adaptive_dir, run_adaptive
+    from vlmeval_encred.sweep.selection import select_entries
+
+    raw = yaml.safe_load(Path(DEFAULT_FILE).read_text())
+    raw["suites"] = {"mix": {"description": "two demo datasets in one category", "categories": ["Mixed"],
+                             "benchmarks": ["MixOCR", "MixGeneral"]}}
+    raw["benchmarks"]["MixOCR"] = {"category": "Mixed", "datasets": ["EncredDemo_OCR"], "preset": "mcq"}
+    raw["benchmarks"]["MixGeneral"] = {"category": "Mixed", "datasets": ["EncredDemo_General"], "preset": "mcq"}
+    suite_file = tmp_path / "mix.yaml"
+    suite_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    base = demo
+    entries = select_entries(base, f"{base.name},{base.name}_mask_hires,{base.name}_mask_lowres")
+    work = tmp_path / "cat"
+    rule = StopRule(decide_sign=True, halfwidth=6.0)
+    datasets = ["EncredDemo_OCR", "EncredDemo_General"]
+    rep = run_adaptive(base, entries, datasets, str(work), rule=rule, seed=1, round_size=10, progress=False,
+                       level="category", suite="mix", suite_file=str(suite_file))
+    assert rep.level == "category"
+    cats = json.loads((work / "encred_adaptive" / base.name / "categories.json").read_text())["categories"]
+    rec = cats["mix/Mixed"]
+    assert rec["datasets"] == {"EncredDemo_OCR": 0.5, "EncredDemo_General": 0.5}
+    hires = rec["variants"][f"{base.name}_mask_hires"]
+    assert hires["status"] == "stopped" and hires["stop"].startswith("category mix/Mixed: sign decided"), hires
+    assert hires["hi"] < 0 and hires["sampled_parts"] == 2
+    assert all(n < N_Q for n in hires["n"].values())  # stopped before either dataset was complete
+    for ds in datasets:  # the dataset cells carry the category's decision, not one of their own
+        cell = json.loads((adaptive_dir(work, base.name, ds) / "cells.json").read_text())["cells"]
+        assert cell[f"{base.name}_mask_hires"]["stop"] == hires["stop"]
+    # the report recomputes the category interval from the stored outcomes with the same function
+    res = build_report(work, base.name, suite="mix", suite_file=str(suite_file), n_boot=0, write=False,
+                       figures=False, cache=False)
+    row = next(b for b in res.bootstrap if b["quantity"] == "variant - full" and b["subject"] == "-hires"
+               and b["level"] == "Mixed")
+    assert row["lo"] == pytest.approx(hires["lo"], abs=1e-9) and row["hi"] == pytest.approx(hires["hi"], abs=1e-9)
+    assert row["lo"] <= row["estimate"] <= row["hi"]

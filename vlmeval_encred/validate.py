@@ -210,7 +210,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def check_adaptive(*, adaptive: bool, halfwidth: float | None, decide_sign: bool, max_frac: float | None,
-                   round_size: int | None, limit: int | None, cluster: str | None, complete: str | None) -> None:
+                   round_size: int | None, limit: int | None, cluster: str | None, complete: str | None,
+                   stop_level: str | None = None) -> None:
     """The combinations of ``encred sweep``'s adaptive arguments that mean something.
 
     ``--halfwidth``, ``--decide-sign``, ``--max-frac`` and ``--round-size`` only steer an
@@ -218,7 +219,8 @@ def check_adaptive(*, adaptive: bool, halfwidth: float | None, decide_sign: bool
     samples the whole dataset itself, so ``--limit`` (the first N rows) and ``--cluster``
     (whole-dataset jobs) do not combine with it; ``--complete`` runs a plain sweep."""
     given = [n for n, v in (("--halfwidth", halfwidth), ("--decide-sign", decide_sign or None),
-                            ("--max-frac", max_frac), ("--round-size", round_size)) if v is not None]
+                            ("--max-frac", max_frac), ("--round-size", round_size),
+                            ("--stop-level", stop_level)) if v is not None]
     if complete is not None:
         if adaptive or given:
             raise ValidationError(f"--complete finishes sampled cells with a plain sweep (every question); "

@@ -41,6 +41,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="target half-width of each cell's interval, in points of the 0-100 score")
     a.add_argument("--decide-sign", action="store_true",
                    help="stop a cell once its interval excludes 0 (or the --halfwidth target is met)")
+    a.add_argument("--stop-level", choices=["dataset", "category"], default=None,
+                   help="where the target applies: each (variant, dataset) cell (default), or each (variant, "
+                        "category) -- the category's datasets are run round-robin until the report's interval "
+                        "of the category mean meets the target (categories of the suite named in --data, else "
+                        "of the first suite in the suite file holding the datasets)")
     a.add_argument("--max-frac", type=float_range(0, 1, lo_open=True, what="fraction of each dataset"),
                    default=None, help="budget cap: stop every cell after this fraction of a dataset (default 1)")
     a.add_argument("--round-size", type=int_range(1), default=None,
@@ -95,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_adaptive(adaptive=args.adaptive, halfwidth=args.halfwidth, decide_sign=args.decide_sign,
                        max_frac=args.max_frac, round_size=args.round_size, limit=args.limit, cluster=args.cluster,
-                       complete=args.complete)
+                       complete=args.complete, stop_level=args.stop_level)
     except ValidationError as exc:
         raise SystemExit(f"encred sweep: {exc}")
     try:
@@ -220,6 +225,14 @@ def _submit(args: argparse.Namespace, base, chosen, datasets) -> int:
     return 0
 
 
+def _suite_named(data: list[str], suite_file: str | None) -> str | None:
+    """The first suite name among ``--data`` (its categories are the category-level targets)."""
+    from ..suites import load_raw
+
+    suites = load_raw(suite_file).get("suites") or {}
+    return next((d for d in data if d in suites), None)
+
+
 def _adaptive(args: argparse.Namespace, base, chosen, datasets) -> int:
     from ..sweep.adaptive import run_adaptive
     from ..sweep.confseq import StopRule
@@ -231,10 +244,12 @@ def _adaptive(args: argparse.Namespace, base, chosen, datasets) -> int:
     try:
         rep = run_adaptive(base, chosen, datasets, args.work_dir, rule=rule, seed=args.seed,
                            round_size=args.round_size or 50, suite_file=args.suite_file,
-                           decode_batch=args.decode_batch, progress=not args.no_progress)
+                           decode_batch=args.decode_batch, progress=not args.no_progress,
+                           level=args.stop_level or "dataset", suite=_suite_named(args.data, args.suite_file))
     except (SweepError, SweepUnsupportedError) as exc:
         raise SystemExit(f"encred sweep: {exc}")
-    print(f"adaptive sweep of {base.name}: {rule.describe()}; seed {args.seed}")
+    print(f"adaptive sweep of {base.name}: {rule.describe()}; seed {args.seed}"
+          + ("; targets per (variant, category)" if rep.level == "category" else ""))
     if rep.added_full:
         print(f"  added the full model {base.name} (every cell is a paired difference to it)")
     for d in rep.datasets:
@@ -251,6 +266,17 @@ def _adaptive(args: argparse.Namespace, base, chosen, datasets) -> int:
                 else f"{c['estimate']:.1f}"
             print(f"  {name}: {c['quantity']} {est} [{c['lo']:.1f}, {c['hi']:.1f}] sampled {c['n']}/{c['N']} "
                   f"({c['status']}{': ' + c['stop'] if c['stop'] and c['status'] != 'complete' else ''})")
+    if rep.level == "category":
+        import json
+        from pathlib import Path
+
+        cats = json.loads((Path(args.work_dir) / "encred_adaptive" / base.name / "categories.json").read_text())
+        for cat, rec in cats["categories"].items():
+            print(f"category {cat} (dataset weights {rec['datasets']}):")
+            for name, c in rec["variants"].items():
+                est = "n/a" if c["estimate"] is None else f"{c['estimate']:+.1f}"
+                print(f"  {name}: variant - full {est} [{c['lo']:.1f}, {c['hi']:.1f}] ({c['status']}"
+                      f"{': ' + c['stop'] if c['stop'] and c['status'] != 'complete' else ''})")
     print("sampled cells are not results VLMEvalKit will evaluate; `encred report` reads them and marks them; "
           "`encred sweep --complete SUBSETS` turns cells into full ones, reusing these answers")
     return 0

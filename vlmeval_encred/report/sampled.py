@@ -119,8 +119,7 @@ def interval_rows(*, sampled: Mapping[str, dict], used: set[tuple[str, str]], pa
             diff_iv = _diff_intervals(sampled, name, full, parts, need, part_vals, alpha)
             if diff_iv is None:
                 continue
-            lo = sum(w[k] * diff_iv[k][0] for k in parts)
-            hi = sum(w[k] * diff_iv[k][1] for k in parts)
+            lo, hi = weighted(w, diff_iv)
             est_v, est_f = scores[name].get(lvl), scores[full].get(lvl)
             if est_v is None or est_f is None:
                 continue
@@ -134,10 +133,7 @@ def interval_rows(*, sampled: Mapping[str, dict], used: set[tuple[str, str]], pa
             f2 = _full_intervals(sampled, full, parts, part_vals, used, alpha / 2)
             if d2 is None or f2 is None:
                 continue
-            dlo = sum(w[k] * d2[k][0] for k in parts)
-            dhi = sum(w[k] * d2[k][1] for k in parts)
-            flo = sum(w[k] * f2[k][0] for k in parts)
-            fhi = sum(w[k] * f2[k][1] for k in parts)
+            (dlo, dhi), (flo, fhi) = weighted(w, d2), weighted(w, f2)
             if flo <= 0:
                 rows.append(_row("CUR", e, lvl, cur[e][lvl], None, None, basis, alpha))
                 continue
@@ -147,39 +143,57 @@ def interval_rows(*, sampled: Mapping[str, dict], used: set[tuple[str, str]], pa
     return rows
 
 
+def union_intervals(series: Mapping[Any, tuple[Sequence[float], int]], exact: Mapping[Any, float], alpha: float,
+                    lo: float = -100.0, hi: float = 100.0) -> dict[Any, tuple[float, float]]:
+    """Per-part intervals that hold *simultaneously* with probability >= 1 - ``alpha``.
+
+    ``series``: part -> (its paired values in the stored order, population size N), each
+    part's confidence sequence at ``alpha / m`` (``m`` = sampled parts; union bound);
+    ``exact``: part -> a complete part's value (zero width).  One function for the report's
+    benchmark/category/Overall rows and for the adaptive sweep's category-level stopping
+    (:mod:`vlmeval_encred.sweep.adaptive`), so what the sweep stopped on is what the report shows."""
+    m = max(1, len(series))
+    out = {k: _interval(v, n, alpha / m, lo, hi) for k, (v, n) in series.items()}
+    out.update({k: (x, x) for k, x in exact.items()})
+    return out
+
+
+def weighted(w: Mapping[Any, float], ivs: Mapping[Any, tuple[float, float]]) -> tuple[float, float]:
+    """The weighted mean's interval: the weighted sums of the parts' bounds."""
+    return sum(w[k] * ivs[k][0] for k in w), sum(w[k] * ivs[k][1] for k in w)
+
+
 def _diff_intervals(sampled, name, full, parts, need, part_vals, alpha):
-    m = sum(1 for k in parts if k in need)
-    out = {}
+    series, exact = {}, {}
     for k in parts:
         b, ds = k
         if k in need:
             rec = sampled.get(ds)
             if rec is None or name not in rec["series"] or not rec["series"][name]:
                 return None
-            out[k] = _interval(rec["series"][name], rec["N"], alpha / m, -100.0, 100.0)
+            series[k] = (rec["series"][name], rec["N"])
         else:
             dv = part_vals.get((name, b, ds))
             fv = part_vals.get((full, b, ds))
             if dv is None or fv is None:
                 return None
-            out[k] = (dv - fv, dv - fv)
-    return out
+            exact[k] = dv - fv
+    return union_intervals(series, exact, alpha)
 
 
 def _full_intervals(sampled, full, parts, part_vals, used, alpha):
     need = [k for k in parts if (full, k[1]) in used and k[1] in sampled and sampled[k[1]]["full_series"]]
-    m = max(1, len(need))
-    out = {}
+    series, exact = {}, {}
     for k in parts:
         fv = part_vals.get((full, k[0], k[1]))
         if fv is None:
             return None
         if k in need:
             rec = sampled[k[1]]
-            out[k] = _interval(rec["full_series"], rec["N"], alpha / m, 0.0, 100.0)
+            series[k] = (rec["full_series"], rec["N"])
         else:
-            out[k] = (fv, fv)
-    return out
+            exact[k] = fv
+    return union_intervals(series, exact, alpha, 0.0, 100.0)
 
 
 def _basis(sampled, names, need) -> str:

@@ -38,13 +38,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -221,22 +222,38 @@ class AdaptiveReport:
     seed: int
     datasets: list[AdaptiveDatasetReport] = field(default_factory=list)
     added_full: bool = False
+    level: str = "dataset"
+
+
+LEVELS = ("dataset", "category")
 
 
 def run_adaptive(base: BaseModelSpec, entries: Sequence[Entry], datasets: Sequence[str], work_dir: str, *,
                  rule: StopRule, seed: int = 0, round_size: int = 50, suite_file: str | None = None,
                  decode_batch: int = 0, progress: bool = True, model: Any = None,
-                 after_round: Any = None) -> AdaptiveReport:
-    """Adaptive sweep of ``entries`` (the full model is added when missing) over ``datasets``."""
+                 after_round: Any = None, level: str = "dataset", suite: str | None = None) -> AdaptiveReport:
+    """Adaptive sweep of ``entries`` (the full model is added when missing) over ``datasets``.
+
+    ``level="dataset"``: each (variant, dataset) cell stops on its own interval.
+    ``level="category"``: the target applies to each (variant, category) instead -- the
+    weighted mean of the category's sampled datasets, as the report averages them (suite
+    ``suite``, default: the first suite of ``suite_file`` that has the datasets), with the
+    report's union-bound interval (:func:`vlmeval_encred.report.sampled.union_intervals`);
+    the datasets of one category are run round-robin until the category's interval meets
+    the target.  A dataset in no category of the suite is its own category."""
     from ..registry import entries as all_entries
 
+    if level not in LEVELS:
+        raise SweepError(f"stopping level {level!r}: expected one of {', '.join(LEVELS)}")
     entries = list(entries)
     full = next(e for e in all_entries(base=base.name) if not e.masked)
     rep = AdaptiveReport(base.name, rule, seed)
+    rep.level = level
     if all(e.masked for e in entries):
         entries.insert(0, full)
         rep.added_full = True
     box: dict[str, Any] = {"model": model, "support": None}
+    sampled: list[tuple[str, Any, ScoringPlan, AdaptiveDatasetReport]] = []
     for ds_name in datasets:
         dataset = _build_dataset(ds_name)
         plan = scoring_plan(dataset, ds_name, suite_file)
@@ -248,124 +265,276 @@ def run_adaptive(base: BaseModelSpec, entries: Sequence[Entry], datasets: Sequen
             drep.engine = srep.datasets[0]
             drep.answered_questions = drep.questions
             continue
-        d = adaptive_dir(work_dir, base.name, ds_name)
+        sampled.append((ds_name, dataset, plan, drep))
+    groups = (category_groups([s[0] for s in sampled], suite, suite_file) if level == "category"
+              else [(None, {s[0]: 1.0}) for s in sampled])
+    by_ds = {s[0]: s for s in sampled}
+    for cat, weights in groups:
+        members = [by_ds[ds] for ds in weights]
+        dirs = [adaptive_dir(work_dir, base.name, ds) for ds in weights]
         try:
-            with hold([d / ".lock"], what=f"adaptive sweep {base.name} x {ds_name} in {work_dir}"):
-                _adaptive_dataset(base, entries, full, dataset, ds_name, plan, d, rule, seed, round_size,
-                                  decode_batch, progress, box, drep, after_round)
+            with hold([d / ".lock" for d in dirs], what=f"adaptive sweep {base.name} x {', '.join(weights)} "
+                                                        f"in {work_dir}"):
+                runs: list[_DatasetRun] = []
+                ok = False
+                try:
+                    for (ds_name, dataset, plan, drep), d in zip(members, dirs):
+                        runs.append(_DatasetRun(base, entries, full, dataset, ds_name, plan, d, rule, seed,
+                                                round_size, decode_batch, progress, box, drep, after_round))
+                    if cat is None:
+                        runs[0].run_until_stopped()
+                    else:
+                        _run_category(cat, weights, runs, rule, work_dir, base.name)
+                    ok = True
+                finally:
+                    for r in runs:
+                        r.close(final=ok)
         except LockHeld as exc:
             raise SweepError(str(exc)) from None
     return rep
 
 
-def _adaptive_dataset(base, entries, full, dataset, ds_name, plan, d, rule, seed, round_size, decode_batch,
-                      progress, box, drep, after_round):
-    data = dataset.data
-    row_units = unit_ids(data, plan.circular)
-    rows_of: dict[str, list[int]] = {}
-    for pos, u in enumerate(row_units):
-        rows_of.setdefault(u, []).append(pos)
-    order = unit_order(row_units, seed)
-    N = len(order)
-    drep.units = N
-    digest = hashlib.sha256("\n".join(order).encode()).hexdigest()[:16]
-    mask_mode = base.modes[0]
-    plan_path = d / "plan.json"
-    old = _read_json(plan_path)
-    if old is not None:
-        if old.get("seed") != seed or old.get("order_sha256") != digest:
-            raise SweepError(f"{d} holds an adaptive sweep with seed {old.get('seed')} over {old.get('units')} units "
-                             f"(order {old.get('order_sha256')}); this run has seed {seed} over {N} units "
-                             f"(order {digest}). Continue it with --seed {old.get('seed')}, or move the folder away")
-        if old.get("mask_mode") != mask_mode:
-            raise SweepError(f"{d} was computed with mask mode {old.get('mask_mode')!r}, this base uses {mask_mode!r}")
-    names = [e.name for e in entries]
-    plan_rec = {"base": base.name, "dataset": ds_name, "seed": seed, "order": "numpy default_rng(seed).permutation "
-                "of the sorted unit ids", "order_sha256": digest, "units": N, "questions": len(data),
-                "unit": plan.how, "round_size": round_size, "rule": rule.describe(), "alpha": rule.alpha,
-                "halfwidth": rule.halfwidth, "decide_sign": rule.decide_sign, "max_frac": rule.max_frac,
-                "judge": JUDGE, "mask_mode": mask_mode, "full_model": full.name,
-                "variants": sorted(set(names) | set((old or {}).get("variants", []))),
-                "created": (old or {}).get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
-                "unit_order": order}
-    _write_json(plan_path, plan_rec)
-    ck = SweepCheckpoint.open(d / "answers.jsonl")
-    scores: dict[str, dict[str, float]] = _read_json(d / "scores.json") or {}
-    pos_of = {u: i for i, u in enumerate(order)}
-    by_name = {e.name: e for e in entries}
-    variants = [e for e in entries if e.masked]
+def category_groups(datasets: Sequence[str], suite: str | None, suite_file: str | None
+                    ) -> list[tuple[str, dict[str, float]]]:
+    """(category, {dataset: weight}) for the category-level stopping rule, weights as the report's
+    category mean (:func:`vlmeval_encred.report.sampled.level_weights`), renormalised over the
+    datasets of this sweep (a category's other datasets, if complete elsewhere, only narrow the
+    report's interval further)."""
+    from ..report.sampled import level_weights
+    from ..report.schema import load_suite
+    from ..suites import load_raw
 
-    def prefix(name: str) -> int:
-        s, f = scores.get(name, {}), scores.get(full.name, {})
+    names = [suite] if suite else list((load_raw(suite_file).get("suites") or {}))
+    left = list(datasets)
+    groups: list[tuple[str, dict[str, float]]] = []
+    for name in names:
+        st = load_suite(name, suite_file)
+        ws = level_weights(st, st.categories, "Overall")
+        for cat in st.categories:
+            w: dict[str, float] = {}
+            for (_, ds), x in ws.get(cat, {}).items():
+                if ds in left:
+                    w[ds] = w.get(ds, 0.0) + x
+            if w:
+                tot = sum(w.values())
+                groups.append((f"{name}/{cat}", {ds: x / tot for ds, x in w.items()}))
+                left = [ds for ds in left if ds not in w]
+        if suite or not left:
+            break
+    groups += [(ds, {ds: 1.0}) for ds in left]
+    return groups
+
+
+def _run_category(cat: str, weights: Mapping[str, float], runs: list["_DatasetRun"], rule: StopRule,
+                  work_dir: str, base: str) -> None:
+    """Round-robin rounds over the category's datasets until each variant's category interval stops."""
+    datasets = list(weights)
+    inner = StopRule(halfwidth=None, decide_sign=False, max_frac=rule.max_frac, alpha=rule.alpha)
+    for r in runs:
+        r.rule = inner  # a dataset cell alone stops only when complete or at the budget cap
+        r.refresh()
+    names = [e.name for e in runs[0].variants]
+    state: dict[str, dict] = {}
+
+    def decide() -> None:
+        from ..report.sampled import union_intervals, weighted
+
+        for name in names:
+            series = {r.ds_name: (r.diffs(name), r.N) for r in runs if r.cells[name][0] < r.N}
+            exact = {r.ds_name: float(np.mean(r.diffs(name))) for r in runs if r.cells[name][0] >= r.N}
+            lo, hi = weighted(weights, union_intervals(series, exact, rule.alpha))
+            ns = {r.ds_name: r.cells[name][0] for r in runs}
+            done = all(ns[r.ds_name] >= min(r.N, math.ceil(rule.max_frac * r.N)) for r in runs)  # complete/capped
+            why = rule.reason(lo, hi, 0, 1) if not done else ("complete" if all(
+                ns[r.ds_name] >= r.N for r in runs) else "budget cap")
+            if why is not None and not done:
+                why = f"category {cat}: {why}"
+            est = sum(weights[r.ds_name] * (float(np.mean(r.diffs(name))) if ns[r.ds_name] else 0.0) for r in runs)
+            state[name] = {"datasets": dict(weights), "n": ns, "N": {r.ds_name: r.N for r in runs},
+                           "estimate": est if all(ns.values()) else None, "lo": lo, "hi": hi,
+                           "alpha": rule.alpha, "sampled_parts": len(series), "stop": why,
+                           "status": "open" if why is None else ("complete" if why == "complete" else "stopped")}
+            for r in runs:
+                r.forced[name] = why if why is not None and not done else None
+
+    decide()
+    while True:
+        active = False
+        for r in runs:
+            open_ = [e for e in r.variants if state[e.name]["stop"] is None and r.cells[e.name][2] is None]
+            if open_:
+                active = True
+                r.round(open_)
+                r.refresh()
+        decide()
+        for r in runs:
+            r.refresh()  # applies the category decisions to the dataset cells
+            r.write_cells()
+        _write_json(Path(work_dir) / ADAPTIVE_DIR / base / "categories.json",
+                    _merged_categories(Path(work_dir) / ADAPTIVE_DIR / base / "categories.json", cat, weights, state,
+                                       rule))
+        if not active:
+            break
+
+
+def _merged_categories(path: Path, cat: str, weights: Mapping[str, float], state: Mapping[str, dict],
+                       rule: StopRule) -> dict:
+    old = _read_json(path) or {"categories": {}}
+    old["categories"][cat] = {"rule": rule.describe(), "level": "category", "datasets": dict(weights),
+                              "variants": dict(state),
+                              "interval": "weighted sum of the datasets' anytime-valid sequences, each at "
+                                          "alpha / (sampled datasets): report.sampled.union_intervals"}
+    return old
+
+
+class _DatasetRun:
+    """The adaptive state of one dataset: its order, checkpoint, per-unit scores and cells."""
+
+    def __init__(self, base, entries, full, dataset, ds_name, plan, d, rule, seed, round_size, decode_batch,
+                 progress, box, drep, after_round):
+        self.base, self.full, self.dataset, self.ds_name, self.plan, self.d = base, full, dataset, ds_name, plan, d
+        self.rule, self.round_size, self.decode_batch, self.progress = rule, round_size, decode_batch, progress
+        self.box, self.drep, self.after_round = box, drep, after_round
+        data = dataset.data
+        row_units = unit_ids(data, plan.circular)
+        self.rows_of: dict[str, list[int]] = {}
+        for pos, u in enumerate(row_units):
+            self.rows_of.setdefault(u, []).append(pos)
+        self.order = order = unit_order(row_units, seed)
+        self.N = N = len(order)
+        drep.units = N
+        digest = hashlib.sha256("\n".join(order).encode()).hexdigest()[:16]
+        self.mask_mode = mask_mode = base.modes[0]
+        plan_path = d / "plan.json"
+        old = _read_json(plan_path)
+        if old is not None:
+            if old.get("seed") != seed or old.get("order_sha256") != digest:
+                raise SweepError(f"{d} holds an adaptive sweep with seed {old.get('seed')} over {old.get('units')} "
+                                 f"units (order {old.get('order_sha256')}); this run has seed {seed} over {N} units "
+                                 f"(order {digest}). Continue it with --seed {old.get('seed')}, or move the folder "
+                                 "away")
+            if old.get("mask_mode") != mask_mode:
+                raise SweepError(f"{d} was computed with mask mode {old.get('mask_mode')!r}, this base uses "
+                                 f"{mask_mode!r}")
+        names = [e.name for e in entries]
+        self.plan_rec = {
+            "base": base.name, "dataset": ds_name, "seed": seed, "order": "numpy default_rng(seed).permutation "
+            "of the sorted unit ids", "order_sha256": digest, "units": N, "questions": len(data),
+            "unit": plan.how, "round_size": round_size, "rule": rule.describe(), "alpha": rule.alpha,
+            "halfwidth": rule.halfwidth, "decide_sign": rule.decide_sign, "max_frac": rule.max_frac,
+            "judge": JUDGE, "mask_mode": mask_mode, "full_model": full.name,
+            "variants": sorted(set(names) | set((old or {}).get("variants", []))),
+            "created": (old or {}).get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
+            "unit_order": order}
+        _write_json(plan_path, self.plan_rec)
+        self.ck = SweepCheckpoint.open(d / "answers.jsonl")
+        self.scores: dict[str, dict[str, float]] = _read_json(d / "scores.json") or {}
+        self.pos_of = {u: i for i, u in enumerate(order)}
+        self.by_name = {e.name: e for e in entries}
+        self.variants = [e for e in entries if e.masked]
+        self.forced: dict[str, str | None] = {}
+        """variant -> a stop decided elsewhere (its category's interval), applied to this cell."""
+        self.tmp_root = Path(tempfile.mkdtemp(prefix="encred-adaptive-"))
+        self.refresh()
+
+    def prefix(self, name: str) -> int:
+        s, f = self.scores.get(name, {}), self.scores.get(self.full.name, {})
         n = 0
-        while n < N and order[n] in s and order[n] in f:
+        while n < self.N and self.order[n] in s and self.order[n] in f:
             n += 1
         return n
 
-    def status(name: str) -> tuple[int, tuple[float, float], str | None]:
-        n = prefix(name)
-        diffs = [100.0 * (scores[name][u] - scores[full.name][u]) for u in order[:n]]
-        lo, hi = cell_interval(diffs, N, rule.alpha) if n else (-100.0, 100.0)
-        return n, (lo, hi), rule.reason(lo, hi, n, N)
+    def diffs(self, name: str) -> list[float]:
+        n = self.prefix(name)
+        return [100.0 * (self.scores[name][u] - self.scores[self.full.name][u]) for u in self.order[:n]]
 
-    cells = {e.name: status(e.name) for e in variants}
-    tmp_root = Path(tempfile.mkdtemp(prefix="encred-adaptive-"))
-    try:
+    def status(self, name: str) -> tuple[int, tuple[float, float], str | None]:
+        diffs = self.diffs(name)
+        n = len(diffs)
+        lo, hi = cell_interval(diffs, self.N, self.rule.alpha) if n else (-100.0, 100.0)
+        why = self.rule.reason(lo, hi, n, self.N)
+        return n, (lo, hi), why if why is not None else self.forced.get(name)
+
+    def refresh(self) -> None:
+        self.cells = {e.name: self.status(e.name) for e in self.variants}
+
+    def run_until_stopped(self) -> None:
         while True:
-            open_ = [e for e in variants if cells[e.name][2] is None]
+            open_ = [e for e in self.variants if self.cells[e.name][2] is None]
             if not open_:
                 break
-            want: dict[str, list[str]] = {}
-            for e in open_:
-                n = cells[e.name][0]
-                want[e.name] = order[n:min(N, n + round_size, int(np.ceil(rule.max_frac * N)))]
-            units = sorted({u for us in want.values() for u in us}, key=pos_of.__getitem__)
-            want[full.name] = [u for u in units if u not in scores.get(full.name, {})]
-            for u in units:
-                for r in rows_of[u]:
-                    line = data.iloc[r]
-                    idx = line["index"]
-                    have = ck.get(idx)
-                    todo = [by_name[n] for n in want if u in want[n] and n not in have]
-                    if not todo:
-                        continue
-                    if box["model"] is None:
-                        box["model"] = load_model(base, entries)
-                    model = box["model"]
-                    if box["support"] is None:
-                        box["support"] = support_for(model)
-                    model.set_dump_image(dataset.dump_image)
-                    er = drep.engine or DatasetReport(ds_name)
-                    drep.engine = er
-                    preds = answer_sample(base, box["support"], model, dataset, ds_name, line, todo, mask_mode,
-                                          decode_batch, er)
-                    ck.add(idx, preds)
-                    er.computed_samples += 1
-            ck.close()
-            for name, us in want.items():
-                new = [u for u in us if u not in scores.get(name, {})]
-                if new:
-                    scores.setdefault(name, {}).update(
-                        _score_units(dataset, ds_name, plan, name, new, rows_of, ck, tmp_root / f"r{drep.rounds}"))
-            _write_json(d / "scores.json", scores)
-            drep.rounds += 1
-            cells = {e.name: status(e.name) for e in variants}
-            _write_cells(d, plan_rec, full.name, variants, cells, scores, order, N)
-            if progress:
-                done = sum(1 for c in cells.values() if c[2])
-                print(f"adaptive {base.name}/{ds_name}: round {drep.rounds}, full model at "
-                      f"{len(scores.get(full.name, {}))}/{N} units, {done}/{len(variants)} cells stopped", flush=True)
-            if after_round is not None:
-                after_round(ds_name, drep.rounds)
-    finally:
+            self.round(open_)
+            self.refresh()
+            self.write_cells()
+
+    def round(self, open_: Sequence[Entry]) -> None:
+        """The next ``round_size`` units for every variant of ``open_`` and the full model, scored."""
+        order, N, full, ck, scores = self.order, self.N, self.full, self.ck, self.scores
+        drep, data = self.drep, self.dataset.data
+        want: dict[str, list[str]] = {}
+        for e in open_:
+            n = self.cells[e.name][0]
+            want[e.name] = order[n:min(N, n + self.round_size, int(np.ceil(self.rule.max_frac * N)))]
+        units = sorted({u for us in want.values() for u in us}, key=self.pos_of.__getitem__)
+        want[full.name] = [u for u in units if u not in scores.get(full.name, {})]
+        for u in units:
+            for r in self.rows_of[u]:
+                line = data.iloc[r]
+                idx = line["index"]
+                have = ck.get(idx)
+                todo = [self.by_name[n] for n in want if u in want[n] and n not in have]
+                if not todo:
+                    continue
+                if self.box["model"] is None:
+                    self.box["model"] = load_model(self.base, list(self.by_name.values()))
+                model = self.box["model"]
+                if self.box["support"] is None:
+                    self.box["support"] = support_for(model)
+                model.set_dump_image(self.dataset.dump_image)
+                er = drep.engine or DatasetReport(self.ds_name)
+                drep.engine = er
+                preds = answer_sample(self.base, self.box["support"], model, self.dataset, self.ds_name, line, todo,
+                                      self.mask_mode, self.decode_batch, er)
+                ck.add(idx, preds)
+                er.computed_samples += 1
         ck.close()
-        shutil.rmtree(tmp_root, ignore_errors=True)
-    _write_cells(d, plan_rec, full.name, variants, cells, scores, order, N)
-    _write_sampled_predictions(d, dataset, ds_name, [full] + variants, scores, rows_of, ck, N, plan_rec)
-    drep.cells = _read_json(d / "cells.json")["cells"]
-    answered = {u for u in scores.get(full.name, {})}
-    drep.answered_questions = sum(len(rows_of[u]) for u in answered)
-    drep.variant_answers = sum(len(rows_of[u]) for e in [full] + variants for u in scores.get(e.name, {}))
+        for name, us in want.items():
+            new = [u for u in us if u not in scores.get(name, {})]
+            if new:
+                scores.setdefault(name, {}).update(
+                    _score_units(self.dataset, self.ds_name, self.plan, name, new, self.rows_of, ck,
+                                 self.tmp_root / f"r{drep.rounds}"))
+        _write_json(self.d / "scores.json", scores)
+        drep.rounds += 1
+        if self.progress:
+            self.refresh()
+            done = sum(1 for c in self.cells.values() if c[2])
+            print(f"adaptive {self.base.name}/{self.ds_name}: round {drep.rounds}, full model at "
+                  f"{len(scores.get(full.name, {}))}/{N} units, {done}/{len(self.variants)} cells stopped", flush=True)
+        if self.after_round is not None:
+            self.after_round(self.ds_name, drep.rounds)
+
+    def write_cells(self) -> None:
+        _write_cells(self.d, self.plan_rec, self.full.name, self.variants, self.cells, self.scores, self.order, self.N)
+
+    def close(self, final: bool = True) -> None:
+        """Release the checkpoint and scratch; when ``final``, the final files: cells, the sampled
+        prediction files, the report's counts (after an error the answers and scores already
+        written stay as they are, and a rerun continues from them)."""
+        self.ck.close()
+        shutil.rmtree(self.tmp_root, ignore_errors=True)
+        if not final:
+            return
+        self.refresh()
+        self.write_cells()
+        _write_sampled_predictions(self.d, self.dataset, self.ds_name, [self.full] + self.variants, self.scores,
+                                   self.rows_of, self.ck, self.N, self.plan_rec)
+        drep = self.drep
+        drep.cells = _read_json(self.d / "cells.json")["cells"]
+        answered = {u for u in self.scores.get(self.full.name, {})}
+        drep.answered_questions = sum(len(self.rows_of[u]) for u in answered)
+        drep.variant_answers = sum(len(self.rows_of[u]) for e in [self.full] + self.variants
+                                   for u in self.scores.get(e.name, {}))
 
 
 def _score_units(dataset, ds_name, plan, name, units, rows_of, ck, scratch: Path) -> dict[str, float]:
