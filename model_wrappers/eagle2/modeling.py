@@ -407,15 +407,21 @@ def _build_wrapper() -> type:
 # * ``encode``: the upstream vision tower's own ``forward`` on those pixels, with the
 #   towers not asked for replaced by :class:`ZeroTower` and forward hooks keeping
 #   each asked tower's output (the tensor masking replaces by zeros).
-# * ``fuse_and_generate``: per subset, the towers are swapped for replays of the kept
-#   outputs and :class:`ZeroTower` for the masked ones, and the model's own
-#   ``extract_feature`` runs (resize, interpolation, concatenation, pixel shuffle,
-#   ``mlp1`` exactly as in a per-variant run, same batch); the prompt is built as
-#   ``chat`` builds it; then one ``generate`` over all subsets with the features
-#   given as ``visual_features`` (the remote code's own entry for pre-computed
-#   features) -- or, with ``Eagle2Sweep(batched_decode=False)``, one ``generate``
-#   per subset.  Rows are cut after their first end-of-sequence token: in a batch a
-#   row that finished early goes on with padding where a batch of one stops.
+# * ``fuse``: per subset, the towers are swapped for replays of the kept outputs and
+#   :class:`ZeroTower` for the masked ones, and the model's own ``extract_feature``
+#   runs (resize, interpolation, concatenation, pixel shuffle, ``mlp1`` exactly as in a
+#   per-variant run, same batch); the prompt is built as ``chat`` builds it; then the
+#   remote code's own ``generate`` builds ``inputs_embeds`` for all subsets (features
+#   given as ``visual_features``, its entry for pre-computed features) and is stopped
+#   where it would hand them to ``language_model.generate``.  The result is a
+#   :class:`~vlmeval_encred.sweep.decoding.DecodeRequest`: the sweep's shared-prefix
+#   greedy decoder takes it from there.
+# * ``fuse_and_generate``: ``decode([fuse(...)])[0]`` when the wrapper decodes plainly
+#   greedily (:func:`greedy_refusal`); otherwise -- or with
+#   ``Eagle2Sweep(batched_decode=False)`` -- the remote code's ``generate`` with the
+#   wrapper's settings, all subsets in one batch (or one per subset), rows cut after
+#   their first end-of-sequence token (in a batch a row that finished early goes on
+#   with padding where a batch of one stops).
 
 
 class _Replay(nn.Module):
@@ -460,6 +466,130 @@ def _eos_cut(row: torch.Tensor, eos: int | None) -> torch.Tensor:
     return row
 
 
+def finish_reply(tok: Any, sep: str, rows: Sequence[Any]) -> list[str]:
+    """Generated ids per row -> what ``generate_inner`` returns: ``chat``'s own tail (decode without
+    special tokens, the part before the template separator, stripped) and the wrapper's ``strip``."""
+    return [tok.decode(r, skip_special_tokens=True).split(sep)[0].strip() for r in rows]
+
+
+# Generation settings that leave greedy decoding of one row unchanged (the rest must be neutral).
+_GREEDY_NEUTRAL = {"max_new_tokens", "do_sample", "num_beams", "temperature", "top_p", "top_k", "use_cache",
+                   "pad_token_id", "eos_token_id", "repetition_penalty", "num_return_sequences"}
+
+
+def greedy_refusal(lm: Any, gen_kwargs: Mapping[str, Any]) -> str | None:
+    """Why ``language_model.generate(**gen_kwargs)`` is not plain greedy decoding (None if it is).
+
+    The shared-prefix decoder reproduces argmax decoding with end-of-sequence stopping and
+    nothing else, so sampling, beams, penalties, logits processors or other stopping rules keep
+    the remote code's ``generate``.  The language model's own ``generation_config`` counts too:
+    ``generate`` merges it under the keywords."""
+    other = sorted(set(gen_kwargs) - _GREEDY_NEUTRAL)
+    if other:
+        return f"generation keywords {other} are not plain greedy decoding"
+    cfg = getattr(lm, "generation_config", None)
+    merged = {k: getattr(cfg, k, None) for k in ("do_sample", "num_beams", "repetition_penalty",
+                                                  "num_return_sequences", "no_repeat_ngram_size", "min_length",
+                                                  "min_new_tokens", "bad_words_ids", "forced_bos_token_id",
+                                                  "forced_eos_token_id", "suppress_tokens", "begin_suppress_tokens",
+                                                  "sequence_bias", "guidance_scale", "max_time")}
+    merged.update({k: v for k, v in gen_kwargs.items() if k in merged})
+    neutral = {"do_sample": (None, False), "num_beams": (None, 1), "repetition_penalty": (None, 1.0),
+               "num_return_sequences": (None, 1), "no_repeat_ngram_size": (None, 0), "min_length": (None, 0),
+               "min_new_tokens": (None, 0), "guidance_scale": (None, 1.0)}
+    bad = {k: v for k, v in merged.items() if v not in neutral.get(k, (None,))}
+    if bad:
+        return f"generation settings {bad} are not plain greedy decoding"
+    if gen_kwargs.get("max_new_tokens") is None:
+        return "no max_new_tokens: the decoder stops after max_new_tokens"
+    return None
+
+
+def _captured_embeds(model: Any, **generate_kw: Any) -> torch.Tensor:
+    """The ``inputs_embeds`` the remote code's ``generate`` hands to ``language_model.generate``,
+    built by that ``generate`` itself (the per-variant path), which is stopped there."""
+    lm = model.language_model
+    own = vars(lm).get("generate")
+    seen: dict[str, torch.Tensor] = {}
+
+    def capture(*_a: Any, inputs_embeds: torch.Tensor, **_kw: Any) -> None:
+        seen["embeds"] = inputs_embeds
+
+    lm.generate = capture  # an instance attribute shadows the class method for this call only
+    try:
+        model.generate(**generate_kw)
+    finally:
+        if own is None:
+            del lm.generate
+        else:
+            lm.generate = own
+    return seen["embeds"]
+
+
+def _has_batch_cache() -> bool:
+    """Whether transformers' ``DynamicCache`` can repeat and select batch rows (>= 4.42; the eagle2
+    recipe's 4.39.2 cannot)."""
+    from transformers.cache_utils import DynamicCache
+
+    return hasattr(DynamicCache, "batch_repeat_interleave") and hasattr(DynamicCache, "batch_select_indices")
+
+
+class _BatchCache:
+    """A ``DynamicCache`` subclass with the two batch operations the shared-prefix decoder uses
+    (built lazily: transformers is imported where used)."""
+
+    cls: Any = None
+
+    @classmethod
+    def new(cls) -> Any:
+        if cls.cls is None:
+            from transformers.cache_utils import DynamicCache
+
+            class Cache(DynamicCache):
+                def batch_repeat_interleave(self, repeats: int) -> None:
+                    self.key_cache = [k.repeat_interleave(repeats, dim=0) for k in self.key_cache]
+                    self.value_cache = [v.repeat_interleave(repeats, dim=0) for v in self.value_cache]
+
+                def batch_select_indices(self, indices: torch.Tensor) -> None:
+                    self.key_cache = [k[indices] for k in self.key_cache]
+                    self.value_cache = [v[indices] for v in self.value_cache]
+
+            cls.cls = Cache
+        return cls.cls()
+
+
+class _CacheCompatLM:
+    """The chat model's language model as :func:`~vlmeval_encred.sweep.decoding.greedy_subsets`
+    drives it, under transformers whose ``DynamicCache`` lacks batch operations (4.37-4.39, the
+    range Eagle2's remote code asserts): the first forward gets an empty cache that has them
+    (given a ``Cache``, the model updates and returns it instead of a legacy tuple).  Same
+    forward, same numbers; one per language model, so the decoder's prefix cache finds it again."""
+
+    def __init__(self, lm: Any) -> None:
+        self.lm = lm
+
+    def forward(self, inputs_embeds: torch.Tensor, past_key_values: Any = None, use_cache: bool = True,
+                attention_mask: torch.Tensor | None = None) -> Any:
+        cache = _BatchCache.new() if past_key_values is None else past_key_values
+        return self.lm(inputs_embeds=inputs_embeds, past_key_values=cache, use_cache=use_cache,
+                       attention_mask=attention_mask)
+
+    __call__ = forward
+
+
+def decoder_lm(model: Any) -> Any:
+    """What the shared-prefix decoder runs: the language model itself, or its cache-compatible
+    view (kept on the model, so that every sample sees the same object)."""
+    lm = model.language_model
+    if _has_batch_cache():
+        return lm
+    view = getattr(model, "_encred_decoder_lm", None)
+    if view is None or view.lm is not lm:
+        view = _CacheCompatLM(lm)
+        model._encred_decoder_lm = view
+    return view
+
+
 class Eagle2Sweep:
     """SweepSupport of the Eagle2 family (see the comment block above)."""
 
@@ -497,14 +627,14 @@ class Eagle2Sweep:
                 h.remove()
         return out
 
-    def fuse_and_generate(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]],
-                          mask_mode: str) -> list[str]:
+    def _features(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]],
+                  mask_mode: str) -> list[torch.Tensor]:
+        """Per subset, ``extract_feature`` with the towers replayed or zeroed (a variant's fusion)."""
         if mask_mode != "zero":
             raise ValueError(f"Eagle2 supports mask mode 'zero' only, not {mask_mode!r}")
-        model, tok = wrapper.model, wrapper.tokenizer
+        model = wrapper.model
         tower = _concat_tower(model)
         infos = self._infos(wrapper)
-        px = inputs["pixel_values"]
         feats = []
         with torch.inference_mode():
             for subset in features_per_subset:
@@ -515,7 +645,43 @@ class Eagle2Sweep:
                     slots[e.index] = _Replay(t, f) if f is not None else (
                         t if isinstance(t, ZeroTower) else zero_tower_for(t, e))
                 with _Swapped(tower.vision_towers, slots):
-                    feats.append(model.extract_feature(px))
+                    feats.append(model.extract_feature(inputs["pixel_values"]))
+        return feats
+
+    def fuse(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]],
+             mask_mode: str) -> Any:
+        """One row of ``inputs_embeds`` per subset, built by the remote code's ``generate``."""
+        from functools import partial
+
+        from vlmeval_encred.sweep.decoding import DecodeRequest
+
+        reason = greedy_refusal(wrapper.model.language_model, wrapper.gen_kwargs)
+        if reason:
+            raise ValueError(f"Eagle2 sweep: cannot hand this wrapper's decoding to the greedy decoder: {reason}")
+        model, tok = wrapper.model, wrapper.tokenizer
+        feats = self._features(wrapper, inputs, features_per_subset, mask_mode)
+        px = inputs["pixel_values"]
+        ids, mask, sep, eos = self._query(model, tok, inputs["prompt"], px.shape[0])
+        s = len(feats)
+        with torch.inference_mode():
+            embeds = _captured_embeds(model, pixel_values=px, input_ids=ids.repeat(s, 1),
+                                      attention_mask=mask.repeat(s, 1), visual_features=torch.cat(feats, 0))
+        lm = model.language_model
+        return DecodeRequest(lm=decoder_lm(model), embeds=embeds, embed_tokens=lm.get_input_embeddings(),
+                             eos_ids=[eos], max_new_tokens=int(wrapper.gen_kwargs["max_new_tokens"]),
+                             finish=partial(finish_reply, tok, sep))
+
+    def fuse_and_generate(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]],
+                          mask_mode: str) -> list[str]:
+        if self.batched_decode and greedy_refusal(wrapper.model.language_model, wrapper.gen_kwargs) is None:
+            from vlmeval_encred.sweep.decoding import decode
+
+            return decode([self.fuse(wrapper, inputs, features_per_subset, mask_mode)])[0]
+        # Sampling, beams, penalties or batched_decode=False: the remote code's generate with the
+        # wrapper's own settings, which the shared-prefix greedy decoder does not reproduce.
+        model, tok = wrapper.model, wrapper.tokenizer
+        feats = self._features(wrapper, inputs, features_per_subset, mask_mode)
+        px = inputs["pixel_values"]
         ids, mask, sep, eos = self._query(model, tok, inputs["prompt"], px.shape[0])
         gen = dict(wrapper.gen_kwargs, eos_token_id=eos)
         rows: list[torch.Tensor] = []
@@ -529,7 +695,7 @@ class Eagle2Sweep:
                 for f in feats:
                     rows.append(model.generate(pixel_values=px, input_ids=ids, attention_mask=mask,
                                                visual_features=f, **gen)[0])
-        return [tok.decode(_eos_cut(r, eos), skip_special_tokens=True).split(sep)[0].strip() for r in rows]
+        return finish_reply(tok, sep, [_eos_cut(r, eos) for r in rows])
 
     @staticmethod
     def _query(model: Any, tok: Any, prompt: str, tiles: int) -> tuple[torch.Tensor, torch.Tensor, str, int]:
