@@ -229,14 +229,15 @@ def test_catalog_entry():
 
 # --------------------------------------------------------------------------- the VLMEvalKit wrapper
 
-def wrapper_class(layout: str, seed: int = 0) -> type:
-    """EncredEagle2 whose checkpoint loading returns the stand-in (the one thing replaced)."""
+def wrapper_class(layout: str, seed: int = 0, builder: Any = None) -> type:
+    """EncredEagle2 whose checkpoint loading returns the stand-in (the one thing replaced); ``builder``
+    (seed -> (model, tokenizer)) replaces the stand-in, e.g. by the real-code tiny model."""
     from vlmeval_encred.model_wrappers.eagle2 import EncredEagle2
 
     class StandinEagle2(EncredEagle2):
         @staticmethod
         def load_checkpoint(model_path, dtype, device):
-            model, tok = build(layout, seed)
+            model, tok = builder(seed) if builder is not None else build(layout, seed)
             return model.to(dtype=dtype, device=device), tok
 
     return StandinEagle2
