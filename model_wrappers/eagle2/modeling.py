@@ -51,6 +51,7 @@ Importing this module imports neither the remote code nor ``vlmeval``.
 from __future__ import annotations
 
 import gc
+import math
 import sys
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
@@ -348,6 +349,7 @@ def _build_wrapper() -> type:
                      no_upscale_datasets: Sequence[str] = (), image_size: int | None = None,
                      image_mean: Sequence[float] = (0.5, 0.5, 0.5), image_std: Sequence[float] = (0.5, 0.5, 0.5),
                      **kwargs: Any) -> None:
+            self.tokens = self.pop_token_kwargs(kwargs)
             spec, base = self.pop_encred_kwargs(kwargs)
             super().__init__()
             self.tiling = dict(tiling=tiling, max_num=max_num, max_num_by_dataset=[list(r) for r in max_num_by_dataset],
@@ -366,6 +368,8 @@ def _build_wrapper() -> type:
                     raise MaskError(f"registry entry {base!r} encoders {get_base(base).encoders} != loaded "
                                     f"model's {ADAPTER.names(self.model)} (config.vision_config.vision_tower)")
             self.apply_mask(self.model, spec, base or model_path)
+            self.token_report: dict[str, Any] | None = None
+            self.token_hooks = install_tokens(self, self.tokens, base or model_path) if self.tokens else None
 
         @staticmethod
         def load_checkpoint(model_path: str, dtype: torch.dtype, device: str) -> tuple[Any, Any]:
@@ -392,11 +396,270 @@ def _build_wrapper() -> type:
 
         def generate_inner(self, message, dataset=None):
             px, prompt = self.build_inputs(message, dataset)
+            if self.tokens is not None:
+                return generate_with_tokens(self, px, prompt).strip()
             return self.model.chat(self.tokenizer, px, prompt, dict(self.gen_kwargs)).strip()
 
     EncredEagle2.__module__ = __name__
     EncredEagle2.sweep_support = Eagle2Sweep()
     return EncredEagle2
+
+
+# --- token budgets (docs/tokens.md, Eagle2 row) -----------------------------------------------------
+# Visual tokens come per tile: each tile (and the thumbnail) gives ``num_image_token`` tokens after
+# the pixel shuffle and ``mlp1`` (256 in the 9B), in row-major order of the ``<IMG_CONTEXT>``
+# placeholders; the budget applies per tile, ``k = ceil(num_image_token * keep / 100)``.
+#
+# fusion: the fusion point is ``mlp1``'s input, where every token is ``[encoders' channels]``.
+#   Each unmasked encoder's features of a token are its own columns there: in
+#   ``convnext_512_siglip_448`` SigLIP's pixel-shuffled 2x2 neighbourhood (4 x its channels) and
+#   ConvNeXt's token; in ``all_tiling`` the encoder's channels in each of the four shuffled
+#   blocks.  Both are scored by the L2 norm (Eagle2's SigLIP tower has no [CLS]; ConvNeXt is a
+#   conv net), with effective-rank weights computed per tile (``tokens.fusion_select`` on each
+#   tile).  ``extract_feature`` runs once on all tiles; the kept rows are handed to the remote
+#   code's own ``generate`` as ``visual_features`` with the pruned placeholders removed from
+#   ``input_ids``, and a pre-hook on the decoder stack gives the remaining tokens their original
+#   position ids (generated tokens continue after the unpruned prompt).
+# llm: ``tokens.LlmPruner`` on the Qwen2 decoder layers, the placeholders as visual positions,
+#   the kept set chosen per tile from the same attention scores (:class:`TileLlmPruner`).
+# transformers 4.37-4.39 (the remote code's range): Qwen2's rotary module returns the table up to
+#   the layer's own cache length and indexes it by position id, so with original positions past
+#   that length the table is extended (:class:`_RotaryReach`; same values), and the llm stage's
+#   scoring gets (cos, sin) of the position ids from the same table.
+
+
+def _visual_columns(model: Any) -> dict[str, torch.Tensor]:
+    """encoder -> the columns of ``mlp1``'s input that hold its channels (see the comment above)."""
+    infos = ADAPTER.encoders(model)
+    factor = int(round(1 / _downsample(model))) ** 2
+    if layout_of(model) == CONVNEXT_512_SIGLIP_448:
+        width = {e.name: e.output_shape[1] for e in infos}
+        siglip = width["siglip"] * factor
+        return {"siglip": torch.arange(siglip), "convnext": torch.arange(siglip, siglip + width["convnext"])}
+    widths = [e.output_shape[1] for e in infos]
+    block, out = sum(widths), {}
+    for i, e in enumerate(infos):
+        start = sum(widths[:i])
+        out[e.name] = torch.cat([torch.arange(b * block + start, b * block + start + widths[i]) for b in range(factor)])
+    return out
+
+
+def _rotary_modules(layers: Sequence[nn.Module]) -> list[nn.Module]:
+    """The rotary modules of decoder layers whose forward takes ``seq_len`` (transformers < 4.40)."""
+    import inspect
+
+    out = []
+    for layer in layers:
+        rot = getattr(getattr(layer, "self_attn", None), "rotary_emb", None)
+        if rot is not None and "seq_len" in inspect.signature(rot.forward).parameters:
+            out.append(rot)
+    return out
+
+
+class _RotaryReach:
+    """While armed, every ``rotary_emb(x, seq_len=n)`` returns the table up to at least ``reach``
+    rows: the layer indexes it by position id, and a pruned sequence keeps original position ids
+    beyond its own length.  Rows are the same values, so unpruned numbers are unchanged."""
+
+    def __init__(self, layers: Sequence[nn.Module]) -> None:
+        self.reach = 0
+        self._handles = [r.register_forward_pre_hook(self._extend, with_kwargs=True) for r in _rotary_modules(layers)]
+
+    def _extend(self, _m: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if not self.reach:
+            return None
+        if len(args) > 1:
+            args, kwargs = args[:1], dict(kwargs, seq_len=args[1])
+        return args, dict(kwargs, seq_len=max(int(kwargs.get("seq_len") or 0), self.reach))
+
+
+class _PositionRemap:
+    """Pre-hook on the decoder stack: while armed with the kept positions of a pruned prompt, the
+    position ids it would use (``0..n-1`` over the shorter sequence, then one per generated token)
+    become the original ones (kept positions, then ``prompt length + step``)."""
+
+    def __init__(self, decoder: nn.Module) -> None:
+        self.kept: torch.Tensor | None = None
+        self.pruned = 0
+        self._handle = decoder.register_forward_pre_hook(self._remap, with_kwargs=True)
+
+    @staticmethod
+    def _past(cache: Any) -> int:
+        if cache is None:
+            return 0
+        if hasattr(cache, "get_seq_length"):
+            return int(cache.get_seq_length())
+        return int(cache[0][0].shape[-2]) if len(cache) else 0
+
+    def _remap(self, _m: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if self.kept is None:
+            return None
+        x = kwargs.get("inputs_embeds")
+        if x is None:
+            x = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]
+        pos = kwargs.get("position_ids")
+        if pos is None:
+            past = self._past(kwargs.get("past_key_values"))
+            pos = torch.arange(past, past + x.shape[1], device=x.device).unsqueeze(0)
+        kept = self.kept.to(pos.device)
+        n = kept.numel()
+        new = torch.where(pos < n, kept[pos.clamp(max=n - 1)], pos + self.pruned)
+        return args, dict(kwargs, position_ids=new)
+
+
+def _tile_top(scores: torch.Tensor, tile_tokens: int, k: int) -> list[int]:
+    """Indices into ``scores`` (tiles x tile_tokens, flattened) of each tile's ``k`` best, ascending."""
+    from vlmeval_encred.tokens import top_positions
+
+    out: list[int] = []
+    for t in range(scores.numel() // tile_tokens):
+        out += [t * tile_tokens + j for j in top_positions(scores[t * tile_tokens:(t + 1) * tile_tokens], k).tolist()]
+    return out
+
+
+def _tile_pruner_class() -> type:
+    """:class:`~vlmeval_encred.tokens.LlmPruner` with Eagle2's per-tile budget (built on first use:
+    tokens.py's torch side is imported lazily)."""
+    from vlmeval_encred.tokens import LlmPruner, TokenError
+
+    class TileLlmPruner(LlmPruner):
+        """The llm stage with the budget per tile: the attention scores are LlmPruner's own (last
+        prompt token, layer K-1, softmax over all prompt keys, mean over heads); each tile keeps its
+        ``ceil(tile_tokens * keep / 100)`` best (the adaptive fraction likewise per tile)."""
+
+        def __init__(self, layers: Sequence[Any], spec: Any, tile_tokens: int) -> None:
+            super().__init__(layers, spec)
+            self.tile_tokens = int(tile_tokens)
+            self._old_rotary = bool(_rotary_modules(self.layers[spec.layer - 1:spec.layer]))
+
+        def arm(self, visual: Sequence[int], prompt_len: int) -> None:
+            if len(visual) % self.tile_tokens:
+                raise TokenError(f"llm stage: {len(visual)} image tokens are not whole tiles of {self.tile_tokens}")
+            super().arm(visual, prompt_len)
+
+        def _score(self, attn: Any, args: tuple, kwargs: dict) -> None:
+            if self.visual is None or not self._prefill or self.kept_visual is not None:
+                return None
+            if self._old_rotary and kwargs.get("position_embeddings") is None:
+                rot, pos = attn.rotary_emb, kwargs["position_ids"]
+                h = self._hidden(args, kwargs)
+                cos, sin = rot(h, seq_len=int(pos.max()) + 1)
+                kwargs = dict(kwargs, position_embeddings=(cos[pos], sin[pos]))  # what 4.40+ passes
+            super()._score(attn, args, kwargs)  # the attention itself still gets the original kwargs
+            t = self.tile_tokens
+            k = (self.spec.budget(t) if not self.spec.adaptive
+                 else min(t, max(1, math.ceil(t * self.fraction - 1e-9))))
+            self.kept_visual = [self.visual[i] for i in _tile_top(self.scores, t, k)]
+            self._idx = self._index(self._hidden(args, kwargs).shape[1])
+            return None
+
+    return TileLlmPruner
+
+
+@dataclass
+class TokenHooks:
+    """What a token-budget wrapper keeps installed on its model."""
+
+    reach: _RotaryReach
+    remap: _PositionRemap | None = None
+    pruner: Any = None
+
+
+def install_tokens(wrapper: Any, tokens: Any, name: str) -> TokenHooks:
+    """Check ``tokens`` against the loaded model and install its hooks (inert until a generation)."""
+    from vlmeval_encred.tokens import TokenError
+
+    model = wrapper.model
+    decoder = model.language_model.model
+    hooks = TokenHooks(_RotaryReach(decoder.layers))
+    if tokens.stage == "fusion":
+        r = wrapper.encred_report
+        if r is not None and len(r.spec.masked) >= len(r.encoders):
+            raise TokenError(f"{name}: every encoder is masked; the fusion stage has no encoder to score tokens")
+        hooks.remap = _PositionRemap(decoder)
+    else:
+        hooks.pruner = _tile_pruner_class()(decoder.layers, tokens, model.num_image_token)
+    return hooks
+
+
+def fusion_keep(wrapper: Any, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[int], list[dict[str, float]]]:
+    """The fusion stage on one image's tiles: (the kept rows of ``extract_feature``'s output, the
+    kept token indices counted over all tiles' tokens in order, the rank weights per tile)."""
+    from vlmeval_encred.tokens import fusion_select
+
+    model = wrapper.model
+    masked = set(wrapper.encred_report.spec.masked) if wrapper.encred_report else set()
+    cols = {e: c for e, c in _visual_columns(model).items() if e not in masked}
+    seen: dict[str, torch.Tensor] = {}
+    handle = model.mlp1.register_forward_pre_hook(lambda _m, a: seen.__setitem__("x", a[0]))
+    try:
+        fused = model.extract_feature(pixel_values)
+    finally:
+        handle.remove()
+    x = seen["x"]
+    tiles, t = fused.shape[:2]
+    kept, rows, weights = [], [], []
+    for i in range(tiles):
+        sel = fusion_select({e: x[i][:, c.to(x.device)] for e, c in cols.items()}, wrapper.tokens)
+        kept += [i * t + j for j in sel.kept.tolist()]
+        rows.append(fused[i, sel.kept.to(fused.device)])
+        weights.append(sel.weights)
+    return torch.cat(rows, 0), kept, weights
+
+
+def generate_with_tokens(wrapper: Any, pixel_values: torch.Tensor, prompt: str) -> str:
+    """``chat`` with the wrapper's token budget (``generate_inner``'s path; sets ``token_report``).
+
+    ``chat`` builds the prompt and post-processes the reply as always; its call of ``generate`` is
+    intercepted on this model instance to prune: the fusion stage removes the pruned placeholders
+    and passes the kept rows as ``visual_features``; the llm stage arms the pruner."""
+    model, hooks, spec = wrapper.model, wrapper.token_hooks, wrapper.tokens
+    real = model.generate
+    report: dict[str, Any] = {"stage": spec.stage, "tile_tokens": int(model.num_image_token)}
+
+    def pruned_generate(pixel_values: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
+                        attention_mask: torch.Tensor | None = None, **kw: Any) -> Any:
+        from vlmeval_encred.tokens import TokenError, splice_positions
+
+        if input_ids.shape[0] != 1:
+            raise TokenError("token budgets run one sample at a time (batch size 1)")
+        s = input_ids.shape[1]
+        visual = (input_ids[0] == model.img_context_token_id).nonzero().flatten().tolist()
+        report.update(prompt_len=s, visual=visual)
+        hooks.reach.reach = s + int(kw.get("max_new_tokens") or 0) + 1
+        try:
+            if spec.stage == "llm":
+                hooks.pruner.arm(visual, s)
+                try:
+                    out = real(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask, **kw)
+                finally:
+                    report["kept"] = list(hooks.pruner.kept_visual or visual)
+                    hooks.pruner.disarm()
+                return out
+            if len(visual) != pixel_values.shape[0] * model.num_image_token:
+                raise TokenError(f"fusion stage: {len(visual)} image placeholders for {pixel_values.shape[0]} tiles "
+                                 f"of {model.num_image_token} tokens")
+            rows, kept, report["weights"] = fusion_keep(wrapper, pixel_values)
+            report["kept"] = [visual[j] for j in kept]
+            idx = torch.tensor(splice_positions(s, visual, report["kept"]), device=input_ids.device)
+            hooks.remap.kept, hooks.remap.pruned = idx, s - idx.numel()
+            try:
+                ids = input_ids[:, idx]
+                return real(pixel_values=pixel_values, input_ids=ids, attention_mask=torch.ones_like(ids),
+                            visual_features=rows, **kw)
+            finally:
+                hooks.remap.kept, hooks.remap.pruned = None, 0
+        finally:
+            hooks.reach.reach = 0
+
+    model.generate = pruned_generate  # this instance, this call only
+    try:
+        with torch.inference_mode():
+            reply = model.chat(wrapper.tokenizer, pixel_values, prompt, dict(wrapper.gen_kwargs))
+    finally:
+        del model.generate
+    wrapper.token_report = report
+    return reply
 
 
 # --- encred sweep support: share encoder outputs across every subset of a sample ---------------------
@@ -597,6 +860,9 @@ class Eagle2Sweep:
         self.batched_decode = batched_decode
 
     def prepare(self, wrapper: Any, message: list[dict[str, Any]], dataset: str | None) -> Any:
+        if getattr(wrapper, "tokens", None) is not None:
+            raise ValueError("Eagle2 sweep: a token-budget variant is run as an ordinary VLMEvalKit model, not swept "
+                             "(the sweep shares encoders across mask subsets of the unpruned model)")
         px, prompt = wrapper.build_inputs(message, dataset)
         return {"pixel_values": px, "prompt": prompt}
 
