@@ -166,6 +166,25 @@ def test_zero_is_at_the_layernorm_input_not_removal(standin, pixels, name):
     assert not torch.allclose(captured["out"][..., ~cols], kept, atol=1e-3)
 
 
+def test_token_budget_columns_are_each_encoders_channels_at_mlp1(standin, pixels):
+    """The fusion stage's per-encoder features (docs/tokens.md, Eagle2): the columns of mlp1's input
+    that _visual_columns assigns to an encoder are exactly those that masking that encoder zeroes."""
+    from vlmeval_encred.model_wrappers.eagle2.modeling import _visual_columns
+
+    _, model, _ = standin
+    cols = _visual_columns(model)
+    assert sorted(torch.cat(list(cols.values())).tolist()) == list(range(model.mlp1[0].normalized_shape[0]))
+    for name in ("siglip", "convnext"):
+        m = copy.deepcopy(model)
+        ADAPTER.apply(m, MaskSpec((name,), "zero"), "tiny")
+        seen = {}
+        m.mlp1.register_forward_pre_hook(lambda _m, a: seen.__setitem__("x", a[0]))
+        with torch.no_grad():
+            m.extract_feature(pixels)
+        zero = (seen["x"] == 0).flatten(0, 1).all(0).nonzero().flatten().tolist()
+        assert zero == cols[name].tolist()
+
+
 # --------------------------------------------------------------------------- preprocessing
 
 def test_nvidia_tiling_vs_internvl_for_1024x768():
