@@ -166,6 +166,25 @@ def test_zero_is_at_the_layernorm_input_not_removal(standin, pixels, name):
     assert not torch.allclose(captured["out"][..., ~cols], kept, atol=1e-3)
 
 
+def test_token_budget_columns_are_each_encoders_channels_at_mlp1(standin, pixels):
+    """The fusion stage's per-encoder features (docs/tokens.md, Eagle2): the columns of mlp1's input
+    that _visual_columns assigns to an encoder are exactly those that masking that encoder zeroes."""
+    from vlmeval_encred.model_wrappers.eagle2.modeling import _visual_columns
+
+    _, model, _ = standin
+    cols = _visual_columns(model)
+    assert sorted(torch.cat(list(cols.values())).tolist()) == list(range(model.mlp1[0].normalized_shape[0]))
+    for name in ("siglip", "convnext"):
+        m = copy.deepcopy(model)
+        ADAPTER.apply(m, MaskSpec((name,), "zero"), "tiny")
+        seen = {}
+        m.mlp1.register_forward_pre_hook(lambda _m, a: seen.__setitem__("x", a[0]))
+        with torch.no_grad():
+            m.extract_feature(pixels)
+        zero = (seen["x"] == 0).flatten(0, 1).all(0).nonzero().flatten().tolist()
+        assert zero == cols[name].tolist()
+
+
 # --------------------------------------------------------------------------- preprocessing
 
 def test_nvidia_tiling_vs_internvl_for_1024x768():
@@ -229,14 +248,15 @@ def test_catalog_entry():
 
 # --------------------------------------------------------------------------- the VLMEvalKit wrapper
 
-def wrapper_class(layout: str, seed: int = 0) -> type:
-    """EncredEagle2 whose checkpoint loading returns the stand-in (the one thing replaced)."""
+def wrapper_class(layout: str, seed: int = 0, builder: Any = None) -> type:
+    """EncredEagle2 whose checkpoint loading returns the stand-in (the one thing replaced); ``builder``
+    (seed -> (model, tokenizer)) replaces the stand-in, e.g. by the real-code tiny model."""
     from vlmeval_encred.model_wrappers.eagle2 import EncredEagle2
 
     class StandinEagle2(EncredEagle2):
         @staticmethod
         def load_checkpoint(model_path, dtype, device):
-            model, tok = build(layout, seed)
+            model, tok = builder(seed) if builder is not None else build(layout, seed)
             return model.to(dtype=dtype, device=device), tok
 
     return StandinEagle2
@@ -298,13 +318,14 @@ def test_wrapper_tiling_keyword(tmp_path):
     assert internvl.build_inputs(msg, "MMVP")[0].shape == (13, 3, 448, 448)
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_sweep_equals_per_variant_runs(layout, tmp_path):
-    """Greedy, fp32, CPU: the sweep's answers equal each masked variant's own generate_inner, string for string."""
+def assert_sweep_equals_per_variant(cls: type, tmp_path: Path) -> None:
+    """Greedy, fp32, CPU: the sweep's answers (encoders once, shared-prefix decoder) equal each masked
+    variant's own generate_inner, string for string, on every subset; the decoder really shared the
+    chat template's prefix.  Shared by the stand-in test and the real-code one."""
     from vlmeval_encred.registry import entries
+    from vlmeval_encred.sweep.decoding import collect
     from vlmeval_encred.sweep.protocol import support_for
 
-    cls = wrapper_class(layout)
     subsets = [e.masked for e in entries(base="eagle2_9b")]
     variants = {s: cls(mask=s, encred_base="eagle2_9b", **GEN) for s in subsets}
     sweeper = cls(encred_base="eagle2_9b", **GEN)
@@ -312,23 +333,55 @@ def test_sweep_equals_per_variant_runs(layout, tmp_path):
     assert isinstance(support, Eagle2Sweep) and support.batched_decode
     encoders = ADAPTER.names(sweeper.model)
     answers = []
-    for path, q in zip(_images(tmp_path), QUESTIONS):
-        message = [dict(type="image", value=path), dict(type="text", value=q)]
-        calls, handles = {}, []
-        for n, t in towers(sweeper.model).items():
-            handles.append(t.register_forward_hook(lambda *_a, _n=n: calls.__setitem__(_n, calls.get(_n, 0) + 1)))
-        inputs = support.prepare(sweeper, message, "MMVP")
-        feats = support.encode(sweeper, inputs, encoders)
-        assert calls == {"siglip": 1, "convnext": 1}  # each encoder once for all subsets
-        per_subset = [{n: (None if n in s else feats[n]) for n in encoders} for s in subsets]
-        swept = support.fuse_and_generate(sweeper, inputs, per_subset, "zero")
-        for h in handles:
-            h.remove()
-        assert calls == {"siglip": 1, "convnext": 1}  # fusion replays, never re-runs
-        direct = [variants[s].generate_inner(message, dataset="MMVP") for s in subsets]
-        assert swept == direct
-        answers.extend(direct)
+    with collect() as stats:
+        for path, q in zip(_images(tmp_path), QUESTIONS):
+            message = [dict(type="image", value=path), dict(type="text", value=q)]
+            calls, handles = {}, []
+            for n, t in towers(sweeper.model).items():
+                handles.append(t.register_forward_hook(lambda *_a, _n=n: calls.__setitem__(_n, calls.get(_n, 0) + 1)))
+            inputs = support.prepare(sweeper, message, "MMVP")
+            feats = support.encode(sweeper, inputs, encoders)
+            assert calls == {"siglip": 1, "convnext": 1}  # each encoder once for all subsets
+            per_subset = [{n: (None if n in s else feats[n]) for n in encoders} for s in subsets]
+            swept = support.fuse_and_generate(sweeper, inputs, per_subset, "zero")
+            for h in handles:
+                h.remove()
+            assert calls == {"siglip": 1, "convnext": 1}  # fusion replays, never re-runs
+            direct = [variants[s].generate_inner(message, dataset="MMVP") for s in subsets]
+            assert swept == direct
+            answers.extend(direct)
     assert len(set(answers)) > 1  # the masks change the answers: equality above is not vacuous
+    # the answers came from the shared-prefix decoder, which found the ChatML system prompt shared
+    assert stats.calls == len(QUESTIONS) and stats.rows == len(QUESTIONS) * len(subsets)
+    assert stats.prefix_tokens > 0 and stats.prefilled_tokens < stats.prompt_tokens
+    assert stats.prefix_runs == 1  # the same system prompt every sample: its cache is reused
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_sweep_equals_per_variant_runs(layout, tmp_path):
+    assert_sweep_equals_per_variant(wrapper_class(layout), tmp_path)
+
+
+def test_sweep_keeps_generate_when_not_plain_greedy(tmp_path):
+    """A repetition penalty is not plain greedy: fuse() refuses with the reason, and
+    fuse_and_generate keeps the remote code's generate (answers still equal the variants')."""
+    from vlmeval_encred.model_wrappers.eagle2.modeling import greedy_refusal
+    from vlmeval_encred.sweep.decoding import collect
+
+    cls = wrapper_class("convnext_512_siglip_448")
+    gen = dict(GEN, repetition_penalty=1.3)
+    sweeper, variant = cls(encred_base="eagle2_9b", **gen), cls(mask=("siglip",), encred_base="eagle2_9b", **gen)
+    assert "repetition_penalty" in greedy_refusal(sweeper.model.language_model, sweeper.gen_kwargs)
+    assert greedy_refusal(sweeper.model.language_model, cls(encred_base="eagle2_9b", **GEN).gen_kwargs) is None
+    support = sweeper.sweep_support
+    message = [dict(type="image", value=_images(tmp_path)[0]), dict(type="text", value=QUESTIONS[0])]
+    inputs = support.prepare(sweeper, message, "MMVP")
+    feats = support.encode(sweeper, inputs, ["siglip", "convnext"])
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        support.fuse(sweeper, inputs, [{"siglip": None, "convnext": feats["convnext"]}], "zero")
+    with collect() as stats:
+        swept = support.fuse_and_generate(sweeper, inputs, [{"siglip": None, "convnext": feats["convnext"]}], "zero")
+    assert stats.calls == 0 and swept == [variant.generate_inner(message, dataset="MMVP")]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

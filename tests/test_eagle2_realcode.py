@@ -125,3 +125,14 @@ def test_model_output_wrapper_under_transformers_4_39(tiny, selftest):
         out = model.vision_model(pixel_values=selftest.px)
     assert isinstance(out.last_hidden_state, dict) and set(out.last_hidden_state) == {"siglip", "convnext"}
     assert list(out.keys()) == ["siglip", "convnext"]
+
+
+def test_sweep_equals_per_variant_runs(selftest, tmp_path):
+    """The sweep (upstream towers run once per sample, the shared-prefix decoder) gives each masked
+    variant's own generate_inner answer on every subset, with upstream's vision code; the
+    chat half is the stand-in's (the one thing not public)."""
+    from vlmeval_encred.model_wrappers.eagle2.selftest import build
+
+    from test_eagle2 import assert_sweep_equals_per_variant, wrapper_class
+
+    assert_sweep_equals_per_variant(wrapper_class("convnext_512_siglip_448", builder=build), tmp_path)

@@ -30,4 +30,5 @@ register_base(BaseModelSpec(
     name="eagle2_9b", family="eagle2", checkpoint="nvidia/Eagle2-9B", encoders=("siglip", "convnext"),
     wrapper="vlmeval_encred.model_wrappers.eagle2.modeling:EncredEagle2", modes=("zero",), loader=_EAGLE2_TILING,
     requires={"transformers": ">=4.37.2,<=4.39.2"}, recipe="eagle2",
+    token_stages=("fusion", "llm"),  # per tile; docs/tokens.md (K default 2 of Qwen2.5-7B's 28 layers)
     description="Eagle2-9B: SigLIP and ConvNeXt channel concat, pixel shuffle, LayerNorm-first MLP"))

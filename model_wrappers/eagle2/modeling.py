@@ -51,6 +51,7 @@ Importing this module imports neither the remote code nor ``vlmeval``.
 from __future__ import annotations
 
 import gc
+import math
 import sys
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
@@ -348,6 +349,7 @@ def _build_wrapper() -> type:
                      no_upscale_datasets: Sequence[str] = (), image_size: int | None = None,
                      image_mean: Sequence[float] = (0.5, 0.5, 0.5), image_std: Sequence[float] = (0.5, 0.5, 0.5),
                      **kwargs: Any) -> None:
+            self.tokens = self.pop_token_kwargs(kwargs)
             spec, base = self.pop_encred_kwargs(kwargs)
             super().__init__()
             self.tiling = dict(tiling=tiling, max_num=max_num, max_num_by_dataset=[list(r) for r in max_num_by_dataset],
@@ -366,6 +368,8 @@ def _build_wrapper() -> type:
                     raise MaskError(f"registry entry {base!r} encoders {get_base(base).encoders} != loaded "
                                     f"model's {ADAPTER.names(self.model)} (config.vision_config.vision_tower)")
             self.apply_mask(self.model, spec, base or model_path)
+            self.token_report: dict[str, Any] | None = None
+            self.token_hooks = install_tokens(self, self.tokens, base or model_path) if self.tokens else None
 
         @staticmethod
         def load_checkpoint(model_path: str, dtype: torch.dtype, device: str) -> tuple[Any, Any]:
@@ -392,11 +396,270 @@ def _build_wrapper() -> type:
 
         def generate_inner(self, message, dataset=None):
             px, prompt = self.build_inputs(message, dataset)
+            if self.tokens is not None:
+                return generate_with_tokens(self, px, prompt).strip()
             return self.model.chat(self.tokenizer, px, prompt, dict(self.gen_kwargs)).strip()
 
     EncredEagle2.__module__ = __name__
     EncredEagle2.sweep_support = Eagle2Sweep()
     return EncredEagle2
+
+
+# --- token budgets (docs/tokens.md, Eagle2 row) -----------------------------------------------------
+# Visual tokens come per tile: each tile (and the thumbnail) gives ``num_image_token`` tokens after
+# the pixel shuffle and ``mlp1`` (256 in the 9B), in row-major order of the ``<IMG_CONTEXT>``
+# placeholders; the budget applies per tile, ``k = ceil(num_image_token * keep / 100)``.
+#
+# fusion: the fusion point is ``mlp1``'s input, where every token is ``[encoders' channels]``.
+#   Each unmasked encoder's features of a token are its own columns there: in
+#   ``convnext_512_siglip_448`` SigLIP's pixel-shuffled 2x2 neighbourhood (4 x its channels) and
+#   ConvNeXt's token; in ``all_tiling`` the encoder's channels in each of the four shuffled
+#   blocks.  Both are scored by the L2 norm (Eagle2's SigLIP tower has no [CLS]; ConvNeXt is a
+#   conv net), with effective-rank weights computed per tile (``tokens.fusion_select`` on each
+#   tile).  ``extract_feature`` runs once on all tiles; the kept rows are handed to the remote
+#   code's own ``generate`` as ``visual_features`` with the pruned placeholders removed from
+#   ``input_ids``, and a pre-hook on the decoder stack gives the remaining tokens their original
+#   position ids (generated tokens continue after the unpruned prompt).
+# llm: ``tokens.LlmPruner`` on the Qwen2 decoder layers, the placeholders as visual positions,
+#   the kept set chosen per tile from the same attention scores (:class:`TileLlmPruner`).
+# transformers 4.37-4.39 (the remote code's range): Qwen2's rotary module returns the table up to
+#   the layer's own cache length and indexes it by position id, so with original positions past
+#   that length the table is extended (:class:`_RotaryReach`; same values), and the llm stage's
+#   scoring gets (cos, sin) of the position ids from the same table.
+
+
+def _visual_columns(model: Any) -> dict[str, torch.Tensor]:
+    """encoder -> the columns of ``mlp1``'s input that hold its channels (see the comment above)."""
+    infos = ADAPTER.encoders(model)
+    factor = int(round(1 / _downsample(model))) ** 2
+    if layout_of(model) == CONVNEXT_512_SIGLIP_448:
+        width = {e.name: e.output_shape[1] for e in infos}
+        siglip = width["siglip"] * factor
+        return {"siglip": torch.arange(siglip), "convnext": torch.arange(siglip, siglip + width["convnext"])}
+    widths = [e.output_shape[1] for e in infos]
+    block, out = sum(widths), {}
+    for i, e in enumerate(infos):
+        start = sum(widths[:i])
+        out[e.name] = torch.cat([torch.arange(b * block + start, b * block + start + widths[i]) for b in range(factor)])
+    return out
+
+
+def _rotary_modules(layers: Sequence[nn.Module]) -> list[nn.Module]:
+    """The rotary modules of decoder layers whose forward takes ``seq_len`` (transformers < 4.40)."""
+    import inspect
+
+    out = []
+    for layer in layers:
+        rot = getattr(getattr(layer, "self_attn", None), "rotary_emb", None)
+        if rot is not None and "seq_len" in inspect.signature(rot.forward).parameters:
+            out.append(rot)
+    return out
+
+
+class _RotaryReach:
+    """While armed, every ``rotary_emb(x, seq_len=n)`` returns the table up to at least ``reach``
+    rows: the layer indexes it by position id, and a pruned sequence keeps original position ids
+    beyond its own length.  Rows are the same values, so unpruned numbers are unchanged."""
+
+    def __init__(self, layers: Sequence[nn.Module]) -> None:
+        self.reach = 0
+        self._handles = [r.register_forward_pre_hook(self._extend, with_kwargs=True) for r in _rotary_modules(layers)]
+
+    def _extend(self, _m: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if not self.reach:
+            return None
+        if len(args) > 1:
+            args, kwargs = args[:1], dict(kwargs, seq_len=args[1])
+        return args, dict(kwargs, seq_len=max(int(kwargs.get("seq_len") or 0), self.reach))
+
+
+class _PositionRemap:
+    """Pre-hook on the decoder stack: while armed with the kept positions of a pruned prompt, the
+    position ids it would use (``0..n-1`` over the shorter sequence, then one per generated token)
+    become the original ones (kept positions, then ``prompt length + step``)."""
+
+    def __init__(self, decoder: nn.Module) -> None:
+        self.kept: torch.Tensor | None = None
+        self.pruned = 0
+        self._handle = decoder.register_forward_pre_hook(self._remap, with_kwargs=True)
+
+    @staticmethod
+    def _past(cache: Any) -> int:
+        if cache is None:
+            return 0
+        if hasattr(cache, "get_seq_length"):
+            return int(cache.get_seq_length())
+        return int(cache[0][0].shape[-2]) if len(cache) else 0
+
+    def _remap(self, _m: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if self.kept is None:
+            return None
+        x = kwargs.get("inputs_embeds")
+        if x is None:
+            x = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]
+        pos = kwargs.get("position_ids")
+        if pos is None:
+            past = self._past(kwargs.get("past_key_values"))
+            pos = torch.arange(past, past + x.shape[1], device=x.device).unsqueeze(0)
+        kept = self.kept.to(pos.device)
+        n = kept.numel()
+        new = torch.where(pos < n, kept[pos.clamp(max=n - 1)], pos + self.pruned)
+        return args, dict(kwargs, position_ids=new)
+
+
+def _tile_top(scores: torch.Tensor, tile_tokens: int, k: int) -> list[int]:
+    """Indices into ``scores`` (tiles x tile_tokens, flattened) of each tile's ``k`` best, ascending."""
+    from vlmeval_encred.tokens import top_positions
+
+    out: list[int] = []
+    for t in range(scores.numel() // tile_tokens):
+        out += [t * tile_tokens + j for j in top_positions(scores[t * tile_tokens:(t + 1) * tile_tokens], k).tolist()]
+    return out
+
+
+def _tile_pruner_class() -> type:
+    """:class:`~vlmeval_encred.tokens.LlmPruner` with Eagle2's per-tile budget (built on first use:
+    tokens.py's torch side is imported lazily)."""
+    from vlmeval_encred.tokens import LlmPruner, TokenError
+
+    class TileLlmPruner(LlmPruner):
+        """The llm stage with the budget per tile: the attention scores are LlmPruner's own (last
+        prompt token, layer K-1, softmax over all prompt keys, mean over heads); each tile keeps its
+        ``ceil(tile_tokens * keep / 100)`` best (the adaptive fraction likewise per tile)."""
+
+        def __init__(self, layers: Sequence[Any], spec: Any, tile_tokens: int) -> None:
+            super().__init__(layers, spec)
+            self.tile_tokens = int(tile_tokens)
+            self._old_rotary = bool(_rotary_modules(self.layers[spec.layer - 1:spec.layer]))
+
+        def arm(self, visual: Sequence[int], prompt_len: int) -> None:
+            if len(visual) % self.tile_tokens:
+                raise TokenError(f"llm stage: {len(visual)} image tokens are not whole tiles of {self.tile_tokens}")
+            super().arm(visual, prompt_len)
+
+        def _score(self, attn: Any, args: tuple, kwargs: dict) -> None:
+            if self.visual is None or not self._prefill or self.kept_visual is not None:
+                return None
+            if self._old_rotary and kwargs.get("position_embeddings") is None:
+                rot, pos = attn.rotary_emb, kwargs["position_ids"]
+                h = self._hidden(args, kwargs)
+                cos, sin = rot(h, seq_len=int(pos.max()) + 1)
+                kwargs = dict(kwargs, position_embeddings=(cos[pos], sin[pos]))  # what 4.40+ passes
+            super()._score(attn, args, kwargs)  # the attention itself still gets the original kwargs
+            t = self.tile_tokens
+            k = (self.spec.budget(t) if not self.spec.adaptive
+                 else min(t, max(1, math.ceil(t * self.fraction - 1e-9))))
+            self.kept_visual = [self.visual[i] for i in _tile_top(self.scores, t, k)]
+            self._idx = self._index(self._hidden(args, kwargs).shape[1])
+            return None
+
+    return TileLlmPruner
+
+
+@dataclass
+class TokenHooks:
+    """What a token-budget wrapper keeps installed on its model."""
+
+    reach: _RotaryReach
+    remap: _PositionRemap | None = None
+    pruner: Any = None
+
+
+def install_tokens(wrapper: Any, tokens: Any, name: str) -> TokenHooks:
+    """Check ``tokens`` against the loaded model and install its hooks (inert until a generation)."""
+    from vlmeval_encred.tokens import TokenError
+
+    model = wrapper.model
+    decoder = model.language_model.model
+    hooks = TokenHooks(_RotaryReach(decoder.layers))
+    if tokens.stage == "fusion":
+        r = wrapper.encred_report
+        if r is not None and len(r.spec.masked) >= len(r.encoders):
+            raise TokenError(f"{name}: every encoder is masked; the fusion stage has no encoder to score tokens")
+        hooks.remap = _PositionRemap(decoder)
+    else:
+        hooks.pruner = _tile_pruner_class()(decoder.layers, tokens, model.num_image_token)
+    return hooks
+
+
+def fusion_keep(wrapper: Any, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[int], list[dict[str, float]]]:
+    """The fusion stage on one image's tiles: (the kept rows of ``extract_feature``'s output, the
+    kept token indices counted over all tiles' tokens in order, the rank weights per tile)."""
+    from vlmeval_encred.tokens import fusion_select
+
+    model = wrapper.model
+    masked = set(wrapper.encred_report.spec.masked) if wrapper.encred_report else set()
+    cols = {e: c for e, c in _visual_columns(model).items() if e not in masked}
+    seen: dict[str, torch.Tensor] = {}
+    handle = model.mlp1.register_forward_pre_hook(lambda _m, a: seen.__setitem__("x", a[0]))
+    try:
+        fused = model.extract_feature(pixel_values)
+    finally:
+        handle.remove()
+    x = seen["x"]
+    tiles, t = fused.shape[:2]
+    kept, rows, weights = [], [], []
+    for i in range(tiles):
+        sel = fusion_select({e: x[i][:, c.to(x.device)] for e, c in cols.items()}, wrapper.tokens)
+        kept += [i * t + j for j in sel.kept.tolist()]
+        rows.append(fused[i, sel.kept.to(fused.device)])
+        weights.append(sel.weights)
+    return torch.cat(rows, 0), kept, weights
+
+
+def generate_with_tokens(wrapper: Any, pixel_values: torch.Tensor, prompt: str) -> str:
+    """``chat`` with the wrapper's token budget (``generate_inner``'s path; sets ``token_report``).
+
+    ``chat`` builds the prompt and post-processes the reply as always; its call of ``generate`` is
+    intercepted on this model instance to prune: the fusion stage removes the pruned placeholders
+    and passes the kept rows as ``visual_features``; the llm stage arms the pruner."""
+    model, hooks, spec = wrapper.model, wrapper.token_hooks, wrapper.tokens
+    real = model.generate
+    report: dict[str, Any] = {"stage": spec.stage, "tile_tokens": int(model.num_image_token)}
+
+    def pruned_generate(pixel_values: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
+                        attention_mask: torch.Tensor | None = None, **kw: Any) -> Any:
+        from vlmeval_encred.tokens import TokenError, splice_positions
+
+        if input_ids.shape[0] != 1:
+            raise TokenError("token budgets run one sample at a time (batch size 1)")
+        s = input_ids.shape[1]
+        visual = (input_ids[0] == model.img_context_token_id).nonzero().flatten().tolist()
+        report.update(prompt_len=s, visual=visual)
+        hooks.reach.reach = s + int(kw.get("max_new_tokens") or 0) + 1
+        try:
+            if spec.stage == "llm":
+                hooks.pruner.arm(visual, s)
+                try:
+                    out = real(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask, **kw)
+                finally:
+                    report["kept"] = list(hooks.pruner.kept_visual or visual)
+                    hooks.pruner.disarm()
+                return out
+            if len(visual) != pixel_values.shape[0] * model.num_image_token:
+                raise TokenError(f"fusion stage: {len(visual)} image placeholders for {pixel_values.shape[0]} tiles "
+                                 f"of {model.num_image_token} tokens")
+            rows, kept, report["weights"] = fusion_keep(wrapper, pixel_values)
+            report["kept"] = [visual[j] for j in kept]
+            idx = torch.tensor(splice_positions(s, visual, report["kept"]), device=input_ids.device)
+            hooks.remap.kept, hooks.remap.pruned = idx, s - idx.numel()
+            try:
+                ids = input_ids[:, idx]
+                return real(pixel_values=pixel_values, input_ids=ids, attention_mask=torch.ones_like(ids),
+                            visual_features=rows, **kw)
+            finally:
+                hooks.remap.kept, hooks.remap.pruned = None, 0
+        finally:
+            hooks.reach.reach = 0
+
+    model.generate = pruned_generate  # this instance, this call only
+    try:
+        with torch.inference_mode():
+            reply = model.chat(wrapper.tokenizer, pixel_values, prompt, dict(wrapper.gen_kwargs))
+    finally:
+        del model.generate
+    wrapper.token_report = report
+    return reply
 
 
 # --- encred sweep support: share encoder outputs across every subset of a sample ---------------------
@@ -407,15 +670,21 @@ def _build_wrapper() -> type:
 # * ``encode``: the upstream vision tower's own ``forward`` on those pixels, with the
 #   towers not asked for replaced by :class:`ZeroTower` and forward hooks keeping
 #   each asked tower's output (the tensor masking replaces by zeros).
-# * ``fuse_and_generate``: per subset, the towers are swapped for replays of the kept
-#   outputs and :class:`ZeroTower` for the masked ones, and the model's own
-#   ``extract_feature`` runs (resize, interpolation, concatenation, pixel shuffle,
-#   ``mlp1`` exactly as in a per-variant run, same batch); the prompt is built as
-#   ``chat`` builds it; then one ``generate`` over all subsets with the features
-#   given as ``visual_features`` (the remote code's own entry for pre-computed
-#   features) -- or, with ``Eagle2Sweep(batched_decode=False)``, one ``generate``
-#   per subset.  Rows are cut after their first end-of-sequence token: in a batch a
-#   row that finished early goes on with padding where a batch of one stops.
+# * ``fuse``: per subset, the towers are swapped for replays of the kept outputs and
+#   :class:`ZeroTower` for the masked ones, and the model's own ``extract_feature``
+#   runs (resize, interpolation, concatenation, pixel shuffle, ``mlp1`` exactly as in a
+#   per-variant run, same batch); the prompt is built as ``chat`` builds it; then the
+#   remote code's own ``generate`` builds ``inputs_embeds`` for all subsets (features
+#   given as ``visual_features``, its entry for pre-computed features) and is stopped
+#   where it would hand them to ``language_model.generate``.  The result is a
+#   :class:`~vlmeval_encred.sweep.decoding.DecodeRequest`: the sweep's shared-prefix
+#   greedy decoder takes it from there.
+# * ``fuse_and_generate``: ``decode([fuse(...)])[0]`` when the wrapper decodes plainly
+#   greedily (:func:`greedy_refusal`); otherwise -- or with
+#   ``Eagle2Sweep(batched_decode=False)`` -- the remote code's ``generate`` with the
+#   wrapper's settings, all subsets in one batch (or one per subset), rows cut after
+#   their first end-of-sequence token (in a batch a row that finished early goes on
+#   with padding where a batch of one stops).
 
 
 class _Replay(nn.Module):
@@ -460,6 +729,130 @@ def _eos_cut(row: torch.Tensor, eos: int | None) -> torch.Tensor:
     return row
 
 
+def finish_reply(tok: Any, sep: str, rows: Sequence[Any]) -> list[str]:
+    """Generated ids per row -> what ``generate_inner`` returns: ``chat``'s own tail (decode without
+    special tokens, the part before the template separator, stripped) and the wrapper's ``strip``."""
+    return [tok.decode(r, skip_special_tokens=True).split(sep)[0].strip() for r in rows]
+
+
+# Generation settings that leave greedy decoding of one row unchanged (the rest must be neutral).
+_GREEDY_NEUTRAL = {"max_new_tokens", "do_sample", "num_beams", "temperature", "top_p", "top_k", "use_cache",
+                   "pad_token_id", "eos_token_id", "repetition_penalty", "num_return_sequences"}
+
+
+def greedy_refusal(lm: Any, gen_kwargs: Mapping[str, Any]) -> str | None:
+    """Why ``language_model.generate(**gen_kwargs)`` is not plain greedy decoding (None if it is).
+
+    The shared-prefix decoder reproduces argmax decoding with end-of-sequence stopping and
+    nothing else, so sampling, beams, penalties, logits processors or other stopping rules keep
+    the remote code's ``generate``.  The language model's own ``generation_config`` counts too:
+    ``generate`` merges it under the keywords."""
+    other = sorted(set(gen_kwargs) - _GREEDY_NEUTRAL)
+    if other:
+        return f"generation keywords {other} are not plain greedy decoding"
+    cfg = getattr(lm, "generation_config", None)
+    merged = {k: getattr(cfg, k, None) for k in ("do_sample", "num_beams", "repetition_penalty",
+                                                  "num_return_sequences", "no_repeat_ngram_size", "min_length",
+                                                  "min_new_tokens", "bad_words_ids", "forced_bos_token_id",
+                                                  "forced_eos_token_id", "suppress_tokens", "begin_suppress_tokens",
+                                                  "sequence_bias", "guidance_scale", "max_time")}
+    merged.update({k: v for k, v in gen_kwargs.items() if k in merged})
+    neutral = {"do_sample": (None, False), "num_beams": (None, 1), "repetition_penalty": (None, 1.0),
+               "num_return_sequences": (None, 1), "no_repeat_ngram_size": (None, 0), "min_length": (None, 0),
+               "min_new_tokens": (None, 0), "guidance_scale": (None, 1.0)}
+    bad = {k: v for k, v in merged.items() if v not in neutral.get(k, (None,))}
+    if bad:
+        return f"generation settings {bad} are not plain greedy decoding"
+    if gen_kwargs.get("max_new_tokens") is None:
+        return "no max_new_tokens: the decoder stops after max_new_tokens"
+    return None
+
+
+def _captured_embeds(model: Any, **generate_kw: Any) -> torch.Tensor:
+    """The ``inputs_embeds`` the remote code's ``generate`` hands to ``language_model.generate``,
+    built by that ``generate`` itself (the per-variant path), which is stopped there."""
+    lm = model.language_model
+    own = vars(lm).get("generate")
+    seen: dict[str, torch.Tensor] = {}
+
+    def capture(*_a: Any, inputs_embeds: torch.Tensor, **_kw: Any) -> None:
+        seen["embeds"] = inputs_embeds
+
+    lm.generate = capture  # an instance attribute shadows the class method for this call only
+    try:
+        model.generate(**generate_kw)
+    finally:
+        if own is None:
+            del lm.generate
+        else:
+            lm.generate = own
+    return seen["embeds"]
+
+
+def _has_batch_cache() -> bool:
+    """Whether transformers' ``DynamicCache`` can repeat and select batch rows (>= 4.42; the eagle2
+    recipe's 4.39.2 cannot)."""
+    from transformers.cache_utils import DynamicCache
+
+    return hasattr(DynamicCache, "batch_repeat_interleave") and hasattr(DynamicCache, "batch_select_indices")
+
+
+class _BatchCache:
+    """A ``DynamicCache`` subclass with the two batch operations the shared-prefix decoder uses
+    (built lazily: transformers is imported where used)."""
+
+    cls: Any = None
+
+    @classmethod
+    def new(cls) -> Any:
+        if cls.cls is None:
+            from transformers.cache_utils import DynamicCache
+
+            class Cache(DynamicCache):
+                def batch_repeat_interleave(self, repeats: int) -> None:
+                    self.key_cache = [k.repeat_interleave(repeats, dim=0) for k in self.key_cache]
+                    self.value_cache = [v.repeat_interleave(repeats, dim=0) for v in self.value_cache]
+
+                def batch_select_indices(self, indices: torch.Tensor) -> None:
+                    self.key_cache = [k[indices] for k in self.key_cache]
+                    self.value_cache = [v[indices] for v in self.value_cache]
+
+            cls.cls = Cache
+        return cls.cls()
+
+
+class _CacheCompatLM:
+    """The chat model's language model as :func:`~vlmeval_encred.sweep.decoding.greedy_subsets`
+    drives it, under transformers whose ``DynamicCache`` lacks batch operations (4.37-4.39, the
+    range Eagle2's remote code asserts): the first forward gets an empty cache that has them
+    (given a ``Cache``, the model updates and returns it instead of a legacy tuple).  Same
+    forward, same numbers; one per language model, so the decoder's prefix cache finds it again."""
+
+    def __init__(self, lm: Any) -> None:
+        self.lm = lm
+
+    def forward(self, inputs_embeds: torch.Tensor, past_key_values: Any = None, use_cache: bool = True,
+                attention_mask: torch.Tensor | None = None) -> Any:
+        cache = _BatchCache.new() if past_key_values is None else past_key_values
+        return self.lm(inputs_embeds=inputs_embeds, past_key_values=cache, use_cache=use_cache,
+                       attention_mask=attention_mask)
+
+    __call__ = forward
+
+
+def decoder_lm(model: Any) -> Any:
+    """What the shared-prefix decoder runs: the language model itself, or its cache-compatible
+    view (kept on the model, so that every sample sees the same object)."""
+    lm = model.language_model
+    if _has_batch_cache():
+        return lm
+    view = getattr(model, "_encred_decoder_lm", None)
+    if view is None or view.lm is not lm:
+        view = _CacheCompatLM(lm)
+        model._encred_decoder_lm = view
+    return view
+
+
 class Eagle2Sweep:
     """SweepSupport of the Eagle2 family (see the comment block above)."""
 
@@ -467,6 +860,9 @@ class Eagle2Sweep:
         self.batched_decode = batched_decode
 
     def prepare(self, wrapper: Any, message: list[dict[str, Any]], dataset: str | None) -> Any:
+        if getattr(wrapper, "tokens", None) is not None:
+            raise ValueError("Eagle2 sweep: a token-budget variant is run as an ordinary VLMEvalKit model, not swept "
+                             "(the sweep shares encoders across mask subsets of the unpruned model)")
         px, prompt = wrapper.build_inputs(message, dataset)
         return {"pixel_values": px, "prompt": prompt}
 
@@ -497,14 +893,14 @@ class Eagle2Sweep:
                 h.remove()
         return out
 
-    def fuse_and_generate(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]],
-                          mask_mode: str) -> list[str]:
+    def _features(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]],
+                  mask_mode: str) -> list[torch.Tensor]:
+        """Per subset, ``extract_feature`` with the towers replayed or zeroed (a variant's fusion)."""
         if mask_mode != "zero":
             raise ValueError(f"Eagle2 supports mask mode 'zero' only, not {mask_mode!r}")
-        model, tok = wrapper.model, wrapper.tokenizer
+        model = wrapper.model
         tower = _concat_tower(model)
         infos = self._infos(wrapper)
-        px = inputs["pixel_values"]
         feats = []
         with torch.inference_mode():
             for subset in features_per_subset:
@@ -515,7 +911,43 @@ class Eagle2Sweep:
                     slots[e.index] = _Replay(t, f) if f is not None else (
                         t if isinstance(t, ZeroTower) else zero_tower_for(t, e))
                 with _Swapped(tower.vision_towers, slots):
-                    feats.append(model.extract_feature(px))
+                    feats.append(model.extract_feature(inputs["pixel_values"]))
+        return feats
+
+    def fuse(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]],
+             mask_mode: str) -> Any:
+        """One row of ``inputs_embeds`` per subset, built by the remote code's ``generate``."""
+        from functools import partial
+
+        from vlmeval_encred.sweep.decoding import DecodeRequest
+
+        reason = greedy_refusal(wrapper.model.language_model, wrapper.gen_kwargs)
+        if reason:
+            raise ValueError(f"Eagle2 sweep: cannot hand this wrapper's decoding to the greedy decoder: {reason}")
+        model, tok = wrapper.model, wrapper.tokenizer
+        feats = self._features(wrapper, inputs, features_per_subset, mask_mode)
+        px = inputs["pixel_values"]
+        ids, mask, sep, eos = self._query(model, tok, inputs["prompt"], px.shape[0])
+        s = len(feats)
+        with torch.inference_mode():
+            embeds = _captured_embeds(model, pixel_values=px, input_ids=ids.repeat(s, 1),
+                                      attention_mask=mask.repeat(s, 1), visual_features=torch.cat(feats, 0))
+        lm = model.language_model
+        return DecodeRequest(lm=decoder_lm(model), embeds=embeds, embed_tokens=lm.get_input_embeddings(),
+                             eos_ids=[eos], max_new_tokens=int(wrapper.gen_kwargs["max_new_tokens"]),
+                             finish=partial(finish_reply, tok, sep))
+
+    def fuse_and_generate(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]],
+                          mask_mode: str) -> list[str]:
+        if self.batched_decode and greedy_refusal(wrapper.model.language_model, wrapper.gen_kwargs) is None:
+            from vlmeval_encred.sweep.decoding import decode
+
+            return decode([self.fuse(wrapper, inputs, features_per_subset, mask_mode)])[0]
+        # Sampling, beams, penalties or batched_decode=False: the remote code's generate with the
+        # wrapper's own settings, which the shared-prefix greedy decoder does not reproduce.
+        model, tok = wrapper.model, wrapper.tokenizer
+        feats = self._features(wrapper, inputs, features_per_subset, mask_mode)
+        px = inputs["pixel_values"]
         ids, mask, sep, eos = self._query(model, tok, inputs["prompt"], px.shape[0])
         gen = dict(wrapper.gen_kwargs, eos_token_id=eos)
         rows: list[torch.Tensor] = []
@@ -529,7 +961,7 @@ class Eagle2Sweep:
                 for f in feats:
                     rows.append(model.generate(pixel_values=px, input_ids=ids, attention_mask=mask,
                                                visual_features=f, **gen)[0])
-        return [tok.decode(_eos_cut(r, eos), skip_special_tokens=True).split(sep)[0].strip() for r in rows]
+        return finish_reply(tok, sep, [_eos_cut(r, eos) for r in rows])
 
     @staticmethod
     def _query(model: Any, tok: Any, prompt: str, tiles: int) -> tuple[torch.Tensor, torch.Tensor, str, int]:

@@ -178,8 +178,10 @@ def _standin_chat_module():
     return importlib.import_module("standins.eagle2.modeling_eagle_chat"), importlib.import_module("standins.eagle2.tiny")
 
 
-def build(seed: int = 0) -> tuple[Any, Any]:
-    """(model, tokenizer): upstream's vision model inside the stand-in ``Eagle2ChatModel``, float32, eval."""
+def build(seed: int = 0, llm_layers: int | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer): upstream's vision model inside the stand-in ``Eagle2ChatModel``, float32, eval.
+    ``llm_layers``: decoder layers of the language model (the stand-in's 2 by default; the token-budget
+    tests use 4, so that layers on both sides of the pruning point are more than one)."""
     import torch
 
     mods = import_real_modules()
@@ -187,7 +189,7 @@ def build(seed: int = 0) -> tuple[Any, Any]:
     vm, vcfg = build_vision_model(mods, seed)
     tok = tiny.tiny_tokenizer()
     cfg = tiny.tiny_config(LAYOUT, vocab_size=len(tok), bos=tok.convert_tokens_to_ids("<|endoftext|>"),
-                           eos=tok.convert_tokens_to_ids("<|im_end|>"))
+                           eos=tok.convert_tokens_to_ids("<|im_end|>"), llm_layers=llm_layers or 2)
     cfg.vision_config = vcfg
     torch.manual_seed(seed + 1)
     model = chat.Eagle2ChatModel(cfg, vision_model=vm).float().eval()

@@ -53,7 +53,8 @@ def tiny_tokenizer():
                                    model_max_length=4096)
 
 
-def tiny_config(layout: str = "all_tiling", vocab_size: int = 300, bos: int = 0, eos: int = 2) -> SimpleNamespace:
+def tiny_config(layout: str = "all_tiling", vocab_size: int = 300, bos: int = 0, eos: int = 2,
+                llm_layers: int = 2) -> SimpleNamespace:
     from transformers import Qwen2Config
 
     if layout not in LAYOUTS:
@@ -65,7 +66,7 @@ def tiny_config(layout: str = "all_tiling", vocab_size: int = 300, bos: int = 0,
         vision_tower_siglip_path="siglip-tiny", vision_tower_convnext_path="convnext_xxlarge.tiny",
         mm_vision_select_layer=-1, freeze_backbones=None, delay_load=True,
         siglip_hidden_size=6, siglip_patch_size=7, convnext_hidden_size=10)
-    llm = Qwen2Config(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    llm = Qwen2Config(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=llm_layers,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                       tie_word_embeddings=False, architectures=["Qwen2ForCausalLM"],
                       bos_token_id=bos, eos_token_id=eos)
