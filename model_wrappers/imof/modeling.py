@@ -35,9 +35,11 @@ Importing this module imports neither ``llava`` nor ``vlmeval``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import os
 import types
+import weakref
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -365,18 +367,23 @@ def _build_wrapper() -> type:
             return {"input_ids": ids.to(self.device), "images": pixels.to(self.device, self.dtype)}
 
         def decode(self, out: torch.Tensor, prompt: torch.Tensor) -> list[str]:
-            """Answers from ``generate``'s rows: the prompt removed, cut after the first end token."""
-            eos = self.tokenizer.eos_token_id
+            """Answers from ``generate``'s rows: the prompt removed, then :meth:`answer`."""
             n = prompt.shape[-1]
             answers = []
             for row in out:
                 if row.shape[0] >= n and torch.equal(row[:n], prompt.reshape(-1)):
                     row = row[n:]  # transformers 4.x returns prompt + answer for decoder-only models
-                hits = (row == eos).nonzero()
-                if hits.numel():
-                    row = row[:int(hits[0]) + 1]  # in a batch, a finished row goes on with padding
-                answers.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
+                answers.append(self.answer(row))
             return answers
+
+        def answer(self, row: torch.Tensor) -> str:
+            """One row of generated ids (no prompt) -> the answer: cut after the first end token
+            (in a batch, a finished row goes on with padding), special tokens skipped, stripped.
+            The sweep's shared-prefix decoder finishes its rows with this too."""
+            hits = (row == self.tokenizer.eos_token_id).nonzero()
+            if hits.numel():
+                row = row[:int(hits[0]) + 1]
+            return self.tokenizer.decode(row, skip_special_tokens=True).strip()
 
         def generate_inner(self, message, dataset=None):
             inputs = self.build_inputs(message, dataset)
@@ -403,20 +410,148 @@ class _Discard:
 # * ``prepare``: the wrapper's ``build_inputs`` (what ``generate_inner`` runs first).
 # * ``encode``: each tower once (``CLIPVisionTower`` / ``DINOVisionTower`` output, before its
 #   projector: the tensor ``zero`` replaces by zeros).
-# * ``fuse_and_generate``: for each subset the fork's encode methods are bound, for the call,
-#   to that subset's projected features (``zero``: a masked tower's projector applied to zeros,
-#   as ``_zero_encoder`` does; ``drop``: the kept tower only, through the fork's single-tower
-#   path, or the text-only path with both dropped), then the fork's ``generate`` runs.  Subsets
-#   whose sequences have the same layout are decoded as one batch (no padding: the same
-#   positions as a batch of one); see :data:`IMoFSweep.batched`.
+# * ``fuse``: for each subset the fork's encode methods are bound, for the call, to that
+#   subset's projected features (``zero``: a masked tower's projector applied to zeros, as
+#   ``_zero_encoder`` does; ``drop``: the kept tower only, through the fork's single-tower path,
+#   or the text-only path with both dropped), and the fork's own
+#   ``prepare_inputs_labels_for_multimodal_withdino`` builds the ``inputs_embeds`` rows that its
+#   ``generate`` would prefill; it stops there (a :class:`~vlmeval_encred.sweep.decoding.DecodeRequest`).
+# * ``fuse_and_generate``: those requests decoded by the shared-prefix greedy decoder
+#   (:func:`~vlmeval_encred.sweep.decoding.decode`) when the wrapper's generation settings are
+#   plain greedy (:func:`greedy_refusal`); otherwise the fork's ``generate`` with the wrapper's
+#   settings.  Subsets whose sequences have the same layout share one request / one batch (no
+#   padding: the same positions as a batch of one); see :data:`IMoFSweep.batched`.  In ``drop``
+#   mode the layouts differ (1152, 576 or 0 image tokens), so one sample makes up to three
+#   requests and ``fuse`` -- one request by contract -- is refused for a mixed set of subsets.
+
+_NEUTRAL_GENERATION: dict[str, tuple[Any, ...]] = {
+    "num_beams": (None, 1), "num_beam_groups": (None, 1), "penalty_alpha": (None,),
+    "repetition_penalty": (None, 1.0), "encoder_repetition_penalty": (None, 1.0),
+    "no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,), "force_words_ids": (None,),
+    "min_length": (None, 0), "min_new_tokens": (None, 0), "sequence_bias": (None,),
+    "suppress_tokens": (None,), "begin_suppress_tokens": (None,), "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,), "exponential_decay_length_penalty": (None,),
+    "guidance_scale": (None, 1.0), "stop_strings": (None,), "max_time": (None,),
+    "watermarking_config": (None,), "dola_layers": (None,), "prompt_lookup_num_tokens": (None,),
+    "assistant_model": (None,), "cache_implementation": (None,),
+}
+"""generate() settings that keep greedy decoding plain (argmax of the raw logits, one beam, stop
+at end-of-sequence or ``max_new_tokens``): any other value changes which token is chosen or when
+decoding stops, which the shared-prefix decoder does not reproduce."""
+
+
+def greedy_refusal(model: Any, gen_kwargs: dict[str, Any], input_ids: torch.Tensor | None = None) -> str | None:
+    """Why ``model.generate(input_ids, **gen_kwargs)`` is not plain greedy decoding (None: it is).
+
+    The checkpoint's ``generation_config`` counts as generate sees it, overridden by ``gen_kwargs``.
+    With ``input_ids``: also refused when the prompt contains the pad id, because generate then
+    masks those prompt positions out (its attention mask is ``input_ids != pad``) where the
+    shared-prefix decoder attends to every position."""
+    cfg = copy.deepcopy(model.generation_config)
+    unused = cfg.update(**gen_kwargs)
+    if unused:
+        return f"generate keywords outside GenerationConfig: {sorted(unused)}"
+    if cfg.do_sample:
+        return "do_sample=True"
+    if not getattr(cfg, "use_cache", True):
+        return "use_cache=False"
+    if cfg.max_new_tokens is None:
+        return "no max_new_tokens (generate would stop at max_length, which counts the prompt ids)"
+    for key, neutral in _NEUTRAL_GENERATION.items():
+        value = getattr(cfg, key, None)
+        if value not in neutral:
+            return f"{key}={value!r}"
+    pad = cfg.pad_token_id
+    if input_ids is not None and pad is not None and pad not in _eos_ids(model, gen_kwargs) \
+            and bool((input_ids == pad).any()):
+        return f"the prompt contains the pad id {pad}, which generate masks out"
+    return None
+
+
+def _eos_ids(model: Any, gen_kwargs: dict[str, Any]) -> list[int]:
+    """End-of-sequence ids generate stops at (``generation_config`` or ``gen_kwargs``)."""
+    eos = gen_kwargs.get("eos_token_id", model.generation_config.eos_token_id)
+    if eos is None:
+        return []
+    return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+
+
+class _ForkLM:
+    """The fork's language model as the shared-prefix decoder drives it (``inputs_embeds`` in,
+    logits and cache out).  The fork's ``forward`` cannot take ``inputs_embeds`` (its multimodal
+    preparation returns ``None`` for them when no images are given), so this runs what that
+    forward runs after the preparation: ``get_model()`` (LlamaModel) and ``lm_head`` on every
+    position.  Always with a ``DynamicCache``: LlamaModel of transformers 4.4x turns a missing cache
+    into a legacy tuple, which has no ``batch_select_indices``/``batch_repeat_interleave``."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def forward(self, inputs_embeds: torch.Tensor, past_key_values: Any = None, use_cache: bool = True,
+                attention_mask: torch.Tensor | None = None) -> Any:
+        from transformers import DynamicCache
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+
+        if past_key_values is None:
+            past_key_values = DynamicCache()
+        out = self.model.get_model()(inputs_embeds=inputs_embeds, past_key_values=past_key_values,
+                                     use_cache=use_cache, attention_mask=attention_mask, return_dict=True)
+        return CausalLMOutputWithPast(logits=self.model.lm_head(out[0]), past_key_values=out.past_key_values)
+
+    __call__ = forward
+
+
+_FORK_LMS: "weakref.WeakKeyDictionary[Any, _ForkLM]" = weakref.WeakKeyDictionary()
+
+
+def _fork_lm(model: Any) -> _ForkLM:
+    """One :class:`_ForkLM` per model, so the decoder's prefix cache (keyed by it) lives across samples."""
+    lm = _FORK_LMS.get(model)
+    if lm is None:
+        lm = _FORK_LMS[model] = _ForkLM(model)
+    return lm
+
+
+_BOUND = ("encode_images", "encode_images_withclip", "encode_images_withdino",
+          "prepare_inputs_labels_for_multimodal_withdino")
+
+
+@contextlib.contextmanager
+def _bound(model: Any, kind: str, plans: list[dict[str, Any]]) -> Iterator[None]:
+    """Within the block, the fork's multimodal preparation of ``len(plans)`` copies of the prompt
+    uses each subset's projected features (``kind``: interleaved, single or text layout)."""
+    cls = type(model)
+    saved = {k: model.__dict__[k] for k in _BOUND if k in model.__dict__}
+
+    def const(t: torch.Tensor) -> Any:
+        return types.MethodType(lambda _self, _images: t, model)
+
+    try:
+        if kind == "interleaved":
+            model.encode_images_withclip = const(torch.cat([p["clip"] for p in plans]))
+            model.encode_images_withdino = const(torch.cat([p["dinov2"] for p in plans]))
+            model.prepare_inputs_labels_for_multimodal_withdino = types.MethodType(
+                cls.prepare_inputs_labels_for_multimodal_withdino, model)
+        elif kind == "single":
+            model.encode_images = const(torch.cat([p["single"] for p in plans]))
+            model.prepare_inputs_labels_for_multimodal_withdino = types.MethodType(
+                cls.prepare_inputs_labels_for_multimodal, model)
+        else:
+            model.prepare_inputs_labels_for_multimodal_withdino = types.MethodType(
+                _without_image_tokens(types.MethodType(cls.prepare_inputs_labels_for_multimodal, model)), model)
+        yield
+    finally:
+        for k in _BOUND:
+            model.__dict__.pop(k, None)
+        model.__dict__.update(saved)
 
 
 class IMoFSweep:
     """SweepSupport of the I-MoF family (see the comment above)."""
 
     batched: bool = True
-    """Decode same-layout subsets of a sample as one batch; ``False``: one ``generate`` per subset
-    (the encoders are still shared)."""
+    """Decode same-layout subsets of a sample as one batch; ``False``: one request (or ``generate``)
+    per subset (the encoders are still shared)."""
 
     def prepare(self, wrapper: Any, message: list[dict[str, Any]], dataset: str | None) -> Any:
         return wrapper.build_inputs(message, dataset)
@@ -443,71 +578,102 @@ class IMoFSweep:
             out[name] = None if t is None else proj(t)
         return out
 
-    def fuse_and_generate(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]],
-                          mask_mode: str) -> list[str]:
+    def _plans(self, wrapper: Any, n_img: int, features_per_subset: list[dict[str, Any]],
+               mask_mode: str) -> list[tuple[str, dict[str, Any]]]:
+        """Per subset: (layout kind, the projected features the fork's preparation will use)."""
         if mask_mode not in ADAPTER.modes:
             raise ValueError(f"I-MoF supports mask modes {ADAPTER.modes}, not {mask_mode!r}")
+        plans = []
+        for feats in features_per_subset:
+            kept = [n for n, _a, _p, _e in _TOWERS if feats.get(n) is not None]
+            if mask_mode == "zero":
+                proj = self._projected(wrapper, feats, n_img)
+                if any(v is None for v in proj.values()):
+                    raise ValueError("zero-mode sweep needs both projectors; the model was loaded in drop mode")
+                plans.append(("interleaved", proj))
+            elif len(kept) == len(_TOWERS):
+                plans.append(("interleaved", self._projected(wrapper, feats, n_img)))
+            elif kept:
+                plans.append(("single", {"single": self._projected(wrapper, {kept[0]: feats[kept[0]]}, n_img)[kept[0]]}))
+            else:
+                plans.append(("text", {}))
+        return plans
+
+    def _chunks(self, plans: list[tuple[str, dict[str, Any]]]) -> list[list[int]]:
+        """Subset indices decoded together: same layout (and all of them with :attr:`batched`)."""
+        groups: dict[str, list[int]] = {}
+        for s, (kind, _p) in enumerate(plans):
+            groups.setdefault(kind, []).append(s)
+        return [c for members in groups.values() for c in ([members] if self.batched else [[s] for s in members])]
+
+    @staticmethod
+    def _request(wrapper: Any, inputs: Any, kind: str, plans: list[dict[str, Any]]) -> Any:
+        """The rows the fork's ``generate`` would prefill for these subsets, as a DecodeRequest."""
+        from vlmeval_encred.sweep.decoding import DecodeRequest
+
         model = wrapper.model
         ids, images = inputs["input_ids"], inputs["images"]
-        n_img = images.shape[0]
-        groups: dict[str, list[int]] = {}
-        plans = []
-        with torch.inference_mode():
-            for s, feats in enumerate(features_per_subset):
-                kept = [n for n, _a, _p, _e in _TOWERS if feats.get(n) is not None]
-                if mask_mode == "zero":
-                    kind, proj = "interleaved", self._projected(wrapper, feats, n_img)
-                    if any(v is None for v in proj.values()):
-                        raise ValueError("zero-mode sweep needs both projectors; the model was loaded in drop mode")
-                elif len(kept) == len(_TOWERS):
-                    kind, proj = "interleaved", self._projected(wrapper, feats, n_img)
-                elif kept:
-                    kind, proj = "single", {"single": self._projected(wrapper, {kept[0]: feats[kept[0]]}, n_img)[kept[0]]}
-                else:
-                    kind, proj = "text", {}
-                plans.append(proj)
-                groups.setdefault(kind, []).append(s)
-            answers: dict[int, str] = {}
-            for kind, members in groups.items():
-                chunks = [members] if self.batched else [[s] for s in members]
-                for chunk in chunks:
-                    for s, text in zip(chunk, self._generate(wrapper, kind, [plans[s] for s in chunk], ids, images)):
-                        answers[s] = text
+        s = len(plans)
+        with torch.inference_mode(), _bound(model, kind, plans):
+            new_ids, _mask, _pkv, embeds, _labels = model.prepare_inputs_labels_for_multimodal_withdino(
+                ids.repeat(s, 1), None, None, None, images.repeat(s, *([1] * (images.dim() - 1))))
+            if embeds is None:  # text layout: the fork hands the ids on; LlamaModel embeds them so
+                embeds = model.get_model().embed_tokens(new_ids)
+        if embeds.dim() != 3 or embeds.shape[0] != s:
+            raise ValueError(f"I-MoF fuse: expected {s} unpadded rows, got inputs_embeds of shape {tuple(embeds.shape)}")
+
+        def finish(rows: list[list[int]]) -> list[str]:
+            return [wrapper.answer(torch.tensor(r, dtype=torch.long)) for r in rows]
+
+        return DecodeRequest(lm=_fork_lm(model), embeds=embeds, embed_tokens=model.get_model().embed_tokens,
+                             eos_ids=_eos_ids(model, wrapper.gen_kwargs),
+                             max_new_tokens=int(wrapper.gen_kwargs.get("max_new_tokens")
+                                                or model.generation_config.max_new_tokens),
+                             finish=finish)
+
+    def fuse(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]], mask_mode: str) -> Any:
+        """One DecodeRequest for every subset of the sample (see the comment above); ValueError
+        where greedy decoding of those rows would not be the wrapper's own generation, or where
+        the subsets' sequences differ in length (``drop`` with mixed subsets)."""
+        why = greedy_refusal(wrapper.model, wrapper.gen_kwargs, inputs["input_ids"])
+        if why is not None:
+            raise ValueError(f"I-MoF fuse: the wrapper's generation is not plain greedy ({why}); "
+                             "use fuse_and_generate, which keeps generate()")
+        plans = self._plans(wrapper, inputs["images"].shape[0], features_per_subset, mask_mode)
+        kinds = sorted({k for k, _p in plans})
+        if len(kinds) != 1:
+            raise ValueError(f"I-MoF fuse: in {mask_mode} mode these subsets give sequences of different lengths "
+                             f"(layouts {kinds}); one request needs equal lengths: use fuse_and_generate")
+        return self._request(wrapper, inputs, kinds[0], [p for _k, p in plans])
+
+    def fuse_and_generate(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]],
+                          mask_mode: str) -> list[str]:
+        plans = self._plans(wrapper, inputs["images"].shape[0], features_per_subset, mask_mode)
+        chunks = self._chunks(plans)
+        why = greedy_refusal(wrapper.model, wrapper.gen_kwargs, inputs["input_ids"])
+        if why is None:
+            from vlmeval_encred.sweep.decoding import decode
+
+            outs = decode([self._request(wrapper, inputs, plans[c[0]][0], [plans[s][1] for s in c]) for c in chunks])
+        else:
+            # Not plain greedy (sampling, beams, penalties, min_new_tokens, ...): the shared-prefix
+            # decoder implements none of these, so the fork's own generate() decodes each chunk
+            # with the wrapper's settings.
+            outs = [self._generate(wrapper, plans[c[0]][0], [plans[s][1] for s in c], inputs) for c in chunks]
+        answers: dict[int, str] = {}
+        for chunk, texts in zip(chunks, outs):
+            answers.update(zip(chunk, texts))
         return [answers[s] for s in range(len(features_per_subset))]
 
     @staticmethod
-    def _generate(wrapper: Any, kind: str, plans: list[dict[str, Any]], ids: torch.Tensor,
-                  images: torch.Tensor) -> list[str]:
+    def _generate(wrapper: Any, kind: str, plans: list[dict[str, Any]], inputs: Any) -> list[str]:
         """One ``generate`` over ``len(plans)`` copies of the prompt, each with its subset's features."""
         model = wrapper.model
-        cls = type(model)
-        S = len(plans)
-        saved = {k: model.__dict__[k] for k in ("encode_images", "encode_images_withclip", "encode_images_withdino",
-                                                 "prepare_inputs_labels_for_multimodal_withdino") if k in model.__dict__}
-
-        def const(t: torch.Tensor) -> Any:
-            return types.MethodType(lambda _self, _images: t, model)
-
-        try:
-            if kind == "interleaved":
-                model.encode_images_withclip = const(torch.cat([p["clip"] for p in plans]))
-                model.encode_images_withdino = const(torch.cat([p["dinov2"] for p in plans]))
-                model.prepare_inputs_labels_for_multimodal_withdino = types.MethodType(
-                    cls.prepare_inputs_labels_for_multimodal_withdino, model)
-            elif kind == "single":
-                model.encode_images = const(torch.cat([p["single"] for p in plans]))
-                model.prepare_inputs_labels_for_multimodal_withdino = types.MethodType(
-                    cls.prepare_inputs_labels_for_multimodal, model)
-            else:
-                model.prepare_inputs_labels_for_multimodal_withdino = types.MethodType(
-                    _without_image_tokens(types.MethodType(cls.prepare_inputs_labels_for_multimodal, model)), model)
-            out = model.generate(ids.repeat(S, 1), images=images.repeat(S, *([1] * (images.dim() - 1))),
+        ids, images = inputs["input_ids"], inputs["images"]
+        s = len(plans)
+        with torch.inference_mode(), _bound(model, kind, plans):
+            out = model.generate(ids.repeat(s, 1), images=images.repeat(s, *([1] * (images.dim() - 1))),
                                  **wrapper.gen_kwargs)
-        finally:
-            for k in ("encode_images", "encode_images_withclip", "encode_images_withdino",
-                      "prepare_inputs_labels_for_multimodal_withdino"):
-                model.__dict__.pop(k, None)
-            model.__dict__.update(saved)
         return wrapper.decode(out, ids)
 
 
