@@ -312,6 +312,7 @@ def _build_wrapper() -> type:
         adapter = ADAPTER
 
         def __init__(self, model_path: str = "MMVP/MoF_Models", **kwargs: Any) -> None:
+            self.tokens = self.pop_token_kwargs(kwargs)
             spec, base = self.pop_encred_kwargs(kwargs)
             from .compat import dino_tower_device, import_fork
 
@@ -341,6 +342,8 @@ def _build_wrapper() -> type:
                     raise MaskError(f"registry entry {base!r} encoders {get_base(base).encoders} != "
                                     f"loaded model's {ADAPTER.names(self.model)}")
             self.apply_mask(self.model, spec, base or model_path)
+            self.token_report: dict[str, Any] | None = None
+            self.token_hooks = IMoFTokens(self, self.tokens, base or model_path) if self.tokens is not None else None
 
         @property
         def dtype(self) -> torch.dtype:
@@ -387,6 +390,8 @@ def _build_wrapper() -> type:
 
         def generate_inner(self, message, dataset=None):
             inputs = self.build_inputs(message, dataset)
+            if self.tokens is not None:
+                return self.decode(generate_with_tokens(self, inputs), inputs["input_ids"])[0]
             with torch.inference_mode():
                 out = self.model.generate(inputs["input_ids"], images=inputs["images"], **self.gen_kwargs)
             return self.decode(out, inputs["input_ids"])[0]
@@ -675,6 +680,223 @@ class IMoFSweep:
             out = model.generate(ids.repeat(s, 1), images=images.repeat(s, *([1] * (images.dim() - 1))),
                                  **wrapper.gen_kwargs)
         return wrapper.decode(out, ids)
+
+
+# --- token budgets (docs/tokens.md) -----------------------------------------------------------
+# fusion: I-MoF's towers reach the LLM as separate token groups (interleaved CLIP, DINOv2, ... in
+# zero mode and unmasked; the kept tower's 576 in drop mode), so the budget k = ceil(sum T_e *
+# keep / 100) over the unmasked towers is split by effective-rank weights (tokens.split_budget)
+# and each group keeps its best k_e tokens (tokens.grouped_select).  Scores: CLIP's [CLS]->patch
+# attention in the layer whose output the fork selects (mm_vision_select_layer, -2: the
+# penultimate one), DINOv2's [CLS]->patch attention in its last block (the fork takes x_prenorm,
+# that block's output); both mean over heads.  Features, scores and weights come from the towers'
+# own forward in the fork's preparation (hooks; nothing runs twice).  A zero-mode masked tower's
+# tokens (its projector's response to zero) are not scored and stay.  The pruned rows are removed
+# from inputs_embeds just before LlamaModel runs, which gets the kept tokens' original position
+# ids; generated tokens continue after the unpruned prompt length.
+# llm: tokens.LlmPruner on the LLaMA decoder's layers; the visual positions are every image
+# token of the fork's sequence (a zero-mode masked tower's included).
+
+
+def _clip_cls_layer(tower: Any) -> int | None:
+    """Index of the CLIP encoder layer whose output the fork selects (None: the embeddings)."""
+    layers = tower.vision_tower.vision_model.encoder.layers
+    sel = int(tower.select_layer)
+    j = len(layers) + 1 + sel if sel < 0 else sel  # index into hidden_states (0: embeddings)
+    if not 0 <= j <= len(layers):
+        raise MaskError(f"CLIP select_layer={sel} is outside its {len(layers)} layers")
+    return None if j == 0 else j - 1
+
+
+def _last_dino_block(net: Any) -> Any:
+    last = net.blocks[-1]
+    return last if hasattr(last, "attn") else last[-1]  # block_chunks > 0: a chunk of blocks
+
+
+class IMoFTokens:
+    """The token budget of one loaded I-MoF wrapper: hooks on its towers and LLM, inert until armed."""
+
+    def __init__(self, wrapper: Any, spec: Any, name: str) -> None:
+        from vlmeval_encred.tokens import LlmPruner, TokenError
+
+        self.spec, self.model = spec, wrapper.model
+        rep = wrapper.encred_report
+        masked = set(rep.spec.masked) if rep is not None else set()
+        mode = rep.spec.mode if rep is not None else "zero"
+        self.live = [n for n, *_ in _TOWERS if n not in masked]
+        if mode == "zero" or not masked:
+            self.layout = "interleaved"
+        else:
+            self.layout = "single" if self.live else "text"
+        self.ids: torch.Tensor | None = None
+        self.feats: dict[str, torch.Tensor] = {}
+        self.scores: dict[str, torch.Tensor] = {}
+        self.report: dict[str, Any] | None = None
+        self._idx: torch.Tensor | None = None
+        self._pruned = 0
+        m = self.model.get_model()
+        self.handles: list[Any] = []
+        self.pruner = None
+        if spec.stage == "fusion":
+            if not self.live:
+                raise TokenError(f"{name}: every encoder is masked; the fusion stage has no encoder to score tokens")
+            self._hook_towers(m)
+        else:
+            self.pruner = LlmPruner(m.layers, spec)
+        self.handles.append(m.register_forward_pre_hook(self._llm_input, with_kwargs=True))
+
+    # -- towers: features at the fusion point and their [CLS] attention ------------------------------
+    def _hook_towers(self, m: Any) -> None:
+        from vlmeval_encred.tokens import TokenError
+
+        for name in self.live:
+            attr = dict((n, a) for n, a, _p, _e in _TOWERS)[name]
+            tower = _get(m, attr)
+            if getattr(tower, "select_feature", "patch") != "patch":
+                raise TokenError(f"I-MoF {name}: select_feature={tower.select_feature!r}; the token budget "
+                                 "scores patch tokens only")
+            self.handles.append(tower.register_forward_hook(self._keep_output(name)))
+            if name == "clip":
+                li = _clip_cls_layer(tower)
+                if li is not None:  # selecting the embeddings: no attention, L2 norm
+                    attn = tower.vision_tower.vision_model.encoder.layers[li].self_attn
+                    self.handles.append(attn.register_forward_pre_hook(self._clip_score, with_kwargs=True))
+            else:
+                attn = _last_dino_block(tower.vision_tower).attn
+                self.handles.append(attn.register_forward_pre_hook(self._dino_score))
+
+    def _keep_output(self, name: str) -> Any:
+        def hook(_m: Any, _args: Any, out: torch.Tensor) -> None:
+            if self.ids is not None:
+                self.feats[name] = out.detach()
+        return hook
+
+    def _clip_score(self, attn: Any, args: tuple, kwargs: dict) -> None:
+        """CLIPAttention: q = q_proj(h) * scale, k = k_proj(h), softmax over [CLS] and every patch."""
+        from vlmeval_encred.tokens import cls_attention_scores
+
+        if self.ids is None:
+            return
+        h = args[0] if args else kwargs["hidden_states"]
+        b, n, _c = h.shape
+        q = attn.q_proj(h[:, 0]).view(b, attn.num_heads, attn.head_dim)
+        k = attn.k_proj(h).view(b, n, attn.num_heads, attn.head_dim).transpose(1, 2)
+        self.scores["clip"] = torch.stack([cls_attention_scores(q[i], k[i], scaling=attn.scale) for i in range(b)])
+
+    def _dino_score(self, attn: Any, args: tuple) -> None:
+        """DINOv2 ``Attention``: qkv of the block's normalised input, softmax(q k^T * scale)."""
+        from vlmeval_encred.tokens import cls_attention_scores
+
+        if self.ids is None:
+            return
+        x = args[0]
+        b, n, c = x.shape
+        qkv = attn.qkv(x).reshape(b, n, 3, attn.num_heads, c // attn.num_heads)
+        q, k = qkv[:, 0, 0], qkv[:, :, 1].transpose(1, 2)  # (b, H, D), (b, H, n, D)
+        self.scores["dinov2"] = torch.stack([cls_attention_scores(q[i], k[i], scaling=attn.scale) for i in range(b)])
+
+    # -- the LLM's input --------------------------------------------------------------------------
+    def arm(self, input_ids: torch.Tensor) -> None:
+        from vlmeval_encred.tokens import TokenError
+
+        if input_ids.shape[0] != 1:
+            raise TokenError("token budgets run one sample at a time (batch size 1)")
+        if int((input_ids == IMAGE_TOKEN_INDEX).sum()) != 1:
+            raise TokenError("I-MoF token budgets need exactly one image placeholder in the prompt")
+        self.ids, self.feats, self.scores, self.report, self._idx, self._pruned = input_ids, {}, {}, None, None, 0
+
+    def disarm(self) -> None:
+        self.ids, self._idx = None, None
+        if self.pruner is not None:
+            self.pruner.disarm()
+
+    def groups(self, seq_len: int) -> dict[str, list[int]]:
+        """tower -> its image tokens' positions in the LLM sequence (this model's layout)."""
+        from vlmeval_encred.tokens import TokenError
+
+        p = int((self.ids[0] == IMAGE_TOKEN_INDEX).nonzero()[0])
+        n_img = seq_len - (self.ids.shape[1] - 1)
+        names = [n for n, *_ in _TOWERS] if self.layout == "interleaved" else self.live[:1]
+        if self.layout == "text" or not names:
+            names = []
+        t = n_img // max(1, len(names))
+        if n_img != t * len(names):
+            raise TokenError(f"I-MoF: {n_img} image tokens do not fit the {self.layout} layout of {names}")
+        step = len(names)
+        return {n: [p + i * step + j for i in range(t)] for j, n in enumerate(names)}
+
+    def _fusion_index(self, seq_len: int) -> torch.Tensor:
+        from vlmeval_encred.tokens import TokenError, grouped_select, rank_weights, splice_positions
+
+        missing = [n for n in self.live if n not in self.feats]
+        if missing:
+            raise TokenError(f"I-MoF fusion stage: no features of {missing} were seen (towers not run?)")
+        pos = self.groups(seq_len)
+        feats = {n: self.feats[n][0] for n in self.live}
+        scores = {n: self.scores[n][0] for n in self.live if n in self.scores}
+        kept_in_group = grouped_select(feats, self.spec, scores)
+        visual = sorted(q for n in self.live for q in pos[n])
+        kept = sorted(pos[n][i] for n in self.live for i in kept_in_group[n].tolist())
+        self.report = {"stage": "fusion", "visual": visual, "kept": kept, "weights": rank_weights(feats),
+                       "scored_by": {n: "cls_attention" if n in scores else "l2" for n in self.live}}
+        return torch.tensor(splice_positions(seq_len, visual, kept), dtype=torch.long)
+
+    def _llm_input(self, _m: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        """LlamaModel pre-hook: prefill -> prune (fusion) or arm the pruner (llm); decoding steps
+        -> original position ids (fusion) or an attention mask as long as layer 0's cache (llm)."""
+        if self.ids is None:
+            return None
+        kw = dict(kwargs)
+        emb, cache = kw.get("inputs_embeds"), kw.get("past_key_values")
+        past = 0 if cache is None else int(cache.get_seq_length(0) if hasattr(cache, "get_seq_length")
+                                           else cache[0][0].shape[-2])
+        if emb is not None and past == 0:  # prefill of the whole prompt
+            s = emb.shape[1]
+            if self.spec.stage == "fusion":
+                self._idx = self._fusion_index(s).to(emb.device)
+                self._pruned = s - len(self._idx)
+                kw["inputs_embeds"] = emb[:, self._idx]
+                mask = kw.get("attention_mask")
+                kw["attention_mask"] = torch.ones((1, len(self._idx)), device=emb.device,
+                                                  dtype=mask.dtype if torch.is_tensor(mask) else torch.long)
+                kw["position_ids"] = self._idx.unsqueeze(0)
+            else:
+                visual = [q for ps in self.groups(s).values() for q in ps]
+                self.pruner.arm(visual, s)
+                self.report = {"stage": "llm", "layer": self.spec.layer, "visual": sorted(visual)}
+            return args, kw
+        if past == 0:
+            return None
+        ids = kw.get("input_ids")
+        q = (emb if emb is not None else ids).shape[1]
+        dev = (emb if emb is not None else ids).device
+        if self.spec.stage == "fusion":
+            kw["position_ids"] = torch.arange(past + self._pruned, past + self._pruned + q, device=dev).unsqueeze(0)
+        elif torch.is_tensor(kw.get("attention_mask")):
+            # the fork sizes it from the last layer's cache, which the llm stage shortened
+            kw["attention_mask"] = torch.ones((1, past + q), device=dev, dtype=kw["attention_mask"].dtype)
+        return args, kw
+
+    def finish(self) -> dict[str, Any] | None:
+        """The report of the last generation (kept positions in the LLM sequence)."""
+        if self.spec.stage == "llm" and self.report is not None:
+            self.report["kept"] = list(self.pruner.kept_visual if self.pruner.kept_visual is not None
+                                       else self.report["visual"])
+        return self.report
+
+
+def generate_with_tokens(wrapper: Any, inputs: dict[str, torch.Tensor], **extra: Any) -> Any:
+    """The fork's ``generate`` with the wrapper's token budget (``extra``: more generate keywords);
+    sets ``wrapper.token_report``.  Returns generate's output."""
+    hooks: IMoFTokens = wrapper.token_hooks
+    hooks.arm(inputs["input_ids"])
+    try:
+        with torch.inference_mode():
+            out = wrapper.model.generate(inputs["input_ids"], images=inputs["images"], **wrapper.gen_kwargs, **extra)
+        wrapper.token_report = hooks.finish()
+    finally:
+        hooks.disarm()
+    return out
 
 
 __getattr__ = lazy_wrapper_getattr(__name__, "EncredIMoF", _build_wrapper)
