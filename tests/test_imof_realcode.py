@@ -187,7 +187,7 @@ NEW_TOKENS = 6
 
 @pytest.fixture(scope="module")
 def variants(ck, hub):
-    """mode -> the four entries of imof_13b loaded through supported_VLM (fp32, CPU), loaded once."""
+    """mode -> the four entries of imof_13b loaded through supported_VLM (fp32, CPU, plain greedy), loaded once."""
     from vlmeval_encred.registry import get_base
 
     base = get_base("imof_13b")
@@ -196,39 +196,94 @@ def variants(ck, hub):
     def get(mode: str) -> list:
         if mode not in loaded:
             loaded[mode] = [_load(base.entry_name(s), ck, dtype="float32", mask_mode=mode,
-                                  max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS) for s in SUBSETS]
+                                  max_new_tokens=NEW_TOKENS) for s in SUBSETS]
         return loaded[mode]
     return get
 
 
-@pytest.mark.parametrize("mode,batched", [("zero", True), ("drop", True), ("zero", False)])
-def test_sweep_support_equals_per_variant_generate(variants, image, mode, batched, monkeypatch):
-    """Greedy, fp32, CPU: the sweep's answers (batched over subsets, or one subset per generate)
-    equal each masked variant's generate_inner."""
+# (mode, batched, generation) -> per prompt: rows of each generate() call ("generate" path) or of
+# each shared-prefix decoder call ("decode" path: plain greedy settings).
+_SWEEP_CASES = {
+    ("zero", True, "greedy"): ("decode", [4]),
+    ("drop", True, "greedy"): ("decode", [1, 2, 1]),
+    ("zero", False, "greedy"): ("decode", [1, 1, 1, 1]),
+    ("zero", True, "min_new_tokens"): ("generate", [4]),
+    ("drop", True, "min_new_tokens"): ("generate", [1, 2, 1]),
+}
+
+
+@pytest.mark.parametrize("mode,batched,generation", list(_SWEEP_CASES))
+def test_sweep_support_equals_per_variant_generate(variants, image, mode, batched, generation, monkeypatch):
+    """Greedy, fp32, CPU: the sweep's answers equal each masked variant's generate_inner, for every
+    subset.  Plain greedy settings decode through the shared-prefix decoder (sweep.decoding), whose
+    prefix (the chat template before the image) really is run once per batch; min_new_tokens is not
+    plain greedy, so the fork's generate() runs (batched over same-layout subsets, or one by one)."""
+    from vlmeval_encred.sweep import decoding
     from vlmeval_encred.sweep.protocol import support_for
 
     loaded = variants(mode)
+    if generation == "min_new_tokens":
+        for v in loaded:
+            monkeypatch.setitem(v.gen_kwargs, "min_new_tokens", NEW_TOKENS)
     full = loaded[0]
     support = support_for(full)
     monkeypatch.setattr(support, "batched", batched)
-    calls, rows = [], []
-    real_generate = full.model.generate
-    monkeypatch.setattr(full.model, "generate", lambda *a, **k: calls.append(a[0].shape[0]) or real_generate(*a, **k))
+    path, per_prompt = _SWEEP_CASES[(mode, batched, generation)]
+    gen_rows, dec_rows, stats = [], [], []
+    real_generate, real_greedy = full.model.generate, decoding.greedy_subsets
+    monkeypatch.setattr(full.model, "generate", lambda *a, **k: gen_rows.append(a[0].shape[0]) or real_generate(*a, **k))
+    monkeypatch.setattr(decoding, "greedy_subsets",
+                        lambda lm, embeds, *a, **k: dec_rows.append(embeds.shape[0]) or real_greedy(lm, embeds, *a, **k))
     answers = []
     for q in ("Which option? A. cat B. dog", "What colour is the page?"):
         msg = [{"type": "image", "value": image}, {"type": "text", "value": q}]
         inputs = support.prepare(full, msg, None)
         feats = support.encode(full, inputs, ["clip", "dinov2"])
-        calls.clear()
-        got = support.fuse_and_generate(full, inputs, [{n: None if n in s else feats[n] for n in ("clip", "dinov2")}
-                                                       for s in SUBSETS], mode)
-        rows.append(list(calls))
+        per_subset = [{n: None if n in s else feats[n] for n in ("clip", "dinov2")} for s in SUBSETS]
+        gen_rows.clear()
+        dec_rows.clear()
+        with decoding.collect() as st:
+            got = support.fuse_and_generate(full, inputs, per_subset, mode)
+        assert (gen_rows if path == "generate" else dec_rows) == per_prompt
+        assert (dec_rows if path == "generate" else gen_rows) == []
         want = [v.generate_inner(msg) for v in loaded]
         assert got == want, (mode, q)
+        stats.append(st)
         answers += got
     assert len(set(answers)) > 1, "answers do not depend on subset/prompt: the comparison would be vacuous"
-    per_prompt = {("zero", True): [4], ("drop", True): [1, 2, 1], ("zero", False): [1, 1, 1, 1]}[(mode, batched)]
-    assert rows == [per_prompt] * 2  # rows per generate call: same-layout subsets share one batch
+    if path == "decode" and max(per_prompt) > 1:  # the template before the image is shared by the subsets
+        assert all(st.prefix_tokens > 0 and st.prefilled_tokens < st.prompt_tokens for st in stats), stats
+
+
+def test_sweep_fuse_is_the_decode_request_of_fuse_and_generate(variants, image, monkeypatch):
+    """fuse() stops before decoding; decode([fuse(...)]) is what fuse_and_generate answers.  It is
+    refused, with the reason, where one request cannot hold the subsets (drop mode's three layouts)
+    or greedy decoding would not be the wrapper's generation (min_new_tokens)."""
+    from vlmeval_encred.sweep.decoding import DecodeRequest, decode
+    from vlmeval_encred.sweep.protocol import support_for
+
+    msg = [{"type": "image", "value": image}, {"type": "text", "value": "Which option? A. cat B. dog"}]
+    for mode in ("zero", "drop"):
+        full = variants(mode)[0]
+        support = support_for(full)
+        inputs = support.prepare(full, msg, None)
+        feats = support.encode(full, inputs, ["clip", "dinov2"])
+        per_subset = [{n: None if n in s else feats[n] for n in ("clip", "dinov2")} for s in SUBSETS]
+        if mode == "drop":
+            with pytest.raises(ValueError, match="different lengths"):
+                support.fuse(full, inputs, per_subset, mode)
+            continue
+        req = support.fuse(full, inputs, per_subset, mode)
+        assert isinstance(req, DecodeRequest) and req.embeds.shape[:2] == (4, _text_len(inputs) + 2 * N)
+        assert decode([req])[0] == support.fuse_and_generate(full, inputs, per_subset, mode)
+        monkeypatch.setitem(full.gen_kwargs, "min_new_tokens", 2)
+        with pytest.raises(ValueError, match="min_new_tokens=2"):
+            support.fuse(full, inputs, per_subset, mode)
+
+
+def _text_len(inputs) -> int:
+    """Prompt ids without the image placeholder."""
+    return int(inputs["input_ids"].shape[1]) - 1
 
 
 def test_sweep_engine_equals_vlmevalkit_inference(variants, tmp_path, monkeypatch):

@@ -16,5 +16,5 @@ provide("selftest", "imof", "vlmeval_encred.model_wrappers.imof.selftest:SELFTES
 register_base(BaseModelSpec(
     name="imof_13b", family="imof", checkpoint="MMVP/MoF_Models", encoders=("clip", "dinov2"),
     wrapper="vlmeval_encred.model_wrappers.imof.modeling:EncredIMoF", modes=("zero", "drop"),
-    requires={"transformers": ">=4.37,<4.45"}, recipe="imof",
+    requires={"transformers": ">=4.37,<4.45"}, recipe="imof", token_stages=("fusion", "llm"),
     description="I-MoF (MMVP LLaVA-1.5-13B fork): CLIP and DINOv2 tokens interleaved, own projectors"))
