@@ -255,3 +255,62 @@ def test_profile_plan_prints_each_budgets_saving(capsys):
     table = capsys.readouterr().out
     line = next(x for x in table.splitlines() if x.startswith("| deepseek_vl_7b_hf_keep25 |"))
     assert line.split("|")[-3].strip() == "144" and line.split("|")[-2].strip() == f"{1 - sf.prefill_saving:.1%}"
+
+
+def test_deepseek_vl_hf_budget_rows_equal_each_variants_generate_inner(tmp_path):
+    """The DeepseekVLHybrid support's budget rows, from one encode of the sample, against each variant's own
+    generate_inner (a tiny random checkpoint built from transformers' real DeepseekVLHybrid classes,
+    4 LLM layers so that the llm stage after K=2 leaves two layers to shrink)."""
+    import numpy as np
+    from PIL import Image
+
+    from vlmeval_encred.model_wrappers.deepseek_vl_hf import EncredDeepseekVLHybrid
+    from vlmeval_encred.model_wrappers.deepseek_vl_hf.tiny import HybridSizes, build_deepseek_vl_hybrid
+    from vlmeval_encred.sweep.protocol import support_for
+
+    path = tmp_path / "ckpt"
+    build_deepseek_vl_hybrid(path, HybridSizes(llm_layers=4))
+    img = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(img)
+    msg = [{"type": "image", "value": str(img)}, {"type": "text", "value": "What colour is the image?"}]
+
+    def load(tokens=None, mask=()):
+        return EncredDeepseekVLHybrid(model_path=str(path), torch_dtype="float32", device="cpu", max_new_tokens=5,
+                                      tokens=tokens, mask=mask)
+
+    full = load()
+    support = support_for(full)
+    assert support.token_stages_swept == ("fusion", "llm")
+    inputs = support.prepare(full, msg, None)
+    names = ("siglip", "sam")
+    feats = support.encode(full, inputs, names)
+    rows = [(m, t) for m in [(), ("siglip",), ("sam",), ("siglip", "sam")]
+            for t in [None, TokenSpec(25), TokenSpec(25, "llm", 2), TokenSpec(50, "llm", 3)]
+            if not (t is not None and t.stage == "fusion" and len(m) == 2)]
+    # the random tiny model's short answers hardly depend on the budget, so the test also checks that each
+    # budget row really ran shortened: prefill lengths reaching decoder layers 0 and 3
+    layers = full.model.model.language_model.layers
+    seen: dict[int, list[int]] = {0: [], 3: []}
+
+    def record(i):
+        def hook(_m, args, kwargs):
+            q = (args[0] if args else kwargs["hidden_states"]).shape[1]
+            if q > 1:
+                seen[i].append(q)
+        return hook
+
+    hooks = [layers[i].register_forward_pre_hook(record(i), with_kwargs=True) for i in seen]
+    try:
+        got = support.fuse_and_generate(full, inputs, [{n: None if n in m else feats[n] for n in names}
+                                                       for m, _ in rows], "zero", tokens=[t for _, t in rows])
+    finally:
+        for h in hooks:
+            h.remove()
+    want = [load(t.as_kwargs() if t else None, m).generate_inner(msg) for m, t in rows]
+    assert got == want
+    ids = inputs["input_ids"]
+    s, n = ids.shape[1], int((ids[0] == full.model.config.image_token_id).sum())
+    budget_rows = [t for _, t in rows if t is not None]
+    assert seen[0] == [s] + [s - (n - t.budget(n)) if t.stage == "fusion" else s for t in budget_rows]
+    assert seen[3] == [s] + [s - (n - t.budget(n)) for t in budget_rows]
+    assert n - TokenSpec(50).budget(n) > 0  # every budget row dropped tokens
