@@ -314,3 +314,21 @@ def test_deepseek_vl_hf_budget_rows_equal_each_variants_generate_inner(tmp_path)
     assert seen[0] == [s] + [s - (n - t.budget(n)) if t.stage == "fusion" else s for t in budget_rows]
     assert seen[3] == [s] + [s - (n - t.budget(n)) for t in budget_rows]
     assert n - TokenSpec(50).budget(n) > 0  # every budget row dropped tokens
+
+
+def test_measured_profile_of_a_budget_variant_is_relative_to_the_unpruned_full_model(tmp_path, monkeypatch):
+    """`encred profile --subsets <base>_keep25`: a budget variant masks nothing, yet the reference row must be
+    the unpruned full model (measured, not listed); --keep itself is for --plan only."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from vlmeval_encred.cli import main
+    from vlmeval_encred.registry import get_base
+    from vlmeval_encred.sweep.profile import profile_variants, synthetic_messages
+    from vlmeval_encred.sweep.selection import select_entries
+
+    base = get_base("deepseek_vl_tiny_random")
+    chosen = select_entries(base, "deepseek_vl_tiny_random_keep25")
+    rows = profile_variants(base, chosen, synthetic_messages(1, str(tmp_path)), repeats=1, warmup=0)
+    assert [r["variant"] for r in rows] == ["deepseek_vl_tiny_random_keep25"]
+    assert rows[0]["vision_flops_rel"] == 1.0 and rows[0]["total_flops_rel"] != 1.0
+    with pytest.raises(SystemExit, match="need --plan"):
+        main(["profile", "--model", "deepseek_vl_tiny_random", "--keep", "25"])

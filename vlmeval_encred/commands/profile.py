@@ -55,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
         return run_plan(args)
     if not args.model:
         raise SystemExit("encred profile: --model is required (or use --plan)")
+    if args.keep or args.token_stage:
+        raise SystemExit("encred profile: --keep/--token-stage cost token budgets analytically and need --plan; "
+                         "to measure a budget variant, name it in --subsets (e.g. <base>_keep25)")
     import tempfile
 
     from ..registry import RegistryError, get_base
