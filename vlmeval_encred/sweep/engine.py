@@ -335,10 +335,10 @@ def check_budgets(base: BaseModelSpec, entries: Sequence[Entry], model: Any = No
         return
     from .protocol import SweepUnsupportedError
 
-    cls = type(model) if model is not None else base.load_wrapper_class()
     try:
+        cls = type(model) if model is not None else base.load_wrapper_class()
         support = support_for_class(cls)
-    except SweepUnsupportedError:
+    except (ImportError, SweepUnsupportedError):  # loading the model reports these with its own guidance
         return
     check_token_stages(support, base.family, wanted)
 

@@ -32,8 +32,8 @@ them next to the fusion-point features; see :mod:`.features`).
 
 Optional, token budgets (docs/tokens.md; ``encred sweep --keep``): a support that declares
 ``token_stages_swept = ("fusion", ...)`` (the stages it can sweep) also accepts
-``fuse_and_generate(..., tokens=[TokenSpec | None per row])``: row ``i`` is then answered
-as the variant with that row's mask *and* budget answers (``None``: unpruned), from the
+``fuse_and_generate(..., tokens=[TokenSpec | None per row])``: row ``i`` then gets the
+answer of the variant with that row's mask *and* budget (``None``: unpruned), from the
 same encoder outputs.  The engine passes ``tokens=`` only to such supports, and only for
 rows with a budget; a budget of a stage the support does not declare is refused before
 any model loads (:func:`check_token_stages`).
