@@ -232,6 +232,14 @@ def test_sweep_plan_with_budgets_by_hand():
     want = (max((4 * _layer(12) + 80) / 1000, weights / 100) + max(2 * pre_f / 1000, weights / 100)
             + 2 * max(pre_l / 1000, weights / 100))
     assert math.isclose(p.sweep.seconds["prefill"], 10 * want)
+    # cluster shards split the budgets with their subsets (`--shard-by auto` compares these)
+    from vlmeval_encred.sweep.parallel import shard_costs_of
+
+    c = shard_costs_of(base, gpu, [ds], subsets, 2, tokens)
+    halves = [cm.sweep_sample(base, gpu, ds, subsets[s::2], tokens=tokens[s::2]).total_seconds for s in (0, 1)]
+    assert math.isclose(c["subsets"]["total_s"], 10 * sum(halves))
+    assert math.isclose(c["samples"]["total_s"], p.sweep.total_seconds)
+    assert shard_costs_of(base, gpu, [ds], subsets, 2) != c
     # without budgets, the plan is the mask lattice's, unchanged
     plain = cm.plan(base, gpu, [ds], subsets)
     assert plain.tokens == [] and plain.sweep.flops["prefill"] == 10 * 5 * (4 * _layer(12) + 80)

@@ -177,7 +177,7 @@ def shard_report(plans: list, shards: int) -> str:
 
     rows: list[str] = []
     for p in plans:
-        costs = shard_costs_of(p.base, p.gpu, p.datasets, p.subsets, shards)
+        costs = shard_costs_of(p.base, p.gpu, p.datasets, p.subsets, shards, p.tokens or None)
         table = shard_table(p.base.name, costs, shards, pick_shard_by(costs) if shards > 1 else "(one job)")
         rows += table.splitlines() if not rows else table.splitlines()[2:]
     return "\n".join(rows)

@@ -208,7 +208,8 @@ def _submit(args: argparse.Namespace, base, chosen, datasets) -> int:
     if not args.per_variant and args.shards > 1 and shard_by == "auto":
         from ..sweep.parallel import choose_shard_by
 
-        shard_by, why = choose_shard_by(base.name, base.encoders, [e.kept for e in chosen], datasets, args.shards)
+        shard_by, why = choose_shard_by(base.name, base.encoders, [e.kept for e in chosen], datasets, args.shards,
+                                        tokens=[e.tokens for e in chosen])
         print(f"--shard-by auto: by {shard_by} ({why})")
     cells = cluster.plan_cells(base.name, [e.name for e in chosen], datasets,
                                "variant" if args.per_variant else "sweep", args.shards,
