@@ -79,8 +79,12 @@ def test_masks_x_budgets_sweep_equals_per_variant_runs(demo_data, tmp_path):
         if e.tokens is not None:
             differ += list(got["prediction"]) != list(_preds(tmp_path / "sweep", base.entry_name(e.masked))["prediction"])
     assert differ >= 2, "no budget changes any answer: the comparison would not see a budget ignored"
-    # the files went where VLMEvalKit's own run of that name writes them
+    # the files went where VLMEvalKit's own run of that name writes them, and `encred status` sees them
     assert (tmp_path / "sweep" / "encred_tiny_mask_hires_keep25" / f"encred_tiny_mask_hires_keep25_{DS}.xlsx").exists()
+    from vlmeval_encred.sweep.status import collect
+
+    states = {r["variant"]: r["state"] for r in collect(str(tmp_path / "sweep"), "encred_tiny")}
+    assert states == {e.name: "predicted" for e in chosen}
 
 
 def test_a_family_that_does_not_sweep_a_stage_is_refused_before_loading(monkeypatch, tmp_path):
