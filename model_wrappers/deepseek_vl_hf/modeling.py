@@ -302,11 +302,14 @@ def _visual_positions(wrapper: Any, input_ids: torch.Tensor) -> list[int]:
     return (input_ids[0] == wrapper.model.config.image_token_id).nonzero().flatten().tolist()
 
 
-def fusion_token_inputs(wrapper: Any, inputs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def fusion_token_inputs(wrapper: Any, inputs: dict[str, Any], branches: tuple[Any, Any] | None = None,
+                        masked: Sequence[str] | None = None, tokens: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """The fusion stage: (the model inputs with the pruned placeholders removed, the report).
 
     The returned inputs (``input_ids``, ``attention_mask``, original ``position_ids``, the kept
-    image rows as ``mm_encoder_outputs``) go to ``model(...)`` or ``model.generate(...)``."""
+    image rows as ``mm_encoder_outputs``) go to ``model(...)`` or ``model.generate(...)``.
+    ``branches`` (the sweep): the (low, high) features at the aligner input, a masked branch as
+    zeros, with ``masked`` and ``tokens`` for that row; by default the wrapper's own."""
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
     from vlmeval_encred.tokens import TokenError, fusion_select, splice_positions
@@ -316,10 +319,16 @@ def fusion_token_inputs(wrapper: Any, inputs: dict[str, Any]) -> tuple[dict[str,
         raise TokenError("token budgets run one sample at a time (batch size 1)")
     visual = _visual_positions(wrapper, ids)
     inner = wrapper.model.model
-    masked = set(wrapper.encred_report.spec.masked) if wrapper.encred_report else set()
+    if masked is None:
+        masked = wrapper.encred_report.spec.masked if wrapper.encred_report else ()
+    masked = set(masked)
+    tokens = tokens if tokens is not None else wrapper.tokens
     names = {i.index: i.name for i in wrapper.adapter.encoders(wrapper.model)}
-    low = inner.get_low_res_image_features(inputs["pixel_values"]).last_hidden_state
-    high = inner.get_high_res_image_features(inputs["high_res_pixel_values"]).last_hidden_state
+    if branches is None:
+        low = inner.get_low_res_image_features(inputs["pixel_values"]).last_hidden_state
+        high = inner.get_high_res_image_features(inputs["high_res_pixel_values"]).last_hidden_state
+    else:
+        low, high = branches
     fused = inner.aligner(low, high)  # (n_images, T, D): what get_image_features returns
     n_img, t = fused.shape[:2]
     if len(visual) != n_img * t:
@@ -327,7 +336,7 @@ def fusion_token_inputs(wrapper: Any, inputs: dict[str, Any]) -> tuple[dict[str,
     kept_vis, rows, weights = [], [], []
     for b in range(n_img):
         feats = {names[i]: f[b] for i, f in ((0, low), (1, high)) if names[i] not in masked}
-        sel = fusion_select(feats, wrapper.tokens)
+        sel = fusion_select(feats, tokens)
         kept_vis += [visual[b * t + j] for j in sel.kept.tolist()]
         rows.append(fused[b, sel.kept.to(fused.device)])
         weights.append(sel.weights)
@@ -406,6 +415,9 @@ def cut_after_eos(row: torch.Tensor, eos: set[int]) -> torch.Tensor:
 class DeepseekVLHybridSweep:
     """SweepSupport of the DeepseekVLHybrid family (see the module docstring)."""
 
+    token_stages_swept = ("fusion", "llm")
+    """Rows with a budget go through :func:`sweep_budget_rows` (batch 1, the variant's own functions)."""
+
     def prepare(self, wrapper: Any, message: list[dict[str, Any]], dataset: str | None) -> Any:
         return wrapper.build_inputs(message)
 
@@ -423,7 +435,9 @@ class DeepseekVLHybridSweep:
         return out
 
     def fuse_and_generate(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]],
-                          mask_mode: str) -> list[str]:
+                          mask_mode: str, tokens: Sequence[Any] | None = None) -> list[str]:
+        if tokens is not None and any(t is not None for t in tokens):
+            return sweep_budget_rows(self, wrapper, inputs, features_per_subset, mask_mode, tokens)
         if mask_mode != "zero":
             raise ValueError(f"DeepseekVLHybrid supports mask mode 'zero' only, not {mask_mode!r}")
         from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -455,6 +469,67 @@ class DeepseekVLHybridSweep:
         eos = _eos_ids(wrapper)
         return [wrapper.tokenizer.decode(cut_after_eos(row[start:], eos), skip_special_tokens=True).strip()
                 for row in out]
+
+
+def _branch_inputs(wrapper: Any, inputs: Any, feats: dict[str, Any]) -> tuple[Any, Any]:
+    """(low, high) at the aligner input for one row: the shared features, zeros of the branch's
+    per-image shape (in the aligner's dtype, as masking makes them) where ``feats`` has None."""
+    aligner = _sweep_inner(wrapper).aligner
+    n_img = inputs["pixel_values"].shape[0]
+    parts = {}
+    for name, (branch, info) in _branches(wrapper).items():
+        ref = aligner.vision_proj.weight if branch == "low" else aligner.high_res_vision_proj.weight
+        t = feats.get(name)
+        parts[branch] = t if t is not None else torch.zeros((n_img, *info.output_shape), dtype=ref.dtype,
+                                                            device=ref.device)
+    return parts["low"], parts["high"]
+
+
+@torch.inference_mode()
+def sweep_budget_rows(support: Any, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]],
+                      mask_mode: str, tokens: Sequence[Any]) -> list[str]:
+    """Rows of the sweep with a token budget (``tokens[i]``; None rows go to the batched path).
+
+    Each budget row runs at batch 1 with its variant's own steps on the shared branch outputs:
+    fusion -- :func:`fusion_token_inputs` then ``generate``; llm -- an
+    :class:`~vlmeval_encred.tokens.LlmPruner` installed for the row (removed after it) and
+    ``generate`` with the fused image rows as ``mm_encoder_outputs``.  Batch 1 because the pruner
+    handles one sequence and a budget gives each row its own length."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    from vlmeval_encred.tokens import LlmPruner
+
+    if mask_mode != "zero":
+        raise ValueError(f"DeepseekVLHybrid supports mask mode 'zero' only, not {mask_mode!r}")
+    if len(tokens) != len(features_per_subset):
+        raise ValueError(f"{len(tokens)} token budgets for {len(features_per_subset)} rows")
+    out: list[str | None] = [None] * len(tokens)
+    plain = [i for i, t in enumerate(tokens) if t is None]
+    if plain:
+        for i, a in zip(plain, support.fuse_and_generate(wrapper, inputs, [features_per_subset[i] for i in plain],
+                                                         mask_mode)):
+            out[i] = a
+    ids = inputs["input_ids"]
+    text = {k: v for k, v in inputs.items() if k not in ("pixel_values", "high_res_pixel_values")}
+    for i, spec in enumerate(tokens):
+        if spec is None:
+            continue
+        feats = features_per_subset[i]
+        low, high = _branch_inputs(wrapper, inputs, feats)
+        if spec.stage == "fusion":
+            masked = [n for n in _branches(wrapper) if feats.get(n) is None]
+            gen, _ = fusion_token_inputs(wrapper, inputs, (low, high), masked, spec)
+            new = wrapper.model.generate(**gen, **wrapper.kwargs)[0, gen["input_ids"].shape[1]:]
+        else:
+            mm = {"image": BaseModelOutputWithPooling(pooler_output=_sweep_inner(wrapper).aligner(low, high))}
+            pruner = LlmPruner(wrapper.model.model.language_model.layers, spec)
+            try:
+                pruner.arm(_visual_positions(wrapper, ids), ids.shape[1])
+                new = wrapper.model.generate(**text, mm_encoder_outputs=mm, **wrapper.kwargs)[0, ids.shape[1]:]
+            finally:
+                pruner.remove()
+        out[i] = wrapper.tokenizer.decode(new, skip_special_tokens=True).strip()
+    return [str(a) for a in out]
 
 
 EncredDeepseekVLHybrid.sweep_support = DeepseekVLHybridSweep()

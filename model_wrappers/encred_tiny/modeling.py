@@ -203,19 +203,67 @@ def fusion_features(model: Any, pixels: torch.Tensor) -> tuple[torch.Tensor, dic
     """(the channel concatenation the projector reads, each unmasked tower's (B, T, C) part of it).
 
     The same operations as ``EncredTinyModel.fusion_inputs`` (so keep100 is bit-identical)."""
-    grid, parts, feats = model.config.grid, [], {}
     from vlmeval_encred.demo.model import to_grid
 
+    feats = {name: to_grid(model.towers[name](pixels), model.config.grid) for name in model.encoder_names
+             if name not in model.dropped and name not in model.zeroed}
+    return concat_features(model, pixels, feats), feats
+
+
+def concat_features(model: Any, pixels: torch.Tensor, feats: Any) -> torch.Tensor:
+    """The channel concatenation of ``feats`` (tower -> (B, T, C); missing or None: zeros of its
+    shape), dropped towers left out: one function for the per-variant and the sweep paths, so a
+    budget row of the sweep sees the bits its variant sees."""
+    grid, parts = model.config.grid, []
     for name in model.encoder_names:
         if name in model.dropped:
             continue
-        if name in model.zeroed:
-            parts.append(pixels.new_zeros(pixels.shape[0], grid * grid, model.tower_channels[name]))
-            continue
-        feats[name] = to_grid(model.towers[name](pixels), grid)
-        parts.append(feats[name])
-    cat = torch.cat(parts, dim=-1) if parts else pixels.new_zeros(pixels.shape[0], grid * grid, 0)
-    return cat, feats
+        f = feats.get(name)
+        parts.append(f if f is not None else pixels.new_zeros(pixels.shape[0], grid * grid, model.tower_channels[name]))
+    return torch.cat(parts, dim=-1) if parts else pixels.new_zeros(pixels.shape[0], grid * grid, 0)
+
+
+def greedy_from_embeds(model: Any, tokenizer: Any, embeds: torch.Tensor, max_new_tokens: int,
+                       positions: list[int] | None = None) -> str:
+    """``EncredTinyModel.generate_answer``'s loop (no cache, argmax, stop at ``</s>``) from given
+    input embeddings; with ``positions`` (the fusion stage's original position ids) those and an
+    all-ones mask go to the language model, and each new token continues after the last."""
+    emb_layer = model.language_model.get_input_embeddings()
+    pos = list(positions) if positions is not None else None
+    out: list[int] = []
+    for _ in range(max_new_tokens):
+        if pos is None:
+            logits = model.language_model(inputs_embeds=embeds).logits[0, -1]
+        else:
+            p = torch.tensor([pos], device=embeds.device)
+            logits = model.language_model(inputs_embeds=embeds, position_ids=p,
+                                          attention_mask=torch.ones_like(p)).logits[0, -1]
+        nxt = int(torch.argmax(logits))
+        if nxt == tokenizer.eos_token_id:
+            break
+        out.append(nxt)
+        embeds = torch.cat([embeds, emb_layer(torch.tensor([[nxt]], device=embeds.device))], dim=1)
+        if pos is not None:
+            pos.append(pos[-1] + 1)
+    return tokenizer.decode(out, skip_special_tokens=True).strip()
+
+
+def fusion_answer(model: Any, tokenizer: Any, ids: torch.Tensor, cat: torch.Tensor, feats: Any,
+                  max_new_tokens: int, tokens: Any) -> tuple[str, dict[str, Any]]:
+    """The fusion stage on one image: select the kept grid positions from the unmasked towers'
+    ``feats`` (tower -> (1, T, C)), splice their projector outputs in at their original positions,
+    decode greedily; (answer, report)."""
+    from vlmeval_encred.tokens import fusion_select
+
+    t = model.config.n_image_tokens
+    sel = fusion_select({n: f[0] for n, f in feats.items()}, tokens)
+    kept = sel.kept.tolist()
+    emb = model.language_model.get_input_embeddings()(ids)
+    img = model.projector(cat).to(emb.dtype)
+    embeds = torch.cat([emb[:, :1], img[:, sel.kept.to(img.device)], emb[:, 1 + t:]], dim=1)
+    pos = [0] + [1 + k for k in kept] + list(range(1 + t, ids.shape[1]))
+    answer = greedy_from_embeds(model, tokenizer, embeds, max_new_tokens, pos)
+    return answer, {"stage": "fusion", "kept": kept, "n_visual": t, "weights": sel.weights}
 
 
 @torch.inference_mode()
@@ -225,32 +273,11 @@ def generate_with_tokens(model: Any, tokenizer: Any, pixels: torch.Tensor, promp
 
     The report names the kept visual positions (grid indices 0..T-1) and, for the llm stage,
     how many tokens the layers after K received."""
-    from vlmeval_encred.tokens import fusion_select
-
     t = model.config.n_image_tokens
     ids = torch.tensor([model.build_inputs(tokenizer, prompt)], device=pixels.device)
-    emb_layer = model.language_model.get_input_embeddings()
-    out: list[int] = []
     if tokens.stage == "fusion":
         cat, feats = fusion_features(model, pixels)
-        sel = fusion_select({n: f[0] for n, f in feats.items()}, tokens)
-        kept = sel.kept.tolist()
-        emb = emb_layer(ids)
-        img = model.projector(cat).to(emb.dtype)
-        embeds = torch.cat([emb[:, :1], img[:, sel.kept.to(img.device)], emb[:, 1 + t:]], dim=1)
-        pos = [0] + [1 + k for k in kept] + list(range(1 + t, ids.shape[1]))
-        report = {"stage": "fusion", "kept": kept, "n_visual": t, "weights": sel.weights}
-        for _ in range(max_new_tokens):
-            p = torch.tensor([pos], device=pixels.device)
-            logits = model.language_model(inputs_embeds=embeds, position_ids=p,
-                                          attention_mask=torch.ones_like(p)).logits[0, -1]
-            nxt = int(torch.argmax(logits))
-            if nxt == tokenizer.eos_token_id:
-                break
-            out.append(nxt)
-            embeds = torch.cat([embeds, emb_layer(torch.tensor([[nxt]], device=pixels.device))], dim=1)
-            pos.append(pos[-1] + 1)
-        return tokenizer.decode(out, skip_special_tokens=True).strip(), report
+        return fusion_answer(model, tokenizer, ids, cat, feats, max_new_tokens, tokens)
     pruner.arm(range(1, 1 + t), ids.shape[1])
     try:
         answer = model.generate_answer(tokenizer, pixels, prompt, max_new_tokens)
@@ -273,6 +300,9 @@ def generate_with_tokens(model: Any, tokenizer: Any, pixels: torch.Tensor, promp
 
 class EncredTinySweep:
     """SweepSupport of the demo family (see the module docstring)."""
+
+    token_stages_swept = ("fusion", "llm")
+    """Both stages are swept exactly: rows with a budget go through :func:`sweep_budget_rows`."""
 
     def prepare(self, wrapper: Any, message: list[dict[str, Any]], dataset: str | None) -> Any:
         m = wrapper.model
@@ -305,7 +335,9 @@ class EncredTinySweep:
                     for e, f in features.items()}
 
     def fuse_and_generate(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]],
-                          mask_mode: str) -> list[str]:
+                          mask_mode: str, tokens: Sequence[Any] | None = None) -> list[str]:
+        if tokens is not None and any(t is not None for t in tokens):
+            return sweep_budget_rows(self, wrapper, inputs, features_per_subset, mask_mode, tokens)
         if mask_mode != "zero":
             raise ValueError(f"encred sweep supports mask mode 'zero' for encred_tiny, not {mask_mode!r}")
         m, tok = wrapper.model, wrapper.tokenizer
@@ -337,6 +369,51 @@ class EncredTinySweep:
                 step = emb_layer(torch.tensor([[nxt[i]] for i in keep], device=pixels.device))
                 cur = torch.cat([cur[keep], step], dim=1)
         return [tok.decode(o, skip_special_tokens=True).strip() for o in outs]
+
+
+@torch.inference_mode()
+def sweep_budget_rows(support: Any, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]],
+                      mask_mode: str, tokens: Sequence[Any]) -> list[str]:
+    """Rows of the sweep with a token budget (``tokens[i]``; None rows go to the plain batched path).
+
+    Each budget row runs at batch 1 through the functions its variant's ``generate_inner`` runs
+    (:func:`fusion_answer`; for the llm stage an :class:`~vlmeval_encred.tokens.LlmPruner`
+    installed for the row and removed after it, then ``generate_answer``'s loop), on the
+    sample's shared tower outputs, so its answer is the variant's own: batch 1 because the
+    pruner handles one sequence, and a budget changes the sequence length per row anyway."""
+    from vlmeval_encred.tokens import LlmPruner
+
+    if mask_mode != "zero":
+        raise ValueError(f"encred sweep supports mask mode 'zero' for encred_tiny, not {mask_mode!r}")
+    if len(tokens) != len(features_per_subset):
+        raise ValueError(f"{len(tokens)} token budgets for {len(features_per_subset)} rows")
+    m, tok = wrapper.model, wrapper.tokenizer
+    if m.dropped:
+        raise ValueError("encred sweep needs an encred_tiny model loaded in zero mode (towers were dropped)")
+    out: list[str | None] = [None] * len(tokens)
+    plain = [i for i, t in enumerate(tokens) if t is None]
+    if plain:
+        for i, a in zip(plain, support.fuse_and_generate(wrapper, inputs, [features_per_subset[i] for i in plain],
+                                                         mask_mode)):
+            out[i] = a
+    pixels, ids, t = inputs["pixels"], inputs["input_ids"], m.config.n_image_tokens
+    for i, spec in enumerate(tokens):
+        if spec is None:
+            continue
+        feats = {n: f for n, f in features_per_subset[i].items() if f is not None}
+        cat = concat_features(m, pixels, feats)
+        if spec.stage == "fusion":
+            out[i], _ = fusion_answer(m, tok, ids, cat, feats, wrapper.max_new_tokens, spec)
+            continue
+        emb = m.language_model.get_input_embeddings()(ids)
+        embeds = torch.cat([emb[:, :1], m.projector(cat).to(emb.dtype), emb[:, 1 + t:]], dim=1)
+        pruner = LlmPruner(m.language_model.model.layers, spec)
+        try:
+            pruner.arm(range(1, 1 + t), ids.shape[1])
+            out[i] = greedy_from_embeds(m, tok, embeds, wrapper.max_new_tokens)
+        finally:
+            pruner.remove()
+    return [str(a) for a in out]
 
 
 EncredTiny.sweep_support = EncredTinySweep()

@@ -35,6 +35,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--per-variant", action="store_true",
                    help="one model (--model): per variant, vision, prefill and decode FLOPs and the predicted "
                         "latency per sample, with their ratios to the full model")
+    g.add_argument("--keep", default=None, metavar="PERCENTS",
+                   help="token budgets to cost (e.g. 25,50,100; 100 or 'none' = unpruned), crossed with --subsets "
+                        "as `encred sweep --keep` crosses them: each budget's predicted prefill, decode and latency "
+                        "saving (formulas: docs/tokens.md)")
+    g.add_argument("--token-stage", default=None, metavar="STAGES",
+                   help="with --keep: fusion (default), llm (the base's default K), llm<K>, or a comma list")
     g.add_argument("--shards", type=int_range(1), default=4,
                    help="cluster sweep jobs per dataset to compare --shard-by samples and subsets for (default 4)")
     g.add_argument("--mfu", type=float_range(0, 1, lo_open=True, what="a fraction of the peak, not a percentage"), default=None, help="override the GPU's assumed FLOP utilisation (0-1)")
@@ -49,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
         return run_plan(args)
     if not args.model:
         raise SystemExit("encred profile: --model is required (or use --plan)")
+    if args.keep or args.token_stage:
+        raise SystemExit("encred profile: --keep/--token-stage cost token budgets analytically and need --plan; "
+                         "to measure a budget variant, name it in --subsets (e.g. <base>_keep25)")
     import tempfile
 
     from ..registry import RegistryError, get_base
@@ -72,8 +81,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build_plans(models: str | None, subsets: str, data: str, gpu_name: str, mfu: float | None = None,
-                mbu: float | None = None, answer_tokens: int | None = None) -> list:
-    """The :class:`~vlmeval_encred.sweep.costmodel.Plan` of each named base (what ``--plan`` prints)."""
+                mbu: float | None = None, answer_tokens: int | None = None, keep: str | None = None,
+                token_stage: str | None = None) -> list:
+    """The :class:`~vlmeval_encred.sweep.costmodel.Plan` of each named base (what ``--plan`` prints);
+    ``keep``/``token_stage`` add token budgets as ``encred sweep --keep`` does."""
     from ..registry import bases, get_base
     from ..sweep import costmodel
     from ..sweep.selection import resolve_datasets, select_entries
@@ -90,9 +101,19 @@ def build_plans(models: str | None, subsets: str, data: str, gpu_name: str, mfu:
     for name in names:
         base = get_base(name)
         cost = costmodel.base_cost(name, base.encoders)
-        lattice = [e.kept for e in select_entries(base, subsets)]
-        plans.append(costmodel.plan(cost, g, datasets, lattice))
+        chosen = _with_budgets(base, select_entries(base, subsets), keep, token_stage)
+        plans.append(costmodel.plan(cost, g, datasets, [e.kept for e in chosen], [e.tokens for e in chosen]))
     return plans
+
+
+def _with_budgets(base, chosen: list, keep: str | None, token_stage: str | None) -> list:
+    """:func:`~vlmeval_encred.sweep.selection.with_budgets`, its notes printed (the sweep prints them too)."""
+    from ..sweep.selection import with_budgets
+
+    chosen, notes = with_budgets(base, chosen, keep, token_stage)
+    for note in notes:
+        print(f"encred profile: {note}")
+    return chosen
 
 
 def run_plan(args: argparse.Namespace) -> int:
@@ -104,12 +125,13 @@ def run_plan(args: argparse.Namespace) -> int:
     if args.per_variant:
         try:
             print(per_variant_report(args.model, args.subsets, args.data, args.gpu, args.mfu, args.mbu,
-                                     args.answer_tokens))
+                                     args.answer_tokens, args.keep, args.token_stage))
         except (RegistryError, SelectionError, CostDataError) as exc:
             raise SystemExit(f"encred profile --plan --per-variant: {exc}")
         return 0
     try:
-        plans = build_plans(args.model, args.subsets, args.data, args.gpu, args.mfu, args.mbu, args.answer_tokens)
+        plans = build_plans(args.model, args.subsets, args.data, args.gpu, args.mfu, args.mbu, args.answer_tokens,
+                            args.keep, args.token_stage)
         shards = shard_report(plans, args.shards)
     except (RegistryError, SelectionError, CostDataError) as exc:
         raise SystemExit(f"encred profile --plan: {exc}")
@@ -121,8 +143,10 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def per_variant_report(model: str | None, subsets: str, data: str, gpu_name: str, mfu: float | None = None,
-                       mbu: float | None = None, answer_tokens: int | None = None) -> str:
-    """The ``--plan --per-variant`` table of one base (every entry chosen by ``subsets``)."""
+                       mbu: float | None = None, answer_tokens: int | None = None, keep: str | None = None,
+                       token_stage: str | None = None) -> str:
+    """The ``--plan --per-variant`` table of one base (every entry chosen by ``subsets``, crossed with
+    the ``keep`` x ``token_stage`` budgets)."""
     from ..registry import RegistryError, get_base
     from ..sweep import costmodel
     from ..sweep.planreport import per_variant_table
@@ -134,10 +158,10 @@ def per_variant_report(model: str | None, subsets: str, data: str, gpu_name: str
     g = costmodel.gpu(gpu_name, mfu, mbu)
     datasets = [costmodel.dataset(d, answer_tokens) for d in resolve_datasets(data.split(","))]
     cost = costmodel.base_cost(base.name, base.encoders)
-    chosen = select_entries(base, subsets)
-    if not any(len(e.masked) == 0 for e in chosen):  # the ratios need the full model
+    chosen = _with_budgets(base, select_entries(base, subsets), keep, token_stage)
+    if not any(len(e.masked) == 0 and e.tokens is None for e in chosen):  # the ratios need the full model
         chosen = [next(e for e in select_entries(base, "k=0"))] + chosen
-    costs = costmodel.variant_costs(cost, g, datasets, [e.kept for e in chosen])
+    costs = costmodel.variant_costs(cost, g, datasets, [e.kept for e in chosen], [e.tokens for e in chosen])
     n = sum(d.questions for d in datasets)
     ds = ", ".join(d.name for d in datasets)
     answer = ", ".join(sorted({f"{d.answer_tokens}" for d in datasets}))
@@ -153,7 +177,7 @@ def shard_report(plans: list, shards: int) -> str:
 
     rows: list[str] = []
     for p in plans:
-        costs = shard_costs_of(p.base, p.gpu, p.datasets, p.subsets, shards)
+        costs = shard_costs_of(p.base, p.gpu, p.datasets, p.subsets, shards, p.tokens or None)
         table = shard_table(p.base.name, costs, shards, pick_shard_by(costs) if shards > 1 else "(one job)")
         rows += table.splitlines() if not rows else table.splitlines()[2:]
     return "\n".join(rows)

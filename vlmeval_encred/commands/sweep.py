@@ -20,7 +20,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, nargs="+",
                    help="suite names (paper15), paper short names or VLMEvalKit dataset names")
     p.add_argument("--subsets", default="all",
-                   help="'all', 'k=1' (one encoder masked), 'k<=2', or comma-separated entry names")
+                   help="'all', 'k=1' (one encoder masked), 'k<=2', or comma-separated entry names "
+                        "(token-budget names such as <base>_mask_<enc>_keep25 included)")
+    p.add_argument("--keep", default=None, metavar="PERCENTS",
+                   help="token budgets crossed with the selected masks: kept percentages of the visual tokens, "
+                        "e.g. 25,50,100 (100 or 'none' = unpruned); each variant is named and written as "
+                        "VLMEvalKit's run of <base>[_mask_<enc>...]_keep<NN>[_llm[<K>]] (docs/tokens.md)")
+    p.add_argument("--token-stage", default=None, metavar="STAGES",
+                   help="with --keep: fusion (default), llm (the base's default layer K), llm<K>, or a comma list")
     p.add_argument("--work-dir", default="./outputs", help="VLMEvalKit work dir (default ./outputs)")
     p.add_argument("--limit", type=int_range(1), default=None,
                    help="first N samples only (as run.py --limit); written to <work-dir>/encred_limit<N>/")
@@ -80,7 +87,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..registry import RegistryError, get_base
-    from ..sweep.selection import SelectionError, check_datasets, resolve_datasets, select_entries
+    from ..sweep.selection import SelectionError, check_datasets, resolve_datasets, select_entries, with_budgets
 
     import os
 
@@ -108,6 +115,12 @@ def run(args: argparse.Namespace) -> int:
         chosen = select_entries(base, args.complete or args.subsets)
         if args.complete is not None and chosen[0].masked:  # the full model's file: CUR needs it complete too
             chosen = select_entries(base, "k=0") + chosen
+        chosen, notes = with_budgets(base, chosen, args.keep, args.token_stage)
+        if (args.adaptive or args.complete is not None) and any(e.tokens is not None for e in chosen):
+            raise SelectionError("token budgets (--keep, or _keep<NN> names) are not swept adaptively: adaptive "
+                                 "sweeps pair each mask with the full model; run a plain sweep with --keep")
+        for note in notes:
+            print(f"encred sweep: {note}")
         datasets = resolve_datasets(args.data, args.suite_file)
         check_datasets(datasets, args.suite_file)
     except (RegistryError, SelectionError) as exc:
@@ -176,7 +189,8 @@ def _argv(args: argparse.Namespace) -> list[str]:
     out = ["sweep", "--model", args.model, "--data", *args.data, "--subsets", args.subsets, "--work-dir",
            args.work_dir, "--decode-batch", str(args.decode_batch)]
     for opt, val in (("--limit", args.limit), ("--suite-file", args.suite_file), ("--vlmeval-root", args.vlmeval_root),
-                     ("--judge", args.judge)):
+                     ("--judge", args.judge), ("--keep", getattr(args, "keep", None)),
+                     ("--token-stage", getattr(args, "token_stage", None))):
         if val is not None:
             out += [opt, str(val)]
     return out + (["--no-progress"] if args.no_progress else [])
@@ -199,7 +213,8 @@ def _submit(args: argparse.Namespace, base, chosen, datasets) -> int:
     if not args.per_variant and args.shards > 1 and shard_by == "auto":
         from ..sweep.parallel import choose_shard_by
 
-        shard_by, why = choose_shard_by(base.name, base.encoders, [e.kept for e in chosen], datasets, args.shards)
+        shard_by, why = choose_shard_by(base.name, base.encoders, [e.kept for e in chosen], datasets, args.shards,
+                                        tokens=[e.tokens for e in chosen])
         print(f"--shard-by auto: by {shard_by} ({why})")
     cells = cluster.plan_cells(base.name, [e.name for e in chosen], datasets,
                                "variant" if args.per_variant else "sweep", args.shards,

@@ -24,6 +24,27 @@ does the arithmetic:
   (identical for every subset and sample) is prefilled once per dataset and its
   key/value cache reused by every subset of every sample.
 
+* Token budgets (docs/tokens.md): a budget keeps ``k = ceil(image_tokens * keep / 100)``
+  visual tokens per image, so ``r = images * (image_tokens - k)`` prompt tokens are removed
+  (:func:`pruning`).  With ``n`` prompt tokens, ``L`` decoder layers, one layer's prefill
+  ``f(m) = 2 P m + 2 d m (m + 1)`` (``P`` = matrix parameters per layer, ``d`` = hidden size;
+  the causal attention term of :meth:`LLM.prefill_flops`) and the output head ``h = 2 d V``:
+
+  - ``fusion``: the tokens never enter the LLM: prefill ``L f(n - r) + h``;
+  - ``llm`` after layer ``K``: layers ``0..K-1`` see the whole prompt, layers ``K..`` the
+    rest: prefill ``K f(n) + (L - K) f(n - r) + h``;
+  - decoding step with ``c`` tokens before the new one: the same split of the layers, each
+    attending to its own cache, ``2 P L + 4 d (s (c + 1) + (L - s)(c - r + 1)) + h`` FLOPs and
+    ``(kv bytes per token and layer) x (s (c + 1) + (L - s)(c - r + 1))`` cache bytes read,
+    ``s`` = the first pruned layer (0 for ``fusion``, ``K`` for ``llm``).
+
+  Prefill saving = 1 - budget prefill / unpruned prefill.  The towers and the connector are
+  unchanged (the connector runs on every token, the budget selects among its outputs); the
+  token scoring (norms, an SVD of each encoder's T x C features, one attention row at layer
+  ``K-1``) is not counted.  In the sweep, rows of one fusion budget prefill and decode as one
+  batch; llm-stage rows run at batch 1 (the pruner handles one sequence); only unpruned rows
+  share the template prefix.
+
 Not modelled: model loading (per-variant runs load the model once per variant),
 image pre-processing, Cambrian's in-LLM SVA layers, multi-image questions.
 """
@@ -34,6 +55,8 @@ import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
+
+from ..tokens import TokenSpec
 
 DATA_FILE = Path(__file__).with_name("costdata.yaml")
 _WHERE = f"{DATA_FILE} and the families' model_wrappers/<family>/costdata.yaml"
@@ -132,6 +155,39 @@ class LLM:
         """One generated token for one row that sees ``context`` earlier tokens."""
         return 2 * self.linear_params + 4 * self.layers * self.hidden * (context + 1) + 2 * self.hidden * self.vocab
 
+    def layer_prefill_flops(self, n: int) -> float:
+        """One decoder layer on ``n`` tokens from position 0: ``f(n) = 2 P n + 2 d n (n + 1)``."""
+        return 2 * (self.linear_params / self.layers) * n + 4 * self.hidden * n * (n + 1) / 2
+
+    def pruned_prefill_flops(self, n: int, cut: "Pruning") -> float:
+        """Prefill of an ``n``-token prompt whose ``cut.removed`` tokens are gone from layer
+        ``cut.start`` on (module docstring); output head on the last token."""
+        s, L = cut.start, self.layers
+        return s * self.layer_prefill_flops(n) + (L - s) * self.layer_prefill_flops(n - cut.removed) \
+            + 2 * self.hidden * self.vocab
+
+    def attended(self, context: int, cut: "Pruning") -> int:
+        """Cache entries (summed over layers) a decoding step with ``context`` earlier tokens attends to,
+        its own new token included."""
+        return cut.start * (context + 1) + (self.layers - cut.start) * (context - cut.removed + 1)
+
+    def pruned_decode_step_flops(self, context: int, cut: "Pruning") -> float:
+        """:meth:`decode_step_flops` with each layer attending to its own (possibly pruned) cache."""
+        return 2 * self.linear_params + 4 * self.hidden * self.attended(context, cut) + 2 * self.hidden * self.vocab
+
+    def pruned_kv_bytes(self, context: int, cut: "Pruning") -> float:
+        """Key/value cache bytes a decoding step reads (every layer's cache, new token included)."""
+        return self.kv_bytes_per_token / self.layers * self.attended(context, cut)
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """What a token budget does to the LLM's sequence: ``removed`` prompt tokens are absent from
+    decoder layer ``start`` on (0: the fusion stage; K: the llm stage)."""
+
+    removed: int = 0
+    start: int = 0
+
 
 @dataclass(frozen=True)
 class GPU:
@@ -179,6 +235,22 @@ class BaseCost:
     def vision_flops(self, kept: Iterable[str]) -> float:
         return self.images * sum(self.towers[k] for k in kept)
 
+    def visual_tokens(self, tokens: TokenSpec | None = None) -> int:
+        """Visual tokens the LLM receives per sample: ``images x ceil(image_tokens x keep / 100)``."""
+        per_image = self.image_tokens if tokens is None else tokens.budget(self.image_tokens)
+        return self.images * per_image
+
+
+def pruning(base: BaseCost, tokens: TokenSpec | None) -> Pruning:
+    """The :class:`Pruning` of budget ``tokens`` on ``base`` (unpruned: nothing removed)."""
+    if tokens is None:
+        return Pruning()
+    start = 0 if tokens.stage == "fusion" else int(tokens.layer)
+    if not 0 <= start < base.llm.layers:
+        raise CostDataError(f"base {base.name!r}: the llm stage after layer K={start} needs 1 <= K < "
+                            f"{base.llm.layers} (its LLM's decoder layers)")
+    return Pruning(base.visual_tokens() - base.visual_tokens(tokens), start)
+
 
 @dataclass
 class Phases:
@@ -205,35 +277,86 @@ class Phases:
         return k, self.seconds[k] / self.total_seconds if self.total_seconds else 0.0
 
 
-def _decode(base: BaseCost, gpu: GPU, ds: Dataset, rows: int) -> tuple[float, float]:
+def _decode(base: BaseCost, gpu: GPU, ds: Dataset, rows: int, tokens: TokenSpec | None = None) -> tuple[float, float]:
     """(FLOPs, seconds) of ``answer_tokens - 1`` decoding steps at batch ``rows`` (every row
-    generates the same number of tokens: answers of a sample are short and alike)."""
+    generates the same number of tokens: answers of a sample are short and alike); with a
+    budget, each layer's cache holds only what reached it (module docstring)."""
     t0 = base.prompt_tokens(ds)
+    cut = pruning(base, tokens)
     flops = secs = 0.0
     for j in range(max(ds.answer_tokens - 1, 0)):
-        f = rows * base.llm.decode_step_flops(t0 + j)
-        b = base.llm.weight_bytes + rows * base.llm.kv_bytes_per_token * (t0 + j + 1)
+        if tokens is None:
+            f = rows * base.llm.decode_step_flops(t0 + j)
+            b = base.llm.weight_bytes + rows * base.llm.kv_bytes_per_token * (t0 + j + 1)
+        else:
+            f = rows * base.llm.pruned_decode_step_flops(t0 + j, cut)
+            b = base.llm.weight_bytes + rows * base.llm.pruned_kv_bytes(t0 + j, cut)
         flops += f
         secs += gpu.seconds(f, b)
     return flops, secs
 
 
-def per_variant_sample(base: BaseCost, gpu: GPU, ds: Dataset, kept: Sequence[str]) -> Phases:
-    """One sample of one variant run on its own (batch 1)."""
+def _prefill(base: BaseCost, ds: Dataset, tokens: TokenSpec | None) -> float:
+    """Prefill FLOPs of one row (batch 1, whole prompt), with the budget's pruning."""
+    n = base.prompt_tokens(ds)
+    if tokens is None:
+        return base.llm.prefill_flops(n)
+    return base.llm.pruned_prefill_flops(n, pruning(base, tokens))
+
+
+def per_variant_sample(base: BaseCost, gpu: GPU, ds: Dataset, kept: Sequence[str],
+                       tokens: TokenSpec | None = None) -> Phases:
+    """One sample of one variant (``tokens``: its budget, None = unpruned) run on its own (batch 1)."""
     p = Phases()
     p.flops["towers"] = base.vision_flops(kept)
     p.seconds["towers"] = gpu.seconds(p.flops["towers"])
     p.flops["connector"] = base.connector_flops()
     p.seconds["connector"] = gpu.seconds(p.flops["connector"])
-    p.flops["prefill"] = base.llm.prefill_flops(base.prompt_tokens(ds))
+    p.flops["prefill"] = _prefill(base, ds, tokens)
     p.seconds["prefill"] = gpu.seconds(p.flops["prefill"], base.llm.weight_bytes)
-    p.flops["decode"], p.seconds["decode"] = _decode(base, gpu, ds, 1)
+    p.flops["decode"], p.seconds["decode"] = _decode(base, gpu, ds, 1, tokens)
+    return p
+
+
+def _budget_rows(base: BaseCost, gpu: GPU, ds: Dataset, tokens: Sequence[TokenSpec | None]) -> Phases:
+    """The LLM side of a sample's budget rows in a sweep (module docstring): rows of one fusion
+    budget as one batch, llm-stage rows at batch 1; no shared prefix."""
+    p = Phases()
+    groups: dict[TokenSpec, int] = {}
+    for t in tokens:
+        if t is not None:
+            groups[t] = groups.get(t, 0) + 1
+    for t, count in groups.items():
+        batches = [count] if t.stage == "fusion" else [1] * count
+        for rows in batches:
+            f = rows * _prefill(base, ds, t)
+            p.flops["prefill"] += f
+            p.seconds["prefill"] += gpu.seconds(f, base.llm.weight_bytes)
+            df, dsec = _decode(base, gpu, ds, rows, t)
+            p.flops["decode"] += df
+            p.seconds["decode"] += dsec
     return p
 
 
 def sweep_sample(base: BaseCost, gpu: GPU, ds: Dataset, subsets: Sequence[Sequence[str]],
-                 share_prefix: bool = False) -> Phases:
-    """One sample, every subset: towers once, connector per subset, one batched prefill, batched decode."""
+                 share_prefix: bool = False, tokens: Sequence[TokenSpec | None] | None = None) -> Phases:
+    """One sample, every subset: towers once, connector per subset, one batched prefill, batched decode.
+
+    ``tokens`` (one per subset, None = unpruned): rows with a budget share the towers and are
+    costed by :func:`_budget_rows`; the rest as before."""
+    if tokens is not None and any(t is not None for t in tokens):
+        if len(tokens) != len(subsets):
+            raise ValueError("one token budget (or None) per subset")
+        plain = [k for k, t in zip(subsets, tokens) if t is None]
+        p = sweep_sample(base, gpu, ds, plain, share_prefix) if plain else Phases()
+        union = {k for kept in subsets for k in kept}
+        p.flops["towers"] = base.vision_flops(union)
+        p.seconds["towers"] = gpu.seconds(p.flops["towers"])
+        n_budget = len(subsets) - len(plain)
+        p.flops["connector"] += n_budget * base.connector_flops()
+        p.seconds["connector"] = gpu.seconds(p.flops["connector"])
+        p.add(_budget_rows(base, gpu, ds, tokens))
+        return p
     s = len(subsets)
     union = {k for kept in subsets for k in kept}
     p = Phases()
@@ -264,26 +387,60 @@ class VariantCost:
     prefill_flops: float
     decode_flops: float
     seconds: float
+    tokens: TokenSpec | None = None
+    visual_tokens: int = 0
+    """Visual tokens the LLM receives per sample (after the budget)."""
 
     @property
     def total_flops(self) -> float:
         return self.vision_flops + self.connector_flops + self.prefill_flops + self.decode_flops
 
 
-def variant_costs(base: BaseCost, gpu: GPU, datasets: Sequence[Dataset],
-                  subsets: Sequence[Sequence[str]]) -> list[VariantCost]:
-    """:func:`per_variant_sample` of each subset, averaged over ``datasets`` by question count."""
+def variant_costs(base: BaseCost, gpu: GPU, datasets: Sequence[Dataset], subsets: Sequence[Sequence[str]],
+                  tokens: Sequence[TokenSpec | None] | None = None) -> list[VariantCost]:
+    """:func:`per_variant_sample` of each subset (and its budget in ``tokens``, None = unpruned),
+    averaged over ``datasets`` by question count."""
     n = sum(d.questions for d in datasets)
     if not n:
         raise CostDataError("no questions in the datasets given")
+    tokens = list(tokens) if tokens is not None else [None] * len(subsets)
+    if len(tokens) != len(subsets):
+        raise ValueError("one token budget (or None) per subset")
     out = []
-    for kept in subsets:
+    for kept, t in zip(subsets, tokens):
         acc = Phases()
         for ds in datasets:
-            acc.add(per_variant_sample(base, gpu, ds, kept), ds.questions / n)
+            acc.add(per_variant_sample(base, gpu, ds, kept, t), ds.questions / n)
         out.append(VariantCost(tuple(kept), acc.flops["towers"], acc.flops["connector"], acc.flops["prefill"],
-                               acc.flops["decode"], acc.total_seconds))
+                               acc.flops["decode"], acc.total_seconds, t, base.visual_tokens(t)))
     return out
+
+
+@dataclass(frozen=True)
+class BudgetSaving:
+    """What one token budget saves on the full model, per sample (question-weighted over the datasets)."""
+
+    tokens: TokenSpec
+    visual_tokens: int
+    removed: int
+    prefill_flops: float
+    prefill_saving: float
+    """1 - budget prefill FLOPs / unpruned prefill FLOPs."""
+    decode_saving: float
+    seconds_saving: float
+    """1 - predicted latency / unpruned latency (towers and connector included)."""
+
+
+def budget_savings(base: BaseCost, gpu: GPU, datasets: Sequence[Dataset],
+                   budgets: Sequence[TokenSpec]) -> list[BudgetSaving]:
+    """Each budget's predicted saving on the full model (every encoder kept) against the unpruned model."""
+    full = tuple(base.towers)
+    ref, *rows = variant_costs(base, gpu, datasets, [full] * (1 + len(budgets)), [None, *budgets])
+    return [BudgetSaving(t, r.visual_tokens, base.visual_tokens() - r.visual_tokens, r.prefill_flops,
+                         1 - r.prefill_flops / ref.prefill_flops,
+                         1 - r.decode_flops / ref.decode_flops if ref.decode_flops else 0.0,
+                         1 - r.seconds / ref.seconds)
+            for t, r in zip(budgets, rows)]
 
 
 @dataclass
@@ -296,31 +453,52 @@ class Plan:
     sweep: Phases
     sweep_shared: Phases
     decode_unbounded_s: float  # sweep decode seconds if batches were unbounded (weights read ~never)
+    tokens: list[TokenSpec | None] = field(default_factory=list)
+    """Each subset's token budget (None = unpruned); empty: the mask lattice only."""
 
     @property
     def questions(self) -> int:
         return sum(d.questions for d in self.datasets)
 
+    @property
+    def budgets(self) -> list[TokenSpec]:
+        """The distinct budgets of the plan, in order of appearance."""
+        return list(dict.fromkeys(t for t in self.tokens if t is not None))
 
-def plan(base: BaseCost, gpu: GPU, datasets: Sequence[Dataset], subsets: Sequence[Sequence[str]]) -> Plan:
-    """The lattice (``subsets``: kept encoders of each variant) over ``datasets``, three ways."""
+
+def plan(base: BaseCost, gpu: GPU, datasets: Sequence[Dataset], subsets: Sequence[Sequence[str]],
+         tokens: Sequence[TokenSpec | None] | None = None) -> Plan:
+    """The lattice (``subsets``: kept encoders of each variant; ``tokens``: each one's budget, None
+    = unpruned) over ``datasets``, three ways."""
+    tok = list(tokens) if tokens is not None else [None] * len(subsets)
+    if len(tok) != len(subsets):
+        raise ValueError("one token budget (or None) per subset")
     pv, sw, sh = Phases(), Phases(), Phases()
     unbounded = 0.0
     for ds in datasets:
-        for kept in subsets:
-            pv.add(per_variant_sample(base, gpu, ds, kept), ds.questions)
-        sw.add(sweep_sample(base, gpu, ds, subsets), ds.questions)
-        sh.add(sweep_sample(base, gpu, ds, subsets, share_prefix=True), ds.questions)
-        pre = base.llm.prefill_flops(base.prefix_tokens, logits=False) if base.prefix_tokens else 0.0
+        for kept, t in zip(subsets, tok):
+            pv.add(per_variant_sample(base, gpu, ds, kept, t), ds.questions)
+        sw.add(sweep_sample(base, gpu, ds, subsets, tokens=tok), ds.questions)
+        sh.add(sweep_sample(base, gpu, ds, subsets, share_prefix=True, tokens=tok), ds.questions)
+        # (only unpruned rows share the prefix)
+        pre = base.llm.prefill_flops(base.prefix_tokens, logits=False) \
+            if base.prefix_tokens and any(t is None for t in tok) else 0.0
         sh.flops["prefill"] += pre
         sh.seconds["prefill"] += gpu.seconds(pre, base.llm.weight_bytes) if pre else 0.0
         # decode with the weight reads amortised away: only compute and the rows' own cache
         t0 = base.prompt_tokens(ds)
         for j in range(max(ds.answer_tokens - 1, 0)):
-            f = len(subsets) * base.llm.decode_step_flops(t0 + j)
-            b = len(subsets) * base.llm.kv_bytes_per_token * (t0 + j + 1)
+            if any(t is not None for t in tok):
+                f = sum(base.llm.pruned_decode_step_flops(t0 + j, pruning(base, t)) if t is not None else
+                        base.llm.decode_step_flops(t0 + j) for t in tok)
+                b = sum(base.llm.pruned_kv_bytes(t0 + j, pruning(base, t)) if t is not None else
+                        base.llm.kv_bytes_per_token * (t0 + j + 1) for t in tok)
+            else:
+                f = len(subsets) * base.llm.decode_step_flops(t0 + j)
+                b = len(subsets) * base.llm.kv_bytes_per_token * (t0 + j + 1)
             unbounded += ds.questions * gpu.seconds(f, b)
-    return Plan(base, gpu, list(datasets), [tuple(s) for s in subsets], pv, sw, sh, unbounded)
+    return Plan(base, gpu, list(datasets), [tuple(s) for s in subsets], pv, sw, sh, unbounded,
+                tok if any(t is not None for t in tok) else [])
 
 
 def lattice_flop_ratio(tower_flops_per_sample: dict[str, float], lm_flops_per_subset: float,

@@ -19,6 +19,12 @@ a full run; :mod:`.locks` keeps two sweeps from writing the same files.
 The model is loaded once, through ``vlmeval.config.supported_VLM`` like any
 run, as the entry that masks only the encoders *no* selected subset keeps
 (usually none), so the sweep never holds a tower it does not need.
+
+Token-budget variants (``<...>_keep25``, docs/tokens.md) are rows like any other: they
+reuse the same encoder outputs of the sample (each encoder still runs once per image for
+all masks and budgets) and are answered by the family's ``fuse_and_generate(...,
+tokens=...)`` (:func:`answer_budgets`); a family whose support does not sweep a stage is
+refused before the model loads.
 """
 
 from __future__ import annotations
@@ -32,12 +38,13 @@ from typing import Any, Callable, Sequence
 
 from .. import provenance
 from ..registry import BaseModelSpec, Entry
+from ..tokens import TokenError
 from . import predfiles
 from . import parallel
 from .checkpoint import checkpoint_path
 from .decoding import DecodeStats, collect
 from .locks import LockHeld, output_lock
-from .protocol import support_for
+from .protocol import check_token_stages, support_for, support_for_class
 
 log = logging.getLogger("vlmeval_encred")
 
@@ -149,6 +156,7 @@ def run_sweep(base: BaseModelSpec, entries: Sequence[Entry], datasets: Sequence[
     entries = list(entries)
     if not entries:
         raise SweepError("no entries selected")
+    check_budgets(base, entries, model)
     split = split or parallel.from_env()
     if split.parts > 1 and checkpoint_tag:
         raise SweepError("a lattice shard (checkpoint_tag) cannot also be split by samples")
@@ -277,7 +285,8 @@ def answer_sample(base: BaseModelSpec, support: Any, model: Any, dataset: Any, d
     for x in needed:
         rep.encoder_calls[x] = rep.encoder_calls.get(x, 0) + 1
     preds: dict[str, str] = {}
-    for chunk in _chunks(list(todo), decode_batch):
+    plain = [e for e in todo if e.tokens is None]
+    for chunk in _chunks(plain, decode_batch):
         per_subset = [{x: (feats[x] if x in e.kept else None) for x in base.encoders} for e in chunk]
         outs = support.fuse_and_generate(model, inputs, per_subset, mask_mode)
         if len(outs) != len(chunk):
@@ -285,7 +294,53 @@ def answer_sample(base: BaseModelSpec, support: Any, model: Any, dataset: Any, d
                              f"answers for {len(chunk)} subsets")
         rep.decode_calls += 1
         preds.update({e.name: str(o) for e, o in zip(chunk, outs)})
+    if len(plain) < len(todo):
+        preds.update(answer_budgets(base, support, model, inputs, feats,
+                                    [e for e in todo if e.tokens is not None], mask_mode, decode_batch, rep))
     return preds
+
+
+def row_tokens(entries: Sequence[Entry]) -> list[Any]:
+    """Each row's :class:`~vlmeval_encred.tokens.TokenSpec` (None: unpruned), what ``tokens=`` gets."""
+    return [e.tokens for e in entries]
+
+
+def answer_budgets(base: BaseModelSpec, support: Any, model: Any, inputs: Any, feats: dict[str, Any],
+                   todo: Sequence[Entry], mask_mode: str, decode_batch: int, rep: DatasetReport) -> dict[str, str]:
+    """The token-budget entries of one sample, from the encoder outputs the mask rows used.
+
+    Kept apart from the mask rows so that families without budgets never see ``tokens=``."""
+    preds: dict[str, str] = {}
+    for chunk in _chunks(list(todo), decode_batch):
+        per_subset = [{x: (feats[x] if x in e.kept else None) for x in base.encoders} for e in chunk]
+        try:
+            outs = support.fuse_and_generate(model, inputs, per_subset, mask_mode, tokens=row_tokens(chunk))
+        except TokenError as exc:  # e.g. an llm-stage K the loaded language model does not have
+            raise SweepError(f"{', '.join(e.name for e in chunk)}: {exc}") from None
+        if len(outs) != len(chunk):
+            raise SweepError(f"{type(support).__name__}.fuse_and_generate returned {len(outs)} "
+                             f"answers for {len(chunk)} token-budget rows")
+        rep.decode_calls += 1
+        preds.update({e.name: str(o) for e, o in zip(chunk, outs)})
+    return preds
+
+
+def check_budgets(base: BaseModelSpec, entries: Sequence[Entry], model: Any = None) -> None:
+    """Refuse, before any model loads, budgets the family's SweepSupport does not sweep.
+
+    The support comes from the wrapper class (``model``'s when one is given); a family with no
+    support at all is left to the usual :class:`.protocol.SweepUnsupportedError` at load."""
+    wanted = [(e.name, e.tokens.stage) for e in entries if e.tokens is not None]
+    if not wanted:
+        return
+    from .protocol import SweepUnsupportedError
+
+    try:
+        cls = type(model) if model is not None else base.load_wrapper_class()
+        support = support_for_class(cls)
+    except (ImportError, SweepUnsupportedError):  # loading the model reports these with its own guidance
+        return
+    check_token_stages(support, base.family, wanted)
 
 
 def _write_if_complete(base, entries, pending, dataset, ds_name, indices, rep, work_dir, ck_path, model, mask_mode,
@@ -319,6 +374,7 @@ def _write_if_complete(base, entries, pending, dataset, ds_name, indices, rep, w
                 path, writer="encred sweep", model=model, entry_name=e.name,
                 fp=provenance.fingerprint(frame["index"], frame["prediction"]),
                 extra={"dataset": ds_name, "samples": len(indices), "masked": list(e.masked), "mode": mask_mode,
+                       **({"tokens": e.tokens.as_kwargs()} if e.tokens is not None else {}),
                        "loaded_as": base.entry_name(load_mask(entries)),
                        "processes": split.parts if split.parts > 1 else 1}))
             predfiles.link_up(path)

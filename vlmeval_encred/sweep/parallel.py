@@ -332,32 +332,36 @@ def launch(argv: Sequence[str], nproc: int) -> int:
 
 # --------------------------------------------------------------------------- cluster: samples or subsets
 def shard_costs(base_name: str, encoders: Sequence[str], lattice: Sequence[Sequence[str]], datasets: Sequence[str],
-                shards: int, gpu_name: str = "a100_80gb_bf16") -> dict[str, dict[str, float]]:
+                shards: int, gpu_name: str = "a100_80gb_bf16", tokens: Sequence[Any] | None = None
+                ) -> dict[str, dict[str, float]]:
     """:func:`shard_costs_of` for a registered base and dataset names (A100 reference by default).
     Raises :class:`.costmodel.CostDataError` when the base or a dataset has no cost data."""
     from . import costmodel
 
     return shard_costs_of(costmodel.base_cost(base_name, list(encoders)), costmodel.gpu(gpu_name),
-                          [costmodel.dataset(d) for d in datasets], lattice, shards)
+                          [costmodel.dataset(d) for d in datasets], lattice, shards, tokens)
 
 
 def shard_costs_of(cost: Any, g: Any, dsets: Sequence[Any], lattice: Sequence[Sequence[str]],
-                   shards: int) -> dict[str, dict[str, float]]:
+                   shards: int, tokens: Sequence[Any] | None = None) -> dict[str, dict[str, float]]:
     """GPU-seconds of ``shards`` jobs per dataset split by samples (every job all subsets, towers once
     per image over the whole job) and by subsets (job ``s`` the subsets ``lattice[s::shards]``, as
     :func:`.cluster.plan_cells` splits them: a tower two jobs keep runs twice per image):
     ``{"samples": {"total_s", "wall_s"}, "subsets": {...}}`` -- ``wall_s``: the datasets one after
     another, each dataset's jobs at once on ``shards`` GPUs (its longest job).
-    Model loading (once per job either way) is not counted."""
+    Model loading (once per job either way) is not counted.  ``tokens``: each subset's token
+    budget (None = unpruned; :func:`.costmodel.sweep_sample`), split with it."""
     from . import costmodel
 
     lattice = [tuple(k) for k in lattice]
+    tok = list(tokens) if tokens else [None] * len(lattice)
     k = max(1, min(int(shards), len(lattice)))
     n = max(1, int(shards))
     out = {"samples": {"total_s": 0.0, "wall_s": 0.0}, "subsets": {"total_s": 0.0, "wall_s": 0.0}}
     for ds in dsets:
-        whole = ds.questions * costmodel.sweep_sample(cost, g, ds, lattice).total_seconds
-        parts = [ds.questions * costmodel.sweep_sample(cost, g, ds, lattice[s::k]).total_seconds for s in range(k)]
+        whole = ds.questions * costmodel.sweep_sample(cost, g, ds, lattice, tokens=tok).total_seconds
+        parts = [ds.questions * costmodel.sweep_sample(cost, g, ds, lattice[s::k], tokens=tok[s::k]).total_seconds
+                 for s in range(k)]
         out["samples"]["total_s"] += whole
         out["samples"]["wall_s"] += whole / n
         out["subsets"]["total_s"] += sum(parts)
@@ -371,7 +375,7 @@ def pick_shard_by(costs: dict[str, dict[str, float]]) -> str:
 
 
 def choose_shard_by(base_name: str, encoders: Sequence[str], lattice: Sequence[Sequence[str]],
-                    datasets: Sequence[str], shards: int) -> tuple[str, str]:
+                    datasets: Sequence[str], shards: int, tokens: Sequence[Any] | None = None) -> tuple[str, str]:
     """``--shard-by auto``: (``samples`` | ``subsets``, a one-line reason) -- the cheaper in GPU time by
     the cost model (ties: samples); ``samples`` when the base or a dataset has no cost data."""
     from .costmodel import CostDataError
@@ -379,7 +383,7 @@ def choose_shard_by(base_name: str, encoders: Sequence[str], lattice: Sequence[S
     if shards <= 1:
         return "subsets", "one job per dataset: nothing to split"
     try:
-        c = shard_costs(base_name, encoders, lattice, datasets, shards)
+        c = shard_costs(base_name, encoders, lattice, datasets, shards, tokens=tokens)
     except CostDataError as exc:
         return "samples", (f"no cost data to compare ({str(exc).split(';')[0]}); by samples every tower runs "
                            "once per image over the whole job")

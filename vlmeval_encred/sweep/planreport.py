@@ -78,6 +78,9 @@ def render(plans: Sequence[Plan]) -> str:
     parts = [f"Datasets: {ds} ({plans[0].questions} questions)", "", "Per sample:", per_sample_table(plans), "",
              "Lattice x datasets:", lattice_table(plans), "", "Where the sweep's time goes, and the levers:",
              phase_table(plans)]
+    if any(p.budgets for p in plans):
+        parts += ["", "Token budgets, full model, per sample (each variant run on its own; formulas: "
+                      "vlmeval_encred/sweep/costmodel.py, docs/tokens.md):", budget_table(plans)]
     for p in plans:
         dom, share = p.sweep.dominant()
         parts.append(f"\n{p.base.name}: {dom} dominates the sweep ({share:.0%} of its GPU time); "
@@ -90,19 +93,45 @@ def render(plans: Sequence[Plan]) -> str:
 def per_variant_table(base_name: str, costs: Sequence, names: Sequence[str], gpu) -> str:
     """``encred profile --plan --per-variant``: per variant (run on its own, batch 1), per sample --
     vision, prefill and decode FLOPs, predicted latency and both ratios to the full model (the
-    variant keeping every encoder, which must be among ``costs``)."""
-    full = max(costs, key=lambda c: len(c.kept))
+    unpruned variant keeping every encoder, which must be among ``costs``); the last two columns
+    are the visual tokens the LLM receives and the prefill against the full model's (a token
+    budget's saving)."""
+    full = max(costs, key=lambda c: (len(c.kept), c.tokens is None))
     rows = [f"{base_name} on {gpu.name} ({gpu.mfu:.0%} MFU, {gpu.mbu:.0%} MBU), per sample, each variant run on its "
             "own (batch 1):", "",
             "| variant | kept encoders | vision TFLOPs | vision vs full | prefill TFLOPs | decode TFLOPs "
-            "| latency ms | latency vs full | latency change |", "|---|---|---|---|---|---|---|---|---|"]
+            "| latency ms | latency vs full | latency change | visual tokens | prefill vs full |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, c in zip(names, costs):
         rv = c.vision_flops / full.vision_flops if full.vision_flops else float("nan")
         rl = c.seconds / full.seconds
         rows.append(f"| {name} | {'+'.join(c.kept) or '(none)'} | {c.vision_flops / 1e12:.3f} | {rv:.1%} | "
                     f"{c.prefill_flops / 1e12:.2f} | {c.decode_flops / 1e12:.3f} | {c.seconds * 1e3:.1f} | "
-                    f"{rl:.3f} | {rl - 1:+.1%} |")
+                    f"{rl:.3f} | {rl - 1:+.1%} | {c.visual_tokens} | {c.prefill_flops / full.prefill_flops:.1%} |")
     return "\n".join(rows)
+
+
+def budget_table(plans: Sequence[Plan]) -> str:
+    """Per token budget of each plan, on the full model, per sample: visual tokens kept, prefill
+    TFLOPs and the predicted savings against the unpruned model (:func:`.costmodel.budget_savings`)."""
+    from .costmodel import budget_savings, variant_costs
+
+    rows = ["| base | budget | visual tokens to the LLM | prefill TFLOPs | prefill saved | decode saved "
+            "| latency saved |", "|---|---|---|---|---|---|---|"]
+    for p in plans:
+        if not p.budgets:
+            continue
+        ref = variant_costs(p.base, p.gpu, p.datasets, [tuple(p.base.towers)])[0]
+        rows.append(f"| {p.base.name} | unpruned | {p.base.visual_tokens()} | {_t(ref.prefill_flops)} | - | - | - |")
+        for b in budget_savings(p.base, p.gpu, p.datasets, p.budgets):
+            rows.append(f"| {p.base.name} | {_budget_label(b.tokens)} | {b.visual_tokens} (-{b.removed}) | "
+                        f"{_t(b.prefill_flops)} | {b.prefill_saving:.1%} | {b.decode_saving:.1%} | "
+                        f"{b.seconds_saving:.1%} |")
+    return "\n".join(rows)
+
+
+def _budget_label(tokens) -> str:
+    return f"keep {tokens.keep}% " + ("fusion" if tokens.stage == "fusion" else f"llm after K={tokens.layer}")
 
 
 def shard_table(base_name: str, costs: dict, shards: int, pick: str) -> str:

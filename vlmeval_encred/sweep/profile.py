@@ -87,7 +87,8 @@ def profile_variants(base: BaseModelSpec, entries: Sequence[Entry], messages: Se
 
     enc_flops = encoder_flops(base, messages)
     full = Entry(base, ())
-    todo = list(entries) if any(not e.masked for e in entries) else [full, *entries]
+    # the reference is the unpruned full model (a token-budget variant masks nothing either)
+    todo = list(entries) if any(e.name == full.name for e in entries) else [full, *entries]
     rows = []
     for e in todo:
         model = supported_VLM[e.name]()
@@ -117,7 +118,7 @@ def profile_variants(base: BaseModelSpec, entries: Sequence[Entry], messages: Se
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
-    ref = next(r for r in rows if r["masked"] == "-")
+    ref = next(r for r in rows if r["variant"] == full.name)
     for r in rows:
         for k in ("vision_flops", "total_flops", "latency_ms", "param_bytes", "peak_bytes"):
             r[f"{k}_rel"] = r[k] / ref[k] if ref[k] else float("nan")

@@ -30,6 +30,14 @@ Optional: ``project(wrapper, inputs, features) -> {encoder: tensor}``, each
 encoder's features carried through the family's projector (``encred rank`` ranks
 them next to the fusion-point features; see :mod:`.features`).
 
+Optional, token budgets (docs/tokens.md; ``encred sweep --keep``): a support that declares
+``token_stages_swept = ("fusion", ...)`` (the stages it can sweep) also accepts
+``fuse_and_generate(..., tokens=[TokenSpec | None per row])``: row ``i`` then gets the
+answer of the variant with that row's mask *and* budget (``None``: unpruned), from the
+same encoder outputs.  The engine passes ``tokens=`` only to such supports, and only for
+rows with a budget; a budget of a stage the support does not declare is refused before
+any model loads (:func:`check_token_stages`).
+
 Why this split: encoders are the part of the cost that subsets share, and a
 batch over subsets with one prompt needs no padding, so greedy decoding sees
 the same token positions as a batch of one.
@@ -80,7 +88,11 @@ def register_sweep_support(wrapper_class: str | type, support: SweepSupport) -> 
 
 def support_for(wrapper: Any) -> SweepSupport:
     """The wrapper's :class:`SweepSupport`, or an error that says how to opt in."""
-    cls = type(wrapper)
+    return support_for_class(type(wrapper))
+
+
+def support_for_class(cls: type) -> SweepSupport:
+    """:func:`support_for` from the wrapper class alone (checks that must run before a model loads)."""
     support = getattr(cls, "sweep_support", None)
     if support is None:
         for klass in cls.__mro__:
@@ -100,3 +112,27 @@ def support_for(wrapper: Any) -> SweepSupport:
             "variants one by one instead (`encred cluster --mode per-variant` or `python -m vlmeval "
             "--model <variant>`), or give the wrapper class a `sweep_support` attribute.")
     return support
+
+
+def swept_token_stages(support: Any) -> tuple[str, ...]:
+    """The token stages ``support`` can sweep (its optional ``token_stages_swept``; none by default)."""
+    return tuple(getattr(support, "token_stages_swept", None) or ())
+
+
+def check_token_stages(support: Any, family: str, wanted: Sequence[tuple[str, str]]) -> None:
+    """Refuse budgets the family's support cannot sweep, naming the family and what it does sweep.
+
+    ``wanted``: (variant name, its token stage) of every selected budget variant.  Why before
+    loading: a 7B model takes minutes to load, and the answer does not depend on it."""
+    have = swept_token_stages(support)
+    bad = [(name, stage) for name, stage in wanted if stage not in have]
+    if not bad:
+        return
+    stages = sorted({stage for _, stage in bad})
+    names = ", ".join(name for name, _ in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+    can = (f"it sweeps the {'/'.join(have)} token stage{'s' if len(have) > 1 else ''} only" if have
+           else "its SweepSupport declares no token_stages_swept, so it sweeps the mask lattice only")
+    raise SweepUnsupportedError(
+        f"family {family} cannot sweep token budgets at the {'/'.join(stages)} stage ({names}): {can}. "
+        "Drop those budgets from the sweep (--keep/--token-stage), or run those variants one by one "
+        "(`python run.py --model <variant>` in VLMEvalKit).")

@@ -227,6 +227,24 @@ def _prediction_files(root: Path, variant: str) -> dict[str, str]:
     return found
 
 
+def _budget_variants(root: Path, base: str) -> set[str]:
+    """Token-budget variants of ``base`` with a folder under ``root``: any keep a sweep or run.py wrote
+    (``_keep10`` too, which the registry enumerates only on first use, so it cannot be listed up front)."""
+    from ..registry import RegistryError, parse_entry_name
+    from ..tokens import KEEP_SEP
+
+    out: set[str] = set()
+    for d in (root.iterdir() if root.is_dir() else []):
+        if d.is_dir() and d.name.startswith(base + "_") and KEEP_SEP in d.name:
+            try:
+                e = parse_entry_name(d.name)
+            except RegistryError:
+                continue
+            if e.base.name == base and e.tokens is not None:
+                out.add(d.name)
+    return out
+
+
 def collect(work_dir: str, base: str) -> list[dict[str, Any]]:
     """One row per (variant, dataset, limit) known from prediction files, checkpoints or job records.
 
@@ -282,7 +300,7 @@ def collect(work_dir: str, base: str) -> list[dict[str, Any]]:
                 r.setdefault("via", "sweep")
                 r["checkpointed_samples"] = r.get("checkpointed_samples", 0) + n
         # prediction files decide, unless a job is still at work on them
-        for v in sorted(names):
+        for v in sorted(names | _budget_variants(root, base)):
             for ds, path in _prediction_files(root, v).items():
                 info = prediction_state(path, v, ds, limit)
                 r = row(v, ds, limit)
