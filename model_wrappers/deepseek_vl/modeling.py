@@ -53,7 +53,7 @@ from vlmeval.vlm.base import BaseModel
 from vlmeval.vlm.deepseek_vl import DeepSeekVL
 
 from vlmeval_encred.masking import EncoderAdapter, EncoderInfo, MaskError, MaskReport, MaskSpec, count_params
-from vlmeval_encred.model_wrappers.deepseek_vl_hf.modeling import check_catalog_order, cut_after_eos
+from vlmeval_encred.model_wrappers.deepseek_vl_hf.modeling import check_catalog_order, cut_after_eos, greedy_settings
 from vlmeval_encred.wrapper import EncredMixin, log, resolve_dtype
 
 _TOWERS = {"low": "vision_tower_low", "high": "vision_tower_high"}
@@ -303,9 +303,21 @@ class EncredDeepSeekVL(EncredMixin, DeepSeekVL):
                 inputs_embeds=embeds, attention_mask=attention_mask,
                 pad_token_id=self.tokenizer.eos_token_id, bos_token_id=self.tokenizer.bos_token_id,
                 eos_token_id=self.tokenizer.eos_token_id, **self.kwargs)
+        return self.finish_answers(out.tolist())
+
+    def finish_answers(self, rows: list[list[int]]) -> list[str]:
+        """Generated ids per row -> answers: cut after the first EOS (where a batch of one stops),
+        special tokens skipped, stripped; ``generate_inner``'s post-processing, shared with the sweep."""
         eos = {self.tokenizer.eos_token_id}
-        return [self.tokenizer.decode(cut_after_eos(row.cpu(), eos).tolist(), skip_special_tokens=True).strip()
-                for row in out]
+        return [self.tokenizer.decode(cut_after_eos(torch.tensor(row, dtype=torch.long), eos).tolist(),
+                                      skip_special_tokens=True).strip() for row in rows]
+
+    def greedy_settings(self) -> tuple[Any, str | None]:
+        """(the language model's effective generation config, why it is not plain greedy or None),
+        with the keywords :meth:`decode_answers` passes to ``generate``."""
+        kw = dict(self.kwargs, pad_token_id=self.tokenizer.eos_token_id, bos_token_id=self.tokenizer.bos_token_id,
+                  eos_token_id=self.tokenizer.eos_token_id)
+        return greedy_settings(self.model.language_model.generation_config, kw)
 
     def generate_inner(self, message: list[dict[str, Any]], dataset: str | None = None) -> str:
         inputs = self.build_inputs(message)
@@ -323,8 +335,10 @@ class EncredDeepSeekVL(EncredMixin, DeepSeekVL):
 # * ``fuse_and_generate``: per subset, upstream's own ``prepare_inputs_embeds`` with the tower
 #   answering from the precomputed features (zeros for a masked one) and, under ``drop``, the
 #   masked branch's up-projection swapped for a ``ZeroBranch`` -- exactly what a variant of that
-#   mask runs; then one ``generate`` over all subsets (same prompt: no padding), rows cut after
-#   their first EOS as a batch of one stops there.
+#   mask runs (``fuse``: one row per subset, decoded by ``sweep.decoding.decode``: the shared
+#   template prefix once, finished rows dropped); ``fuse_and_generate`` is ``decode([fuse(...)])[0]``
+#   under plain greedy settings, else one ``generate`` over all subsets (same prompt: no padding),
+#   rows cut after their first EOS as a batch of one stops there.
 
 
 @contextlib.contextmanager
@@ -361,8 +375,9 @@ class DeepSeekVLSweep:
         with torch.inference_mode():
             return {name: run_branch(tower, branches[name], images) for name in encoders}
 
-    def fuse_and_generate(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]],
-                          mask_mode: str) -> list[str]:
+    @staticmethod
+    def _embeds(wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]], mask_mode: str) -> torch.Tensor:
+        """Upstream's ``prepare_inputs_embeds`` once per subset, as that subset's variant runs it: (S, T, d)."""
         if mask_mode not in HybridVisionTowerAdapter.modes:
             raise MaskError(f"DeepSeek-VL supports mask modes {', '.join(HybridVisionTowerAdapter.modes)}, "
                             f"not {mask_mode!r}")
@@ -386,9 +401,31 @@ class DeepSeekVLSweep:
                     embeds.append(model.prepare_inputs_embeds(
                         input_ids=inputs.input_ids.clone(), pixel_values=inputs.pixel_values,
                         images_seq_mask=inputs.images_seq_mask, images_emb_mask=inputs.images_emb_mask))
-        S = len(embeds)
-        mask = inputs.attention_mask.repeat(S, 1)
-        return wrapper.decode_answers(torch.cat(embeds, dim=0), mask)
+        return torch.cat(embeds, dim=0)
+
+    def fuse(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]], mask_mode: str) -> Any:
+        from vlmeval_encred.sweep.decoding import DecodeRequest
+
+        _, why = wrapper.greedy_settings()
+        if why is not None:
+            raise MaskError(f"{type(wrapper).__name__}: generation is not plain greedy ({why}); "
+                            "the shared-prefix decoder would not reproduce it")
+        lm = wrapper.model.language_model
+        return DecodeRequest(lm=lm, embeds=self._embeds(wrapper, inputs, features_per_subset, mask_mode),
+                             embed_tokens=lm.get_input_embeddings(), eos_ids=[wrapper.tokenizer.eos_token_id],
+                             max_new_tokens=int(wrapper.kwargs["max_new_tokens"]), finish=wrapper.finish_answers)
+
+    def fuse_and_generate(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]],
+                          mask_mode: str) -> list[str]:
+        from vlmeval_encred.sweep.decoding import decode
+
+        if wrapper.greedy_settings()[1] is None:
+            return decode([self.fuse(wrapper, inputs, features_per_subset, mask_mode)])[0]
+        # Not plain greedy (sampling, beams, a repetition penalty...): the shared-prefix decoder
+        # implements argmax only, so generate() decodes all subsets as one batch (same prompt:
+        # no padding) with the wrapper's settings.
+        embeds = self._embeds(wrapper, inputs, features_per_subset, mask_mode)
+        return wrapper.decode_answers(embeds, inputs.attention_mask.repeat(embeds.shape[0], 1))
 
 
 EncredDeepSeekVL.sweep_support = DeepSeekVLSweep()
