@@ -366,8 +366,11 @@ class EncredDeepseekVLHybrid(EncredMixin, BaseModel):
 # llm: LlmPruner on language_model.layers; the visual positions are the image placeholders.
 
 
-def install_tokens(wrapper: Any, tokens: Any, name: str) -> Any:
-    """Check ``tokens`` against the loaded model; return the LlmPruner for the llm stage (else None)."""
+def install_tokens(wrapper: Any, tokens: Any, name: str, layers: Sequence[Any] | None = None) -> Any:
+    """Check ``tokens`` against the loaded model; return the LlmPruner for the llm stage (else None).
+
+    ``layers``: the language model's decoder layers (default: DeepseekVLHybrid's); the original
+    package's family passes its own Llama's."""
     from vlmeval_encred.tokens import LlmPruner, TokenError
 
     if tokens.stage == "fusion":
@@ -375,7 +378,7 @@ def install_tokens(wrapper: Any, tokens: Any, name: str) -> Any:
         if r is not None and len(r.spec.masked) >= len(r.encoders):
             raise TokenError(f"{name}: every encoder is masked; the fusion stage has no encoder to score tokens")
         return None
-    return LlmPruner(wrapper.model.model.language_model.layers, tokens)
+    return LlmPruner(wrapper.model.model.language_model.layers if layers is None else layers, tokens)
 
 
 def _visual_positions(wrapper: Any, input_ids: torch.Tensor) -> list[int]:
