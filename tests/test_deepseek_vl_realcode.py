@@ -235,6 +235,8 @@ def test_engine_sweep_equals_vlmevalkit_per_variant(ckpt, workdir, tmp_path, mod
         chosen = entries(base=spec.name)
         rep = run_sweep(spec, chosen, [ds], str(tmp_path / "sweep"), progress=False)
         assert rep.datasets[0].encoder_calls == {"siglip": 2, "sam": 2}
+        dec = rep.datasets[0].decoding  # the shared-prefix decoder ran: system prompt once, not per subset
+        assert dec.calls == 2 and dec.prefix_tokens > 0 and dec.prefilled_tokens < dec.prompt_tokens
         seen = set()
         for e in chosen:
             root = tmp_path / "ref" / e.name
