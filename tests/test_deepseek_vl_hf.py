@@ -193,3 +193,67 @@ def test_errors_name_valid_encoders_and_modes(ckpt):
     assert model.model.high_res_vision_model is not None  # nothing was touched
     with pytest.raises(MaskError, match="not a DeepseekVLHybrid"):
         DeepseekVLHybridAdapter().encoders(torch.nn.Linear(2, 2))
+
+
+@pytest.fixture(scope="module")
+def loud_ckpt(ckpt, tmp_path_factory) -> str:
+    """The tiny checkpoint with the aligner's and language model's matrices redrawn at std 0.3, so
+    that greedy answers depend on the image and differ between subsets (the stock init, std 0.02,
+    answers the same for every input, which would make an equality test vacuous)."""
+    from transformers import AutoProcessor
+
+    model = load(ckpt)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for part in (model.model.aligner, model.model.language_model):
+            for prm in part.parameters():
+                if prm.dim() >= 2:
+                    prm.copy_(torch.randn(prm.shape, generator=gen) * 0.3)
+    dest = tmp_path_factory.mktemp("dsvl-loud")
+    model.save_pretrained(dest)
+    AutoProcessor.from_pretrained(ckpt).save_pretrained(dest)
+    return str(dest)
+
+
+def test_sweep_support_equals_per_variant_generate(loud_ckpt, png, tmp_path):
+    """Every subset's answer from one shared encoding and the shared-prefix decoder
+    (``decode([fuse(...)])``) equals the masked variant's own ``generate_inner`` (transformers'
+    ``generate`` on the pixels), string for string, for two prompts and images; the chat
+    template's text before the image was prefilled once per call, not per subset.  With
+    sampling settings ``fuse`` refuses and ``fuse_and_generate`` decodes with ``generate``."""
+    import itertools
+
+    import numpy as np
+    from PIL import Image
+
+    from vlmeval_encred.sweep.decoding import DecodeRequest, collect
+    from vlmeval_encred.sweep.protocol import support_for
+
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(noise)
+    messages = [message(png), [dict(type="image", value=str(noise)), dict(type="text", value="Count the dots.")]]
+    names = ["siglip", "sam"]
+    subsets = [c for k in range(len(names) + 1) for c in itertools.combinations(names, k)]
+    kw = dict(torch_dtype="float32", device="cpu", max_new_tokens=6)
+    full = EncredDeepseekVLHybrid(loud_ckpt, **kw)
+    variants = [EncredDeepseekVLHybrid(loud_ckpt, mask=s, **kw) for s in subsets]
+    support = support_for(full)
+    seen = set()
+    for msg in messages:
+        inputs = support.prepare(full, msg, None)
+        feats = support.encode(full, inputs, names)
+        per_subset = [{n: None if n in s else feats[n] for n in names} for s in subsets]
+        request = support.fuse(full, inputs, per_subset, "zero")
+        assert isinstance(request, DecodeRequest) and request.embeds.shape[0] == len(subsets)
+        with collect() as stats:
+            got = support.fuse_and_generate(full, inputs, per_subset, "zero")
+        assert got == [v.generate_inner(msg) for v in variants]
+        assert stats.calls == 1 and stats.prefix_tokens > 0 and stats.prefilled_tokens < stats.prompt_tokens
+        seen.update(got)
+    assert len(seen) > 1, "every answer alike: the comparison would be vacuous"
+    sampled = EncredDeepseekVLHybrid(loud_ckpt, do_sample=True, temperature=0.7, **kw)
+    with pytest.raises(ValueError, match=r"not plain greedy \(do_sample=True\)"):
+        support.fuse(sampled, inputs, per_subset, "zero")
+    with collect() as stats:
+        assert len(support.fuse_and_generate(sampled, inputs, per_subset, "zero")) == len(subsets)
+    assert stats.calls == 0

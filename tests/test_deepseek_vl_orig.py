@@ -253,3 +253,30 @@ def test_wrong_environment_fails_before_loading(monkeypatch):
     msg = str(err.value)
     assert f"transformers {have} is installed" in msg and "transformers>=4.38.2,<5" in msg
     assert "deepseek_vl/recipe.txt" in msg and "--env deepseek_vl" in msg
+
+
+def test_sweep_support_equals_per_variant_generate(ckpt, png):
+    """On the stand-in, in this environment's transformers: every subset's answer from one shared
+    encoding and the shared-prefix decoder equals the masked variant's own ``generate_inner``, in
+    both modes; the conversation's system prompt is prefilled once per call, not per subset."""
+    import itertools
+
+    from vlmeval_encred.sweep.decoding import collect
+    from vlmeval_encred.sweep.protocol import support_for
+
+    _standin_only()
+    msg = [dict(type="image", value=png), dict(type="text", value="Which bar is taller?")]
+    kw = dict(torch_dtype="float32", device="cpu", max_new_tokens=5)
+    full = EncredDeepSeekVL(ckpt, **kw)
+    support = support_for(full)
+    names = ["siglip", "sam"]
+    subsets = [c for k in range(len(names) + 1) for c in itertools.combinations(names, k)]
+    inputs = support.prepare(full, msg, None)
+    feats = support.encode(full, inputs, names)
+    per_subset = [{n: None if n in s else feats[n] for n in names} for s in subsets]
+    for mode in ("zero", "drop"):
+        with collect() as stats:
+            got = support.fuse_and_generate(full, inputs, per_subset, mode)
+        assert got == [EncredDeepSeekVL(ckpt, mask=s, mask_mode=mode, **kw).generate_inner(msg) for s in subsets]
+        assert stats.calls == 1 and stats.prefix_tokens > 0 and stats.prefilled_tokens < stats.prompt_tokens
+        assert len(set(got)) > 1, "every subset answers alike: the comparison would be vacuous"

@@ -169,8 +169,12 @@ def test_masked_wrapper_reports_its_mode(ckpt, message, mode):
 
 @pytest.mark.parametrize("mode", ["zero", "drop"])
 def test_sweep_support_equals_per_variant_generate(ckpt, message, mode):
-    """Every subset's answer from one shared encoding and one batched decode equals the masked
-    variant's own ``generate_inner``, string for string (fp32, CPU, greedy)."""
+    """Every subset's answer from one shared encoding and the shared-prefix decoder
+    (``decode([fuse(...)])``) equals the masked variant's own ``generate_inner``, string for
+    string (fp32, CPU, greedy); the chat template's system prompt was prefilled once, not per
+    subset.  With sampling settings the support falls back to ``generate`` and ``fuse`` refuses."""
+    from vlmeval_encred.masking import MaskError
+    from vlmeval_encred.sweep.decoding import DecodeRequest, collect
     from vlmeval_encred.sweep.protocol import support_for
 
     full = _wrapper(ckpt)
@@ -179,12 +183,24 @@ def test_sweep_support_equals_per_variant_generate(ckpt, message, mode):
     subsets = [c for k in range(len(names) + 1) for c in itertools.combinations(names, k)]
     inputs = support.prepare(full, message, None)
     feats = support.encode(full, inputs, names)
-    got = support.fuse_and_generate(full, inputs, [{n: None if n in s else feats[n] for n in names}
-                                                   for s in subsets], mode)
+    per_subset = [{n: None if n in s else feats[n] for n in names} for s in subsets]
+    request = support.fuse(full, inputs, per_subset, mode)
+    assert isinstance(request, DecodeRequest) and request.embeds.shape[0] == len(subsets)
+    with collect() as stats:
+        got = support.fuse_and_generate(full, inputs, per_subset, mode)
     want = [_wrapper(ckpt, mask=s, mask_mode=mode).generate_inner(message) for s in subsets]
-    print(mode, got)
+    print(mode, got, stats)
     assert got == want
     assert len(set(got)) > 1, "all subsets answer alike: the comparison would be vacuous"
+    assert stats.calls == 1 and stats.rows == len(subsets)
+    assert stats.prefix_tokens > 0 and stats.prefilled_tokens < stats.prompt_tokens
+    sampled = _wrapper(ckpt, do_sample=True, temperature=0.7)
+    assert sampled.greedy_settings()[1] == "do_sample=True"
+    with pytest.raises(MaskError, match="not plain greedy"):
+        support.fuse(sampled, inputs, per_subset, mode)
+    with collect() as stats:
+        assert len(support.fuse_and_generate(sampled, inputs, per_subset, mode)) == len(subsets)
+    assert stats.calls == 0  # decoded by generate(), not the shared-prefix decoder
     # the full model's fusion was restored after the sweep's temporary swaps
     assert type(full.model.aligner.high_up_proj).__name__ == "Linear" and "forward" not in vars(full.model.vision_model)
 
@@ -219,6 +235,8 @@ def test_engine_sweep_equals_vlmevalkit_per_variant(ckpt, workdir, tmp_path, mod
         chosen = entries(base=spec.name)
         rep = run_sweep(spec, chosen, [ds], str(tmp_path / "sweep"), progress=False)
         assert rep.datasets[0].encoder_calls == {"siglip": 2, "sam": 2}
+        dec = rep.datasets[0].decoding  # the shared-prefix decoder ran: system prompt once, not per subset
+        assert dec.calls == 2 and dec.prefix_tokens > 0 and dec.prefilled_tokens < dec.prompt_tokens
         seen = set()
         for e in chosen:
             root = tmp_path / "ref" / e.name

@@ -20,5 +20,5 @@ for _name, _modes, _what in [("deepseek_vl_7b_orig", ("zero", "drop"), "zero bef
         checkpoint="deepseek-ai/deepseek-vl-7b-chat", encoders=("siglip", "sam"),
         wrapper="vlmeval_encred.model_wrappers.deepseek_vl.modeling:EncredDeepSeekVL", modes=_modes,
         # its pyproject asks >=4.38.2; under 5.x its config classes fail to import
-        requires={"transformers": ">=4.38.2,<5"}, recipe="deepseek_vl",
+        requires={"transformers": ">=4.38.2,<5"}, recipe="deepseek_vl", token_stages=("fusion", "llm"),
         description=f"DeepSeek-VL 7B via the original deepseek_vl package (HybridVisionTower); mask: {_what}"))

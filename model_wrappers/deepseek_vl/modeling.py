@@ -53,7 +53,8 @@ from vlmeval.vlm.base import BaseModel
 from vlmeval.vlm.deepseek_vl import DeepSeekVL
 
 from vlmeval_encred.masking import EncoderAdapter, EncoderInfo, MaskError, MaskReport, MaskSpec, count_params
-from vlmeval_encred.model_wrappers.deepseek_vl_hf.modeling import check_catalog_order, cut_after_eos
+from vlmeval_encred.model_wrappers.deepseek_vl_hf.modeling import (check_catalog_order, cut_after_eos, greedy_settings,
+                                                                  install_tokens)
 from vlmeval_encred.wrapper import EncredMixin, log, resolve_dtype
 
 _TOWERS = {"low": "vision_tower_low", "high": "vision_tower_high"}
@@ -261,6 +262,7 @@ class EncredDeepSeekVL(EncredMixin, DeepSeekVL):
 
     def __init__(self, model_path: str = "deepseek-ai/deepseek-vl-7b-chat", torch_dtype: Any = "bfloat16",
                  device: str | None = None, max_new_tokens: int = 512, **gen_kwargs: Any) -> None:
+        self.tokens = self.pop_token_kwargs(gen_kwargs)
         spec, base = self.pop_encred_kwargs(gen_kwargs)
         BaseModel.__init__(self)  # not DeepSeekVL.__init__, which hard-codes bfloat16 and .cuda()
         import_deepseek_vl()
@@ -281,6 +283,11 @@ class EncredDeepSeekVL(EncredMixin, DeepSeekVL):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = model.to(device=device, dtype=resolve_dtype(torch_dtype)).eval()
         self.kwargs = self.generation_kwargs(dict(max_new_tokens=max_new_tokens, use_cache=True), gen_kwargs)
+        self.pruner = None
+        self.token_report: dict[str, Any] | None = None
+        if self.tokens is not None:
+            self.pruner = install_tokens(self, self.tokens, base or model_path,
+                                         layers=self.model.language_model.model.layers)
 
     @property
     def mask_mode(self) -> str:
@@ -303,15 +310,133 @@ class EncredDeepSeekVL(EncredMixin, DeepSeekVL):
                 inputs_embeds=embeds, attention_mask=attention_mask,
                 pad_token_id=self.tokenizer.eos_token_id, bos_token_id=self.tokenizer.bos_token_id,
                 eos_token_id=self.tokenizer.eos_token_id, **self.kwargs)
+        return self.finish_answers(out.tolist())
+
+    def finish_answers(self, rows: list[list[int]]) -> list[str]:
+        """Generated ids per row -> answers: cut after the first EOS (where a batch of one stops),
+        special tokens skipped, stripped; ``generate_inner``'s post-processing, shared with the sweep."""
         eos = {self.tokenizer.eos_token_id}
-        return [self.tokenizer.decode(cut_after_eos(row.cpu(), eos).tolist(), skip_special_tokens=True).strip()
-                for row in out]
+        return [self.tokenizer.decode(cut_after_eos(torch.tensor(row, dtype=torch.long), eos).tolist(),
+                                      skip_special_tokens=True).strip() for row in rows]
+
+    def greedy_settings(self) -> tuple[Any, str | None]:
+        """(the language model's effective generation config, why it is not plain greedy or None),
+        with the keywords :meth:`decode_answers` passes to ``generate``."""
+        kw = dict(self.kwargs, pad_token_id=self.tokenizer.eos_token_id, bos_token_id=self.tokenizer.bos_token_id,
+                  eos_token_id=self.tokenizer.eos_token_id)
+        return greedy_settings(self.model.language_model.generation_config, kw)
 
     def generate_inner(self, message: list[dict[str, Any]], dataset: str | None = None) -> str:
         inputs = self.build_inputs(message)
+        if self.tokens is not None:
+            return generate_with_tokens(self, inputs)
         with torch.inference_mode():
             embeds = self.model.prepare_inputs_embeds(**inputs)
         return self.decode_answers(embeds, inputs.attention_mask)[0]
+
+
+# --- token budgets (docs/tokens.md) -----------------------------------------------------------
+# fusion: the same definition and scoring as transformers' port (deepseek_vl_hf.select_grid_tokens):
+# SigLIP and SAM reach the aligner as (n_images, T, C) on one shared T-token grid; each unmasked
+# one is scored by the L2 norm of its tokens there.  Upstream's prepare_inputs_embeds builds the
+# full prompt embeddings (the tower answers once, from the features already scored); the pruned
+# image positions are cut out and the rest keep their original position ids.  transformers 4.x's
+# generate() does not carry given position ids past the prefill, so the fusion stage decodes with
+# its own greedy loop (greedy_at_positions; the llm stage and unpruned runs keep generate()).
+# llm: LlmPruner on language_model.model.layers; the visual positions are images_seq_mask's.
+
+
+def visual_positions(inputs: Any) -> list[int]:
+    """Prompt positions that hold image tokens (``images_seq_mask``), batch size 1."""
+    from vlmeval_encred.tokens import TokenError
+
+    if inputs.input_ids.shape[0] != 1:
+        raise TokenError("token budgets run one sample at a time (batch size 1)")
+    if not bool(inputs.images_emb_mask.all()):
+        raise TokenError("fusion stage: every image must fill all of its num_image_tokens slots "
+                         "(images_emb_mask has unused slots)")
+    return inputs.images_seq_mask[0].nonzero().flatten().tolist()
+
+
+def fusion_token_embeds(wrapper: Any, inputs: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """The fusion stage: (kept prompt embeddings (1, S', d), their original positions (S',), the report)."""
+    from vlmeval_encred.model_wrappers.deepseek_vl_hf.modeling import select_grid_tokens
+    from vlmeval_encred.tokens import splice_positions
+
+    model = wrapper.model
+    visual = visual_positions(inputs)
+    masked = set(wrapper.encred_report.spec.masked) if wrapper.encred_report else set()
+    names = {_BRANCHES[i.index]: i.name for i in wrapper.adapter.encoders(model)}
+    with torch.inference_mode():
+        high, low = model.vision_model(inputs.pixel_values.flatten(0, 1))  # the variant's tower (zeros if masked)
+        sel = select_grid_tokens({names[w]: t for w, t in (("low", low), ("high", high)) if names[w] not in masked},
+                                 wrapper.tokens, visual)
+        with _fixed_fusion(model, high, low, ()):
+            embeds = model.prepare_inputs_embeds(
+                input_ids=inputs.input_ids.clone(), pixel_values=inputs.pixel_values,
+                images_seq_mask=inputs.images_seq_mask, images_emb_mask=inputs.images_emb_mask)
+    idx = torch.tensor(splice_positions(embeds.shape[1], visual, sel.kept), device=embeds.device)
+    report = {"stage": "fusion", "visual": visual, "kept": sel.kept, "weights": sel.weights}
+    return embeds[:, idx], idx, report
+
+
+def greedy_at_positions(lm: Any, embeds: torch.Tensor, positions: torch.Tensor, eos: Sequence[int],
+                        max_new_tokens: int, logits: list[torch.Tensor] | None = None) -> list[int]:
+    """Greedy ids (EOS included when produced) for one prompt whose tokens sit at ``positions``.
+
+    The forwards ``generate(inputs_embeds=..., do_sample=False)`` runs (prefill, then one cached
+    token per step, last-position logits only), except that the prompt's position ids are the given
+    original ones and generated tokens continue after the last of them (the prompt's last token is
+    text, never pruned).  ``logits``: if given, each step's float32 logits are appended."""
+    from vlmeval_encred.sweep.decoding import _kw_names, _out_cache
+
+    cache_kw, keep_kw = _kw_names(type(lm))
+    extra = {keep_kw: 1} if keep_kw else {}
+    dev = embeds.device
+    n, nxt = embeds.shape[1], int(positions[-1]) + 1
+    ids: list[int] = []
+    with torch.inference_mode():
+        out = lm(inputs_embeds=embeds, position_ids=positions.view(1, -1).to(dev), use_cache=True,
+                 attention_mask=torch.ones((1, n), dtype=torch.long, device=dev), **extra)
+        for step in range(max_new_tokens):
+            last = out.logits[:, -1].float()
+            if logits is not None:
+                logits.append(last)
+            tok = int(last.argmax(-1))
+            ids.append(tok)
+            if tok in eos or step == max_new_tokens - 1:
+                break
+            out = lm(inputs_embeds=lm.get_input_embeddings()(torch.tensor([[tok]], device=dev)),
+                     position_ids=torch.tensor([[nxt + step]], device=dev), use_cache=True,
+                     attention_mask=torch.ones((1, n + step + 1), dtype=torch.long, device=dev),
+                     **{cache_kw: _out_cache(out)}, **extra)
+    return ids
+
+
+def generate_with_tokens(wrapper: Any, inputs: Any) -> str:
+    """``generate_inner`` with the wrapper's token budget; sets ``wrapper.token_report``."""
+    if wrapper.tokens.stage == "llm":
+        visual = visual_positions(inputs)
+        with torch.inference_mode():
+            embeds = wrapper.model.prepare_inputs_embeds(**inputs)
+        wrapper.pruner.arm(visual, embeds.shape[1])
+        try:
+            answer = wrapper.decode_answers(embeds, inputs.attention_mask)[0]
+        finally:
+            wrapper.pruner.disarm()
+        wrapper.token_report = {"stage": "llm", "layer": wrapper.tokens.layer, "visual": visual,
+                                "kept": list(wrapper.pruner.kept_visual or visual)}
+        return answer
+    cfg, why = wrapper.greedy_settings()
+    if why is not None:
+        from vlmeval_encred.tokens import TokenError
+
+        raise TokenError(f"the fusion token stage of DeepSeek-VL decodes greedily; this wrapper's generation "
+                         f"settings are not plain greedy ({why})")
+    embeds, positions, wrapper.token_report = fusion_token_embeds(wrapper, inputs)
+    ids = greedy_at_positions(wrapper.model.language_model, embeds, positions, [wrapper.tokenizer.eos_token_id],
+                              int(wrapper.kwargs["max_new_tokens"]))
+    return wrapper.finish_answers([ids])[0]
 
 
 # --- encred sweep support: share encoder outputs across every subset of a sample ---------------
@@ -323,8 +448,10 @@ class EncredDeepSeekVL(EncredMixin, DeepSeekVL):
 # * ``fuse_and_generate``: per subset, upstream's own ``prepare_inputs_embeds`` with the tower
 #   answering from the precomputed features (zeros for a masked one) and, under ``drop``, the
 #   masked branch's up-projection swapped for a ``ZeroBranch`` -- exactly what a variant of that
-#   mask runs; then one ``generate`` over all subsets (same prompt: no padding), rows cut after
-#   their first EOS as a batch of one stops there.
+#   mask runs (``fuse``: one row per subset, decoded by ``sweep.decoding.decode``: the shared
+#   template prefix once, finished rows dropped); ``fuse_and_generate`` is ``decode([fuse(...)])[0]``
+#   under plain greedy settings, else one ``generate`` over all subsets (same prompt: no padding),
+#   rows cut after their first EOS as a batch of one stops there.
 
 
 @contextlib.contextmanager
@@ -361,8 +488,9 @@ class DeepSeekVLSweep:
         with torch.inference_mode():
             return {name: run_branch(tower, branches[name], images) for name in encoders}
 
-    def fuse_and_generate(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]],
-                          mask_mode: str) -> list[str]:
+    @staticmethod
+    def _embeds(wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]], mask_mode: str) -> torch.Tensor:
+        """Upstream's ``prepare_inputs_embeds`` once per subset, as that subset's variant runs it: (S, T, d)."""
         if mask_mode not in HybridVisionTowerAdapter.modes:
             raise MaskError(f"DeepSeek-VL supports mask modes {', '.join(HybridVisionTowerAdapter.modes)}, "
                             f"not {mask_mode!r}")
@@ -386,9 +514,31 @@ class DeepSeekVLSweep:
                     embeds.append(model.prepare_inputs_embeds(
                         input_ids=inputs.input_ids.clone(), pixel_values=inputs.pixel_values,
                         images_seq_mask=inputs.images_seq_mask, images_emb_mask=inputs.images_emb_mask))
-        S = len(embeds)
-        mask = inputs.attention_mask.repeat(S, 1)
-        return wrapper.decode_answers(torch.cat(embeds, dim=0), mask)
+        return torch.cat(embeds, dim=0)
+
+    def fuse(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]], mask_mode: str) -> Any:
+        from vlmeval_encred.sweep.decoding import DecodeRequest
+
+        _, why = wrapper.greedy_settings()
+        if why is not None:
+            raise MaskError(f"{type(wrapper).__name__}: generation is not plain greedy ({why}); "
+                            "the shared-prefix decoder would not reproduce it")
+        lm = wrapper.model.language_model
+        return DecodeRequest(lm=lm, embeds=self._embeds(wrapper, inputs, features_per_subset, mask_mode),
+                             embed_tokens=lm.get_input_embeddings(), eos_ids=[wrapper.tokenizer.eos_token_id],
+                             max_new_tokens=int(wrapper.kwargs["max_new_tokens"]), finish=wrapper.finish_answers)
+
+    def fuse_and_generate(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]],
+                          mask_mode: str) -> list[str]:
+        from vlmeval_encred.sweep.decoding import decode
+
+        if wrapper.greedy_settings()[1] is None:
+            return decode([self.fuse(wrapper, inputs, features_per_subset, mask_mode)])[0]
+        # Not plain greedy (sampling, beams, a repetition penalty...): the shared-prefix decoder
+        # implements argmax only, so generate() decodes all subsets as one batch (same prompt:
+        # no padding) with the wrapper's settings.
+        embeds = self._embeds(wrapper, inputs, features_per_subset, mask_mode)
+        return wrapper.decode_answers(embeds, inputs.attention_mask.repeat(embeds.shape[0], 1))
 
 
 EncredDeepSeekVL.sweep_support = DeepSeekVLSweep()

@@ -38,6 +38,7 @@ imported while ``vlmeval.config`` executes.
 from __future__ import annotations
 
 import gc
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -183,6 +184,85 @@ class DeepseekVLHybridAdapter(EncoderAdapter):
         return freed
 
 
+# --- shared with model_wrappers/deepseek_vl (the original package's family) ---------------------
+
+# Generation settings that make ``generate`` something other than plain greedy decoding of
+# ``inputs_embeds`` (logits processors, other decoding strategies, extra stopping rules):
+# attribute -> the values that leave greedy argmax decoding unchanged.
+_NOT_GREEDY: dict[str, tuple[Any, ...]] = {
+    "do_sample": (False, None), "num_beams": (1, None), "num_beam_groups": (1, None),
+    "num_return_sequences": (1, None), "penalty_alpha": (None, 0, 0.0), "dola_layers": (None,),
+    "repetition_penalty": (None, 1, 1.0), "encoder_repetition_penalty": (None, 1, 1.0),
+    "no_repeat_ngram_size": (None, 0), "encoder_no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,),
+    "min_length": (None, 0), "min_new_tokens": (None, 0), "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,), "suppress_tokens": (None,), "begin_suppress_tokens": (None,),
+    "sequence_bias": (None,), "guidance_scale": (None, 1, 1.0), "exponential_decay_length_penalty": (None,),
+    "stop_strings": (None,), "max_time": (None,), "watermarking_config": (None,), "constraints": (None,),
+    "force_words_ids": (None,), "prompt_lookup_num_tokens": (None,), "assistant_model": (None,),
+}
+
+
+def greedy_settings(generation_config: Any, kwargs: dict[str, Any]) -> tuple[Any, str | None]:
+    """(the generation config ``generate`` would use, the reason it is not plain greedy or None).
+
+    ``generate`` merges the model's ``generation_config`` with the call's keywords; the shared-prefix
+    decoder (:func:`vlmeval_encred.sweep.decoding.decode`) reproduces only argmax decoding without
+    logits processors, so anything else keeps the family's ``generate`` path."""
+    import copy
+
+    cfg = copy.deepcopy(generation_config)
+    extra = cfg.update(**kwargs)  # returns the keywords that are not config attributes
+    for name, neutral in _NOT_GREEDY.items():
+        value = kwargs.get(name) if name in (extra or {}) else getattr(cfg, name, None)
+        if value not in neutral:
+            return cfg, f"{name}={value!r}"
+    if kwargs.get("max_new_tokens") is None:
+        return cfg, "no max_new_tokens"
+    return cfg, None
+
+
+def eos_ids(generation_config: Any, tokenizer: Any) -> list[int]:
+    """End-of-sequence ids ``generate`` stops at: the config's, else the tokenizer's."""
+    eos = generation_config.eos_token_id
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return sorted(set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None})
+
+
+@dataclass
+class GridSelection:
+    """The fusion stage's choice for one prompt (docs/tokens.md): what each image keeps."""
+
+    kept: list[int]
+    """Kept visual positions of the prompt, ascending."""
+    per_image: list[torch.Tensor]
+    """Per image: kept indices into its T-token grid (ascending LongTensor)."""
+    weights: list[dict[str, float]]
+    """Per image: the encoders' effective-rank weights."""
+
+
+def select_grid_tokens(branches: dict[str, torch.Tensor], tokens: Any, visual: Sequence[int]) -> GridSelection:
+    """The fusion stage of DeepSeek-VL: SigLIP and SAM share one T-token grid at the aligner input.
+
+    ``branches``: each *unmasked* encoder's aligner input (n_images, T, C); ``visual``: the
+    prompt's image positions, n_images x T of them in image order.  Both families (the original
+    package and transformers' port) score the same tensors, so both call this."""
+    from vlmeval_encred.tokens import TokenError, fusion_select
+
+    if not branches:
+        raise TokenError("the fusion stage needs at least one unmasked encoder to score tokens")
+    n_img, t = next(iter(branches.values())).shape[:2]
+    if len(visual) != n_img * t:
+        raise TokenError(f"fusion stage: {len(visual)} image positions for {n_img} images of {t} tokens")
+    kept, per_image, weights = [], [], []
+    for b in range(n_img):
+        sel = fusion_select({name: f[b] for name, f in branches.items()}, tokens)
+        kept += [visual[b * t + j] for j in sel.kept.tolist()]
+        per_image.append(sel.kept)
+        weights.append(sel.weights)
+    return GridSelection(kept, per_image, weights)
+
+
 def check_catalog_order(base: str, found: list[str]) -> None:
     """The catalog's encoder names for ``base`` must be the ones the loaded model has, in its order."""
     if not base:
@@ -286,8 +366,11 @@ class EncredDeepseekVLHybrid(EncredMixin, BaseModel):
 # llm: LlmPruner on language_model.layers; the visual positions are the image placeholders.
 
 
-def install_tokens(wrapper: Any, tokens: Any, name: str) -> Any:
-    """Check ``tokens`` against the loaded model; return the LlmPruner for the llm stage (else None)."""
+def install_tokens(wrapper: Any, tokens: Any, name: str, layers: Sequence[Any] | None = None) -> Any:
+    """Check ``tokens`` against the loaded model; return the LlmPruner for the llm stage (else None).
+
+    ``layers``: the language model's decoder layers (default: DeepseekVLHybrid's); the original
+    package's family passes its own Llama's."""
     from vlmeval_encred.tokens import LlmPruner, TokenError
 
     if tokens.stage == "fusion":
@@ -295,7 +378,7 @@ def install_tokens(wrapper: Any, tokens: Any, name: str) -> Any:
         if r is not None and len(r.spec.masked) >= len(r.encoders):
             raise TokenError(f"{name}: every encoder is masked; the fusion stage has no encoder to score tokens")
         return None
-    return LlmPruner(wrapper.model.model.language_model.layers, tokens)
+    return LlmPruner(wrapper.model.model.language_model.layers if layers is None else layers, tokens)
 
 
 def _visual_positions(wrapper: Any, input_ids: torch.Tensor) -> list[int]:
@@ -312,7 +395,7 @@ def fusion_token_inputs(wrapper: Any, inputs: dict[str, Any], branches: tuple[An
     zeros, with ``masked`` and ``tokens`` for that row; by default the wrapper's own."""
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-    from vlmeval_encred.tokens import TokenError, fusion_select, splice_positions
+    from vlmeval_encred.tokens import TokenError, splice_positions
 
     ids = inputs["input_ids"]
     if ids.shape[0] != 1:
@@ -330,16 +413,10 @@ def fusion_token_inputs(wrapper: Any, inputs: dict[str, Any], branches: tuple[An
     else:
         low, high = branches
     fused = inner.aligner(low, high)  # (n_images, T, D): what get_image_features returns
-    n_img, t = fused.shape[:2]
-    if len(visual) != n_img * t:
-        raise TokenError(f"fusion stage: {len(visual)} image placeholders for {n_img} images of {t} tokens")
-    kept_vis, rows, weights = [], [], []
-    for b in range(n_img):
-        feats = {names[i]: f[b] for i, f in ((0, low), (1, high)) if names[i] not in masked}
-        sel = fusion_select(feats, tokens)
-        kept_vis += [visual[b * t + j] for j in sel.kept.tolist()]
-        rows.append(fused[b, sel.kept.to(fused.device)])
-        weights.append(sel.weights)
+    sel = select_grid_tokens({names[i]: f for i, f in ((0, low), (1, high)) if names[i] not in masked},
+                             tokens, visual)
+    kept_vis, weights = sel.kept, sel.weights
+    rows = [fused[b, k.to(fused.device)] for b, k in enumerate(sel.per_image)]
     idx = torch.tensor(splice_positions(ids.shape[1], visual, kept_vis), device=ids.device)
     new_ids = ids[:, idx]
     mm = {"image": BaseModelOutputWithPooling(pooler_output=torch.cat(rows, 0).unsqueeze(0))}
@@ -375,16 +452,19 @@ def generate_with_tokens(wrapper: Any, inputs: dict[str, Any]) -> str:
 
 # --- encred sweep support: share encoder outputs across every subset of a sample ---------------
 # :class:`~.protocol.SweepSupport` for ``EncredDeepseekVLHybrid`` (transformers' DeepseekVLHybrid).
-# 
+#
 # * ``prepare``: the wrapper's own ``build_inputs`` (what ``generate_inner`` calls).
 # * ``encode``: ``get_low_res_image_features`` (siglip) and
 #   ``get_high_res_image_features`` (sam) -- the tensors the aligner receives
 #   and the ones masking replaces by zeros.
-# * ``fuse_and_generate``: the aligner once per subset (batch = that sample's
-#   images, as in a per-variant run), then one ``generate`` over all subsets
-#   with the precomputed image features passed as ``mm_encoder_outputs``.  Rows are cut after
-#   their first end-of-sequence token before decoding, because in a batch a row
-#   that finished early continues with padding where a batch of one stops.
+# * ``fuse``: the aligner once per subset (batch = that sample's images, as in a per-variant
+#   run), its rows put into the prompt's embeddings at the image placeholders by the model's
+#   own ``get_placeholder_mask`` and ``masked_scatter`` (what ``DeepseekVLHybridModel.forward``
+#   does with ``mm_encoder_outputs``); one row per subset, decoded by
+#   :func:`vlmeval_encred.sweep.decoding.decode` (shared template prefix, finished rows dropped).
+# * ``fuse_and_generate``: ``decode([fuse(...)])[0]`` under plain greedy settings; otherwise one
+#   ``generate`` over all subsets with the fused features as ``mm_encoder_outputs``, rows cut
+#   after their first end-of-sequence token (a batch of one stops there).
 
 
 def _sweep_inner(wrapper: Any) -> Any:
@@ -397,13 +477,6 @@ def _branches(wrapper: Any) -> dict[str, tuple[str, Any]]:
     return {i.name: ("low" if i.index == 0 else "high", i) for i in infos}
 
 
-def _eos_ids(wrapper: Any) -> set[int]:
-    eos = wrapper.model.generation_config.eos_token_id
-    if eos is None:
-        eos = wrapper.tokenizer.eos_token_id
-    return set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
-
-
 def cut_after_eos(row: torch.Tensor, eos: set[int]) -> torch.Tensor:
     """Tokens up to and including the first end-of-sequence token (what a batch of one returns)."""
     for pos, tok in enumerate(row.tolist()):
@@ -413,7 +486,7 @@ def cut_after_eos(row: torch.Tensor, eos: set[int]) -> torch.Tensor:
 
 
 class DeepseekVLHybridSweep:
-    """SweepSupport of the DeepseekVLHybrid family (see the module docstring)."""
+    """SweepSupport of the DeepseekVLHybrid family (see the comment above)."""
 
     token_stages_swept = ("fusion", "llm")
     """Rows with a budget go through :func:`sweep_budget_rows` (batch 1, the variant's own functions)."""
@@ -434,30 +507,59 @@ class DeepseekVLHybridSweep:
                     out[name] = inner.get_high_res_image_features(inputs["high_res_pixel_values"]).last_hidden_state
         return out
 
+    @staticmethod
+    def _fused(wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]], mask_mode: str) -> torch.Tensor:
+        """The aligner's output per subset, concatenated: (S * n_images, T, D)."""
+        if mask_mode != "zero":
+            raise ValueError(f"DeepseekVLHybrid supports mask mode 'zero' only, not {mask_mode!r}")
+        aligner = _sweep_inner(wrapper).aligner
+        with torch.inference_mode():
+            return torch.cat([aligner(*_branch_inputs(wrapper, inputs, feats)) for feats in features_per_subset], dim=0)
+
+    def fuse(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]], mask_mode: str) -> Any:
+        from vlmeval_encred.sweep.decoding import DecodeRequest
+
+        cfg, why = greedy_settings(wrapper.model.generation_config, wrapper.kwargs)
+        if why is not None:
+            raise ValueError(f"{type(wrapper).__name__}: generation is not plain greedy ({why}); "
+                             "the shared-prefix decoder would not reproduce it")
+        inner = _sweep_inner(wrapper)
+        fused = self._fused(wrapper, inputs, features_per_subset, mask_mode)
+        ids = inputs["input_ids"]
+        n_img = inputs["pixel_values"].shape[0]
+        rows = []
+        with torch.inference_mode():
+            text = inner.get_input_embeddings()(ids)
+            for s in range(len(features_per_subset)):
+                feats = fused[s * n_img:(s + 1) * n_img].reshape(-1, text.shape[-1])
+                where = inner.get_placeholder_mask(ids, text, feats)
+                rows.append(text.masked_scatter(where, feats.to(text.device, text.dtype)))
+        tok = wrapper.tokenizer
+
+        def finish(generated: list[list[int]]) -> list[str]:
+            # generate_inner: decode the new tokens (a batch of one ends at the first EOS)
+            return [tok.decode(row, skip_special_tokens=True).strip() for row in generated]
+
+        return DecodeRequest(lm=wrapper.model, embeds=torch.cat(rows, dim=0),
+                             embed_tokens=wrapper.model.get_input_embeddings(), eos_ids=eos_ids(cfg, tok),
+                             max_new_tokens=int(wrapper.kwargs["max_new_tokens"]), finish=finish)
+
     def fuse_and_generate(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]],
                           mask_mode: str, tokens: Sequence[Any] | None = None) -> list[str]:
         if tokens is not None and any(t is not None for t in tokens):
             return sweep_budget_rows(self, wrapper, inputs, features_per_subset, mask_mode, tokens)
-        if mask_mode != "zero":
-            raise ValueError(f"DeepseekVLHybrid supports mask mode 'zero' only, not {mask_mode!r}")
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        inner = _sweep_inner(wrapper)
-        branches = _branches(wrapper)
-        aligner = inner.aligner
-        n_img = inputs["pixel_values"].shape[0]
+        from vlmeval_encred.sweep.decoding import decode
+
+        cfg, why = greedy_settings(wrapper.model.generation_config, wrapper.kwargs)
+        if why is None:
+            return decode([self.fuse(wrapper, inputs, features_per_subset, mask_mode)])[0]
+        # Not plain greedy (sampling, beams, a repetition penalty...): the shared-prefix decoder
+        # implements argmax only, so generate() decodes the batch with the wrapper's settings.
         S = len(features_per_subset)
+        image_features = self._fused(wrapper, inputs, features_per_subset, mask_mode)
         with torch.inference_mode():
-            fused = []
-            for feats in features_per_subset:
-                parts = {}
-                for name, (branch, info) in branches.items():
-                    ref = aligner.vision_proj.weight if branch == "low" else aligner.high_res_vision_proj.weight
-                    t = feats.get(name)
-                    parts[branch] = t if t is not None else torch.zeros(
-                        (n_img, *info.output_shape), dtype=ref.dtype, device=ref.device)
-                fused.append(aligner(parts["low"], parts["high"]))
-            image_features = torch.cat(fused, dim=0)
             # Pixels stay out of the batch: generate() would encode them; the features are given
             # as ``mm_encoder_outputs`` (transformers' own entry for pre-encoded images), which
             # is what generate() itself builds from the pixels before the prefill.
@@ -466,7 +568,7 @@ class DeepseekVLHybridSweep:
             mm = {"image": BaseModelOutputWithPooling(pooler_output=image_features)}
             out = wrapper.model.generate(**batched, mm_encoder_outputs=mm, **wrapper.kwargs)
         start = inputs["input_ids"].shape[1]
-        eos = _eos_ids(wrapper)
+        eos = set(eos_ids(cfg, wrapper.tokenizer))
         return [wrapper.tokenizer.decode(cut_after_eos(row[start:], eos), skip_special_tokens=True).strip()
                 for row in out]
 
