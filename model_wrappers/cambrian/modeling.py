@@ -258,6 +258,20 @@ def conv_mode_for(model_path: str) -> str | None:
     return None
 
 
+def refuse_tokens(kwargs: dict[str, Any]) -> None:
+    """Stop a ``tokens=`` loader keyword with the reason the catalog gives (``TOKEN_REFUSALS``):
+    neither token stage is defined for Cambrian-1, and a VLMEvalKit config can pass the keyword
+    without a registry name (which the registry would refuse first)."""
+    from vlmeval_encred.tokens import TokenError, TokenSpec
+
+    from .catalog import TOKEN_REFUSALS
+
+    spec = TokenSpec.from_kwargs(kwargs.get("tokens"))
+    if spec is not None:
+        raise TokenError(f"{kwargs.get('encred_base') or 'Cambrian-1'}: the {spec.stage} token stage is not defined "
+                         f"for family cambrian: {TOKEN_REFUSALS[spec.stage]}")
+
+
 def _build_wrapper() -> type:
     from vlmeval.vlm.cambrian import Cambrian
     from PIL import Image
@@ -276,6 +290,7 @@ def _build_wrapper() -> type:
         adapter = ADAPTER
 
         def __init__(self, model_path: str = "nyu-visionx/cambrian-8b", **kwargs: Any) -> None:
+            refuse_tokens(kwargs)
             spec, base = self.pop_encred_kwargs(kwargs)
             conv_mode = kwargs.pop("conv_mode", None) or conv_mode_for(model_path)
             super().__init__(model_path=model_path)
@@ -367,8 +382,8 @@ def greedy_obstacle(wrapper: Any) -> str | None:
     if unused:
         return f"generation arguments {sorted(unused)} are not generation-config fields"
     for key, neutral in _GREEDY_NEUTRAL.items():
-        value = getattr(cfg, key, neutral)
-        if value != neutral and not (neutral in (0, None) and not value):
+        value = getattr(cfg, key, None)  # None: unset (transformers 5's defaults), neutral
+        if value is not None and value != neutral and not (neutral in (0, None) and not value):
             return f"{key}={value!r}"
     if cfg.max_new_tokens is None:
         return "no max_new_tokens (the length limit would be max_length, counted differently)"
