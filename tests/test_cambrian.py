@@ -278,3 +278,30 @@ def test_wrapper_classes_build_on_vlmevalkit():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_GUARD,
                           env={**__import__("os").environ, "VLMEVAL_ENCRED_DISABLE": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_greedy_obstacle_names_what_the_shared_prefix_decoder_cannot_reproduce():
+    """The sweep decodes through the shared-prefix decoder only for plain greedy settings; any
+    logits processor or search changes the answers, and the reason is named."""
+    from types import SimpleNamespace
+
+    from transformers import GenerationConfig
+
+    from vlmeval_encred.model_wrappers.cambrian.modeling import greedy_obstacle
+    from vlmeval_encred.wrapper import EncredMixin
+
+    def wrapper(**over):
+        gen = EncredMixin.generation_kwargs({"max_new_tokens": 2048, "use_cache": True}, over)
+        return SimpleNamespace(model=SimpleNamespace(generation_config=GenerationConfig(eos_token_id=2)),
+                               gen_kwargs=gen)
+
+    assert greedy_obstacle(wrapper()) is None
+    assert greedy_obstacle(wrapper(temperature=0.0, top_p=None)) is None  # ignored under greedy
+    assert greedy_obstacle(wrapper(repetition_penalty=1.0)) is None
+    assert greedy_obstacle(wrapper(do_sample=True, temperature=0.7)) == "do_sample=True"
+    assert greedy_obstacle(wrapper(num_beams=3)) == "num_beams=3"
+    assert greedy_obstacle(wrapper(repetition_penalty=1.2)) == "repetition_penalty=1.2"
+    assert greedy_obstacle(wrapper(no_repeat_ngram_size=3)) == "no_repeat_ngram_size=3"
+    assert greedy_obstacle(wrapper(min_new_tokens=4)) == "min_new_tokens=4"
+    assert greedy_obstacle(wrapper(max_new_tokens=None)).startswith("no max_new_tokens")
+    assert "not generation-config fields" in greedy_obstacle(wrapper(stopping_criteria=[object()]))

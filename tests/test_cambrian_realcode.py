@@ -194,12 +194,24 @@ def _variant(wrapper, masked, mode):
     return w
 
 
+def _early_stop_token(rows, max_new_tokens, eos_ids):
+    """A token that ends some answers before the last step but not all of them, so that the
+    decoder drops finished rows (the random model emits its own end-of-sequence token rarely)."""
+    for tok in sorted({t for r in rows for t in r[:max_new_tokens - 2]} - set(eos_ids)):
+        if any(tok not in r for r in rows):
+            return tok
+    raise AssertionError(f"no early-stop token in {rows}")
+
+
 @pytest.mark.parametrize("mode", ["zero", "zero_context", "drop"])
-def test_sweep_equals_per_variant_runs(ours_8b, message, mode):
-    """Greedy sweep answers (encoders once, one batched decode) equal each variant's own
-    generate_inner, string for string, fp32 on the CPU, for all 16 subsets."""
+def test_sweep_equals_per_variant_runs(ours_8b, message, mode, monkeypatch):
+    """Greedy sweep answers (encoders once, the subsets fused by upstream's code and decoded by
+    the shared-prefix decoder: template prefix run once, finished rows dropped) equal each
+    variant's own generate_inner, string for string, fp32 on the CPU, for all 16 subsets; so
+    do the answers of the generate() path the family keeps for non-greedy settings."""
     import itertools
 
+    from vlmeval_encred.sweep.decoding import collect, greedy_subsets
     from vlmeval_encred.sweep.protocol import support_for
 
     names = ["siglip", "clip", "dinov2", "convnext"]
@@ -209,10 +221,22 @@ def test_sweep_equals_per_variant_runs(ours_8b, message, mode):
         inputs = support.prepare(ours_8b, message, None)
         feats = support.encode(ours_8b, inputs, names)
         per_subset = [{n: (None if n in s else feats[n]) for n in names} for s in subsets]
-        swept = support.fuse_and_generate(ours_8b, inputs, per_subset, mode)
+        req = support.fuse(ours_8b, inputs, per_subset, mode)
+        stop = _early_stop_token(greedy_subsets(req.lm, req.embeds, req.embed_tokens, req.eos_ids,
+                                                req.max_new_tokens), req.max_new_tokens, req.eos_ids)
+        # the variants below are copies made after this: they stop on the same tokens
+        monkeypatch.setattr(ours_8b.model.generation_config, "eos_token_id", [2, stop])
+        with collect() as stats:
+            swept = support.fuse_and_generate(ours_8b, inputs, per_subset, mode)
+        generated = support._generate(ours_8b, inputs, per_subset, mode)
     want = [_answer(_variant(ours_8b, s, mode), message) for s in subsets]
     assert swept == want
+    assert generated == want
     assert len(set(want)) > 1  # the subsets do change the answers of this random model
+    # the chat template before the image was run once for all 16 rows; rows left early
+    assert stats.calls == 1 and stats.rows == 16 and stats.prefix_tokens > 0
+    assert stats.prefix_tokens <= ours_8b.model.config.image_position  # the SVA reads the image per row
+    assert stats.prefilled_tokens < stats.prompt_tokens and stats.rows_dropped_early > 0
 
 
 def test_encred_sweep_engine_on_cambrian(ours_8b, tmp_path, monkeypatch):

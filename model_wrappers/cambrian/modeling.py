@@ -45,6 +45,8 @@ the VLMEvalKit wrapper class is built on first access (module ``__getattr__``).
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import gc
 import re
 import types
@@ -256,6 +258,20 @@ def conv_mode_for(model_path: str) -> str | None:
     return None
 
 
+def refuse_tokens(kwargs: dict[str, Any]) -> None:
+    """Stop a ``tokens=`` loader keyword with the reason the catalog gives (``TOKEN_REFUSALS``):
+    neither token stage is defined for Cambrian-1, and a VLMEvalKit config can pass the keyword
+    without a registry name (which the registry would refuse first)."""
+    from vlmeval_encred.tokens import TokenError, TokenSpec
+
+    from .catalog import TOKEN_REFUSALS
+
+    spec = TokenSpec.from_kwargs(kwargs.get("tokens"))
+    if spec is not None:
+        raise TokenError(f"{kwargs.get('encred_base') or 'Cambrian-1'}: the {spec.stage} token stage is not defined "
+                         f"for family cambrian: {TOKEN_REFUSALS[spec.stage]}")
+
+
 def _build_wrapper() -> type:
     from vlmeval.vlm.cambrian import Cambrian
     from PIL import Image
@@ -274,6 +290,7 @@ def _build_wrapper() -> type:
         adapter = ADAPTER
 
         def __init__(self, model_path: str = "nyu-visionx/cambrian-8b", **kwargs: Any) -> None:
+            refuse_tokens(kwargs)
             spec, base = self.pop_encred_kwargs(kwargs)
             conv_mode = kwargs.pop("conv_mode", None) or conv_mode_for(model_path)
             super().__init__(model_path=model_path)
@@ -315,15 +332,19 @@ __getattr__ = lazy_wrapper_getattr(__name__, "EncredCambrian", _build_wrapper)
 # * ``prepare``: the wrapper's ``model_inputs`` (what ``generate_inner`` calls).
 # * ``encode``: each kept tower once, through its ``mm_projector_aux_i`` -- the projected
 #   features that masking replaces by zeros (tower and projector are what subsets share).
-# * ``fuse_and_generate``: per subset, upstream's own ``prepare_inputs_labels_for_multimodal``
-#   (connector SVA, unpadding, newline tokens) with the subset's features in place of the
-#   towers' outputs and the subset's mask applied where the adapter applies it; then one
-#   greedy decode over all subsets, after setting the attributes upstream's ``generate()``
-#   sets (``vision_tower_aux_feature_list`` ...), concatenated along the batch, so the
-#   SVA layers inside the LLM see each row's own subset.  A subset that drops *every*
-#   tower is decoded on its own: its cross-attentions have no keys (see ``drop``).
-#   Rows are cut after their first end-of-sequence token before decoding, because in a
-#   batch a finished row continues with padding where a batch of one stops.
+# * ``fuse``: per subset, upstream's own ``prepare_inputs_labels_for_multimodal`` (connector
+#   SVA, unpadding, newline tokens) with the subset's features in place of the towers'
+#   outputs and the subset's mask applied where the adapter applies it; the rows and the
+#   per-row inputs of the in-LLM SVA go into a :class:`DecodeRequest` for the shared-prefix
+#   decoder (:func:`vlmeval_encred.sweep.decoding.decode`), whose ``lm`` is a
+#   :class:`_SvaPrefill` (why that is exact: its docstring).
+# * ``fuse_and_generate``: ``decode([fuse(...)])[0]`` when the wrapper decodes plain greedy;
+#   otherwise (sampling, beams, penalties ...: logits processors the decoder does not apply)
+#   one ``generate`` over the subsets, as upstream's ``generate()`` after its own fusion.
+
+_SVA_ATTRS = ("vision_tower_aux_feature_list", "vision_tower_aux_attention_masks_list",
+              "final_vision_feature_size", "global_context_feature")
+"""What upstream's ``generate()`` sets on the model for the SVA layers inside the LLM."""
 
 
 def _eos_ids(wrapper: Any) -> set[int]:
@@ -338,6 +359,187 @@ def _cut_after_eos(row: torch.Tensor, eos: set[int]) -> torch.Tensor:
         if tok in eos:
             return row[:pos + 1]
     return row
+
+
+# GenerationConfig fields that change greedy decoding when set away from these values
+# (the decoder takes the argmax of the raw logits and stops on end-of-sequence or length).
+_GREEDY_NEUTRAL: dict[str, Any] = {
+    "do_sample": False, "num_beams": 1, "num_beam_groups": 1, "num_return_sequences": 1, "penalty_alpha": None,
+    "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "force_words_ids": None, "min_length": 0,
+    "min_new_tokens": None, "suppress_tokens": None, "begin_suppress_tokens": None, "forced_bos_token_id": None,
+    "forced_eos_token_id": None, "forced_decoder_ids": None, "sequence_bias": None, "guidance_scale": None,
+    "exponential_decay_length_penalty": None, "constraints": None, "low_memory": None, "stop_strings": None,
+    "assistant_model": None, "prompt_lookup_num_tokens": None}
+
+
+def greedy_obstacle(wrapper: Any) -> str | None:
+    """Why the wrapper's ``generate`` is not plain greedy decoding (what the shared-prefix
+    decoder reproduces), or None.  Reads the model's generation config updated by the
+    wrapper's ``gen_kwargs``, as ``generate`` does."""
+    cfg = copy.deepcopy(wrapper.model.generation_config)
+    unused = cfg.update(**wrapper.gen_kwargs)
+    if unused:
+        return f"generation arguments {sorted(unused)} are not generation-config fields"
+    for key, neutral in _GREEDY_NEUTRAL.items():
+        value = getattr(cfg, key, None)  # None: unset (transformers 5's defaults), neutral
+        if value is not None and value != neutral and not (neutral in (0, None) and not value):
+            return f"{key}={value!r}"
+    if cfg.max_new_tokens is None:
+        return "no max_new_tokens (the length limit would be max_length, counted differently)"
+    return None
+
+
+def _finish(tokenizer: Any, rows: list[list[int]]) -> list[str]:
+    """Generated ids -> answers, as ``generate_inner`` post-processes its ``generate`` output."""
+    return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in rows]
+
+
+@functools.lru_cache(maxsize=1)
+def _cache_class() -> type:
+    """transformers' ``DynamicCache`` with the two batch operations the shared-prefix decoder
+    calls (``batch_repeat_interleave``, ``batch_select_indices``); transformers 4.37, which
+    Cambrian pins, has neither."""
+    from transformers import DynamicCache
+
+    class SweepCache(DynamicCache):
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            """Repeat each row ``repeats`` times (the shared prefix's cache, once per subset)."""
+            for layer in range(len(self.key_cache)):
+                self.key_cache[layer] = self.key_cache[layer].repeat_interleave(repeats, dim=0)
+                self.value_cache[layer] = self.value_cache[layer].repeat_interleave(repeats, dim=0)
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            """Keep the rows ``indices`` (finished rows leave the batch)."""
+            for layer in range(len(self.key_cache)):
+                self.key_cache[layer] = self.key_cache[layer][indices]
+                self.value_cache[layer] = self.value_cache[layer][indices]
+
+    return SweepCache
+
+
+@contextlib.contextmanager
+def _patched(*changes: tuple[Any, str, Any]) -> Any:
+    """Set (or, with value ``_ABSENT``, delete) instance attributes for the block; restore after."""
+    saved = []
+    try:
+        for obj, name, value in changes:
+            had = name in vars(obj)
+            saved.append((obj, name, vars(obj).get(name), had))
+            if value is _ABSENT:
+                if had:
+                    delattr(obj, name)
+            else:
+                setattr(obj, name, value)
+        yield
+    finally:
+        for obj, name, value, had in reversed(saved):
+            if had:
+                setattr(obj, name, value)
+            elif name in vars(obj):
+                delattr(obj, name)
+
+
+_ABSENT = object()
+
+
+class _SvaPrefill:
+    """The language model as the shared-prefix decoder drives it, for one sample's subsets.
+
+    Upstream's Cambrian LLM runs its SVA layers (after the decoder layers
+    ``start_of_vision_sampler_layers + j * stride``) only in a forward that gets
+    ``inputs_embeds`` while the model carries the attributes its ``generate()`` sets
+    (:data:`_SVA_ATTRS`): that is the prompt forward; later steps get ``input_ids`` and no
+    features.  Those layers overwrite the hidden states at the fixed positions
+    ``config.image_position + [0, h (w + 1))`` (the query grid with its newline tokens)
+    from each row's own tower features.  The decoder calls ``forward`` with embeddings
+    every time, so this object decides, per call, what upstream would have done:
+
+    * the call holding the whole image span of every row (the prompt after the shared
+      prefix): the attributes set, one block of rows per subset, and ``image_position``
+      shifted by the cached length, because upstream indexes the forward's own hidden
+      states (absolute positions only in a full prefill);
+    * every other call (the shared prefix, the decoding steps): no attributes, as in
+      upstream's later steps.  Finished rows leave the batch only in decoding steps,
+      which read no features, so nothing per row has to follow them.
+    * The shared prefix must end before the image: the SVA makes image positions depend
+      on more than the embeddings the prefix test compares.  If the rows' embeddings agree
+      into the image span (only possible for identical connector outputs), the prefix
+      forward stops at ``image_position`` and the next call prefills the rest per row.
+
+    A subset that drops *every* tower has no keys in the SVA cross-attentions (upstream
+    would give NaN): its rows take :func:`_no_keys_forward` in the in-LLM layers, as the
+    variant does, while the other rows run upstream's cross-attention among themselves.
+    """
+
+    def __init__(self, model: Any, embeds: torch.Tensor, attrs: dict[str, Any], span: tuple[int, int],
+                 no_keys: Sequence[int], per_row: int) -> None:
+        self.model, self.embeds, self.attrs, self.span = model, embeds, attrs, span
+        self.rows, self.no_keys, self.per_row = embeds.shape[0], tuple(no_keys), per_row
+
+    def forward(self, inputs_embeds: torch.Tensor, past_key_values: Any = None, use_cache: bool = True,
+                attention_mask: torch.Tensor | None = None) -> Any:
+        """Upstream's forward on ``inputs_embeds`` after the cached positions (see the class)."""
+        cache = past_key_values if past_key_values is not None else _cache_class()()
+        past = cache.get_seq_length()
+        b, n = inputs_embeds.shape[:2]
+        start = (attention_mask.shape[1] if attention_mask is not None else past + n) - n
+        if start > past:  # the shared prefix stopped at the image: prefill the rest of it per row
+            if b != self.rows:
+                raise RuntimeError(f"Cambrian sweep: a forward of {b} rows after a shortened prefix "
+                                   f"(expected {self.rows})")
+            inputs_embeds = torch.cat([self.embeds[:, past:start].to(inputs_embeds.dtype), inputs_embeds], 1)
+        lo, hi = past, past + inputs_embeds.shape[1]
+        ip, end = self.span
+        if hi <= ip or lo >= end:
+            return self._run(inputs_embeds, cache, None)
+        if b == self.rows and lo <= ip and hi >= end:
+            return self._run(inputs_embeds, cache, ip - lo)
+        if b != self.rows and lo <= ip:
+            if ip == lo:
+                return types.SimpleNamespace(logits=None, past_key_values=cache)
+            return self._run(inputs_embeds[:, :ip - lo], cache, None)
+        raise RuntimeError(f"Cambrian sweep: a forward over positions [{lo}, {hi}) of {b} rows cuts the image "
+                           f"span [{ip}, {end}) that the in-LLM SVA reads whole")
+
+    __call__ = forward
+
+    def _run(self, embeds: torch.Tensor, cache: Any, image_offset: int | None) -> Any:
+        """Upstream's forward; with the SVA inputs and ``image_position = image_offset`` if given."""
+        model = self.model
+        attention_mask = torch.ones((embeds.shape[0], cache.get_seq_length() + embeds.shape[1]),
+                                    dtype=torch.long, device=embeds.device)
+        if image_offset is None:
+            changes = [(model, a, _ABSENT) for a in _SVA_ATTRS]
+        else:
+            changes = [(model, a, v) for a, v in self.attrs.items()]
+            changes += [(cfg, "image_position", image_offset)
+                        for cfg in {id(c): c for c in (model.config, _meta(model).config)}.values()]
+            if self.no_keys:
+                changes += [(mod, "forward", self._rows_with_keys(mod)) for mod in self._llm_cross_attentions()]
+        with _patched(*changes):
+            return model(inputs_embeds=embeds, past_key_values=cache, use_cache=True, attention_mask=attention_mask)
+
+    def _llm_cross_attentions(self) -> list[nn.Module]:
+        layers = getattr(_meta(self.model), "vision_sampler_layers", None)
+        return [m for m in (layers.modules() if layers is not None else ())
+                if type(m).__name__ == "MultiKVCrossAttention"]
+
+    def _rows_with_keys(self, mod: nn.Module) -> Any:
+        """``mod.forward`` on the query rows of subsets that keep keys; the others get no-keys output.
+        The in-LLM SVA stacks the queries of every row, ``per_row`` queries each, in row order."""
+        original = mod.forward  # upstream's, or a variant's own no-keys forward
+        keep = torch.tensor([r * self.per_row + q for r in range(self.rows) if r not in self.no_keys
+                             for q in range(self.per_row)], dtype=torch.long)
+
+        def forward(queries: torch.Tensor, *latents_and_masks: torch.Tensor) -> torch.Tensor:
+            out = _no_keys_forward(mod, queries)
+            if len(keep):
+                idx = keep.to(queries.device)
+                out[idx] = original(queries[idx], *(t[idx] for t in latents_and_masks)).to(out.dtype)
+            return out
+
+        return forward
 
 
 class _SubsetView:
@@ -395,6 +597,28 @@ class _SubsetView:
         self.saved.clear()
 
 
+@dataclass
+class _FusedRow:
+    """One subset after upstream's ``prepare_inputs_labels_for_multimodal``."""
+
+    masked: tuple[int, ...]
+    out: tuple  # (input_ids, position_ids, attention_mask, past, inputs_embeds, labels, *the SVA inputs)
+
+    @property
+    def sva(self) -> dict[str, Any]:
+        return dict(zip(_SVA_ATTRS, self.out[6:10]))
+
+
+def _stack_sva(rows: Sequence[_FusedRow]) -> dict[str, Any]:
+    """The SVA attributes of several rows as one batch (row blocks in order), as upstream's
+    ``generate()`` would set them for that batch."""
+    per = [r.sva for r in rows]
+    return {"vision_tower_aux_feature_list": [torch.cat(t, 0) for t in zip(*(p[_SVA_ATTRS[0]] for p in per))],
+            "vision_tower_aux_attention_masks_list": [torch.cat(t, 0) for t in zip(*(p[_SVA_ATTRS[1]] for p in per))],
+            "final_vision_feature_size": [size for p in per for size in p[_SVA_ATTRS[2]]],
+            "global_context_feature": torch.cat([p[_SVA_ATTRS[3]] for p in per], 0)}
+
+
 class CambrianSweep:
     """SweepSupport of the Cambrian family (see the comment above)."""
 
@@ -418,10 +642,9 @@ class CambrianSweep:
                 out[name] = getattr(m, f"mm_projector_aux_{i}")(towers[i](images[i])).to(dtype)
         return out
 
-    def fuse_and_generate(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]],
-                          mask_mode: str) -> list[str]:
-        from transformers.generation.utils import GenerationMixin
-
+    def _fuse_rows(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]],
+                   mask_mode: str) -> tuple[list[_FusedRow], int]:
+        """Each subset through upstream's own fusion; also the number of towers."""
         if mask_mode not in ADAPTER.modes:
             raise ValueError(f"Cambrian mask mode {mask_mode!r}: expected one of {', '.join(ADAPTER.modes)}")
         model = wrapper.model
@@ -442,25 +665,71 @@ class CambrianSweep:
                     out = model.prepare_inputs_labels_for_multimodal(
                         inputs["input_ids"], None, None, None, None, inputs["images"],
                         image_sizes=inputs["image_sizes"])
-                fused.append((masked, out))
-            # one batch for every subset that keeps some keys; each all-dropped subset alone
-            no_keys = [k for k, (masked, _) in enumerate(fused) if mask_mode == "drop" and len(masked) == len(names)]
-            groups = [[k for k in range(len(fused)) if k not in no_keys]] + [[k] for k in no_keys]
-            eos = _eos_ids(wrapper)
-            answers: dict[int, str] = {}
+                fused.append(_FusedRow(masked, out))
+        return fused, len(names)
+
+    def fuse(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]],
+             mask_mode: str) -> Any:
+        """The subsets fused as ``fuse_and_generate`` fuses them, as a
+        :class:`~vlmeval_encred.sweep.decoding.DecodeRequest` (plain greedy wrappers only)."""
+        from vlmeval_encred.sweep.decoding import DecodeRequest
+
+        why = greedy_obstacle(wrapper)
+        if why is not None:
+            raise ValueError(f"Cambrian sweep: the wrapper's decoding is not plain greedy ({why}); the shared-prefix "
+                             "decoder cannot reproduce it: use fuse_and_generate")
+        fused, n_towers = self._fuse_rows(wrapper, inputs, features_per_subset, mask_mode)
+        model = wrapper.model
+        sizes = {tuple(s) for r in fused for s in r.out[8]}
+        if len(sizes) != 1:
+            raise ValueError(f"Cambrian sweep: one image per sample expected, got query grids {sorted(sizes)}")
+        h, w = sizes.pop()
+        ip = int(_meta(model).config.image_position)
+        embeds = torch.cat([r.out[4] for r in fused], 0)
+        no_keys = [k for k, r in enumerate(fused) if mask_mode == "drop" and len(r.masked) == n_towers]
+        lm = _SvaPrefill(model, embeds, _stack_sva(fused), (ip, ip + h * (w + 1)), no_keys, h * w)
+        cfg = copy.deepcopy(model.generation_config)
+        cfg.update(**wrapper.gen_kwargs)
+        eos = cfg.eos_token_id if cfg.eos_token_id is not None else wrapper.tokenizer.eos_token_id
+        eos_ids = sorted(set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None})
+        return DecodeRequest(lm=lm, embeds=embeds, embed_tokens=_meta(model).embed_tokens, eos_ids=eos_ids,
+                             max_new_tokens=int(cfg.max_new_tokens), finish=functools.partial(_finish, wrapper.tokenizer))
+
+    def fuse_and_generate(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]],
+                          mask_mode: str) -> list[str]:
+        if greedy_obstacle(wrapper) is None:
+            from vlmeval_encred.sweep.decoding import decode
+
+            return decode([self.fuse(wrapper, inputs, features_per_subset, mask_mode)])[0]
+        # Not plain greedy (sampling, beams, penalties ...): the decoder applies no logits
+        # processors, so decode with upstream's own generate on the fused rows.
+        return self._generate(wrapper, inputs, features_per_subset, mask_mode)
+
+    def _generate(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]],
+                  mask_mode: str) -> list[str]:
+        """One ``generate`` over the subsets, as upstream's ``generate()`` after its own fusion.
+        A subset that drops every tower is decoded alone (its cross-attentions have no keys);
+        rows are cut after their first end-of-sequence token, because in a batch a finished
+        row continues with padding where a batch of one stops."""
+        from transformers.generation.utils import GenerationMixin
+
+        fused, n_towers = self._fuse_rows(wrapper, inputs, features_per_subset, mask_mode)
+        model = wrapper.model
+        lens = [int(x) for x in _meta(model).config.mm_vision_tower_aux_token_len_list]
+        no_keys = [k for k, r in enumerate(fused) if mask_mode == "drop" and len(r.masked) == n_towers]
+        groups = [[k for k in range(len(fused)) if k not in no_keys]] + [[k] for k in no_keys]
+        eos = _eos_ids(wrapper)
+        answers: dict[int, str] = {}
+        with torch.inference_mode():
             for group in (g for g in groups if g):
-                rows = [fused[k][1] for k in group]
-                # the attributes upstream's generate() sets for the in-LLM SVA, one row per subset
-                model.vision_tower_aux_feature_list = [torch.cat(t, 0) for t in zip(*(r[6] for r in rows))]
-                model.vision_tower_aux_attention_masks_list = [torch.cat(t, 0) for t in zip(*(r[7] for r in rows))]
-                model.final_vision_feature_size = [size for r in rows for size in r[8]]
-                model.global_context_feature = torch.cat([r[9] for r in rows], 0)
-                view = _SubsetView(model, {}, fused[group[0]][0], mask_mode, lens) if group[0] in no_keys \
+                rows = [fused[k] for k in group]
+                for name, value in _stack_sva(rows).items():
+                    setattr(model, name, value)  # what upstream's generate() sets, one block per subset
+                view = _SubsetView(model, {}, fused[group[0]].masked, mask_mode, lens) if group[0] in no_keys \
                     else contextlib.nullcontext()
                 with view:
-                    # upstream's generate() after its own feature preparation (done above, per subset)
-                    out = GenerationMixin.generate(model, position_ids=rows[0][1], attention_mask=rows[0][2],
-                                                   inputs_embeds=torch.cat([r[4] for r in rows], 0),
+                    out = GenerationMixin.generate(model, position_ids=rows[0].out[1], attention_mask=rows[0].out[2],
+                                                   inputs_embeds=torch.cat([r.out[4] for r in rows], 0),
                                                    **wrapper.gen_kwargs)
                 for k, row in zip(group, out):
                     answers[k] = wrapper.tokenizer.decode(_cut_after_eos(row, eos), skip_special_tokens=True).strip()
