@@ -53,6 +53,7 @@ includes them; resident memory afterwards does not.
 
 Sweep: ``EncredEagle.sweep_support`` (:class:`Eagle1Sweep`, at the end of this
 file) lets ``encred sweep`` run each tower once per image for all subsets.
+Token budgets (``..._keepNN[_llm]``): :mod:`.tokens`, installed by ``EncredEagle``.
 
 Importing this module imports torch and ``vlmeval.vlm.eagle_x`` only; the
 ``eagle`` package is imported by VLMEvalKit's wrapper inside ``__init__`` /
@@ -302,8 +303,14 @@ class EncredEagle(EncredMixin, Eagle):
     """
 
     adapter: Eagle1Adapter
+    tokens: Any = None
+    """The token budget (:class:`vlmeval_encred.tokens.TokenSpec`) of a ``..._keepNN`` variant."""
+    token_state: Any = None
+    token_report: dict[str, Any] | None = None
+    """What the last ``generate_inner`` kept (token-budget variants; see ``tokens.py``)."""
 
     def __init__(self, model_path: str = "NVEagle/Eagle-X5-7B", **kwargs: Any) -> None:
+        self.tokens = self.pop_token_kwargs(kwargs)
         spec, base = self.pop_encred_kwargs(kwargs)
         expected = None
         if base:
@@ -315,7 +322,26 @@ class EncredEagle(EncredMixin, Eagle):
         super().__init__(model_path=model_path, **kwargs)
         self.kwargs = self.generation_kwargs(self.kwargs, overrides)
         self.apply_mask(self.model, spec, base or model_path)
+        if self.tokens is not None:
+            from .tokens import install_tokens
+
+            self.token_state = install_tokens(self, self.tokens, base or model_path)
+        self.pruner = self.token_state.pruner if self.token_state is not None else None
         log.debug("vlmeval-encred: %s generation settings %s", base or model_path, self.kwargs)
+
+    def generate_inner(self, message: list[dict[str, Any]], dataset: str | None = None) -> str:
+        """VLMEvalKit's ``generate_inner``; a token budget acts inside upstream's ``generate`` and is
+        disarmed afterwards, whatever happens, so the model never carries one sample's state into
+        the next."""
+        state = self.token_state
+        if state is None:
+            return super().generate_inner(message, dataset)
+        state.report = None
+        try:
+            return super().generate_inner(message, dataset)
+        finally:
+            state.disarm()
+            self.token_report = state.report
 
 
 # --- encred sweep support: every tower once per image, shared by all subsets -------------------
@@ -455,6 +481,9 @@ class Eagle1Sweep:
     decoding steps differed by ~1e-7) and a subset's answer must be its variant's."""
 
     def prepare(self, wrapper: Any, message: list[dict[str, Any]], dataset: str | None) -> dict[str, Any]:
+        if getattr(wrapper, "tokens", None) is not None:
+            raise MaskError("Eagle sweep: token-budget variants are not swept (the sweep covers the mask lattice); "
+                            "load the base without tokens=")
         model = wrapper.model
         seen: dict[str, Any] = {}
 
