@@ -212,8 +212,10 @@ def test_llm_stage_prunes_after_layer_k_with_the_eager_attention_ranking(tiny, o
     assert kept == [visual[i] for i in ref]
 
 
-def test_fusion_with_every_tower_masked_is_refused_at_load(tiny, on_cpu):
+def test_refusals_at_load_say_why(tiny, on_cpu):
     from vlmeval_encred.tokens import TokenError
 
     with pytest.raises(TokenError, match="every tower is masked"):
         _load(tiny, on_cpu, "eagle_x5", mask=X5, tokens={"keep": 25})
+    with pytest.raises(TokenError, match="K=4 must be between 1 and 3"):
+        _load(tiny, on_cpu, "eagle_x5", tokens={"keep": 25, "stage": "llm", "layer": 4})
