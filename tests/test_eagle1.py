@@ -311,3 +311,31 @@ def test_module_import_does_not_import_eagle(monkeypatch):
     monkeypatch.setattr(sys, "meta_path", [RefuseEagle(), *sys.meta_path])
     module = importlib.import_module("vlmeval_encred.model_wrappers.eagle1.modeling")
     assert module is not current and hasattr(module, "EncredEagle") and "eagle" not in sys.modules
+
+
+def test_sweep_on_the_standin_decodes_through_the_shared_prefix_decoder(ckpt, cuda_on_cpu, image_file):
+    """The sweep on the stand-in (float16 on the CPU, as VLMEvalKit loads it): each tower once,
+    the subsets fused by the stand-in's prepare_inputs_labels_for_multimodal and decoded by the
+    shared-prefix decoder; every answer equals its masked variant's own generate_inner.  Runs in
+    the base environment too (transformers 5.x), where the real EAGLE cannot."""
+    from vlmeval_encred.model_wrappers.eagle1 import Eagle1Adapter, EncredEagle
+    from vlmeval_encred.sweep.decoding import collect
+
+    subsets = [(), ("sam",), ("clip", "pix2struct"), ("convnext", "sam", "eva02"), X5]
+    message = [dict(type="image", value=image_file), dict(type="text", value="What colour is the image?")]
+    full = EncredEagle(model_path=str(ckpt), encred_base="eagle_x5", max_new_tokens=4)
+    support = full.sweep_support
+    inputs = support.prepare(full, message, None)
+    feats = support.encode(full, inputs, X5)
+    with collect() as stats:
+        got = support.fuse_and_generate(full, inputs, [{n: None if n in s else feats[n] for n in X5}
+                                                       for s in subsets], "zero")
+    assert stats.rows == len(subsets) and 0 < stats.prefix_tokens and stats.prefilled_tokens < stats.prompt_tokens
+    want = []
+    for s in subsets:
+        variant = copy.deepcopy(full)
+        variant.adapter = Eagle1Adapter(expected=X5, checkpoint=str(ckpt))
+        variant.apply_mask(variant.model, MaskSpec(s, "zero"), "eagle_x5")
+        want.append(variant.generate_inner(message))
+    assert got == want
+    assert len(set(want)) > 1, f"every subset gave the same answer {want[0]!r}: the test could not fail"

@@ -202,14 +202,32 @@ def test_vlmevalkit_wrapper_refuses_wrong_catalog_order(tiny, on_cpu):
 SWEEP_SUBSETS = [(), ("sam",), ("clip", "pix2struct"), ("convnext", "sam", "eva02"), X5]
 
 
+def _variant_answers(full, tiny, subsets, mode, msg):
+    """Each masked variant's own generate_inner: the loaded wrapper copied and masked by its own
+    apply_mask (what its __init__ does after loading), so the model is read from disk once."""
+    from vlmeval_encred.masking import MaskSpec
+    from vlmeval_encred.model_wrappers.eagle1 import Eagle1Adapter
+
+    want = []
+    for s in subsets:
+        variant = copy.deepcopy(full)
+        variant.adapter = Eagle1Adapter(expected=X5, checkpoint=str(tiny))
+        variant.apply_mask(variant.model, MaskSpec(s, mode), "eagle_x5")
+        want.append(variant.generate_inner(msg))
+    return want
+
+
 @pytest.mark.parametrize("mode", ["zero", "drop"])
 def test_sweep_equals_per_variant_generation(tiny, on_cpu, image_file, mode):
-    """Greedy answers of the sweep (each tower once for all subsets, then each subset decoded)
-    equal, string for string, each masked variant's own generate_inner, in float32 on the CPU.  Variants are
-    the loaded unmasked wrapper copied and masked by the wrapper's own apply_mask (what its
-    __init__ does after loading), so the model is read from disk once."""
-    from vlmeval_encred.masking import MaskSpec
-    from vlmeval_encred.model_wrappers.eagle1 import Eagle1Adapter, EncredEagle
+    """Greedy answers of the sweep (each tower once for all subsets, then the subsets fused by
+    upstream's prepare_inputs_labels_for_multimodal and decoded together by the shared-prefix
+    decoder) equal, string for string, each masked variant's own generate_inner, in float32 on the
+    CPU; the decoder really ran the chat template's system prompt once for all subsets.  With a
+    setting the decoder does not implement (a repetition penalty) the sweep falls back to
+    upstream's generate and still equals the variants."""
+    from vlmeval_encred.model_wrappers.eagle1 import EncredEagle
+    from vlmeval_encred.model_wrappers.eagle1.modeling import greedy_settings
+    from vlmeval_encred.sweep.decoding import DecodeRequest, collect
     from vlmeval_encred.sweep.protocol import support_for
 
     on_cpu.fp32 = True
@@ -225,21 +243,32 @@ def test_sweep_equals_per_variant_generation(tiny, on_cpu, image_file, mode):
     for h in handles:
         h.remove()
     assert calls == {n: 1 for n in X5}
-    got = support.fuse_and_generate(full, inputs, [{n: None if n in s else feats[n] for n in X5}
-                                                   for s in SWEEP_SUBSETS], mode)
-    want = []
-    for s in SWEEP_SUBSETS:
-        variant = copy.deepcopy(full)
-        variant.adapter = Eagle1Adapter(expected=X5, checkpoint=str(tiny))
-        variant.apply_mask(variant.model, MaskSpec(s, mode), "eagle_x5")
-        want.append(variant.generate_inner(msg))
+    per_subset = [{n: None if n in s else feats[n] for n in X5} for s in SWEEP_SUBSETS]
+    request = support.fuse(full, inputs, per_subset, mode)
+    assert isinstance(request, DecodeRequest) and request.embeds.shape[0] == len(SWEEP_SUBSETS)
+    with collect() as stats:
+        got = support.fuse_and_generate(full, inputs, per_subset, mode)
+    assert stats.calls == 1 and stats.rows == len(SWEEP_SUBSETS)
+    # the vicuna_v1 system sentence before <image> is the same in every row: prefilled once
+    assert stats.prefix_tokens > 0 and stats.prefilled_tokens < stats.prompt_tokens, stats
+    want = _variant_answers(full, tiny, SWEEP_SUBSETS, mode, msg)
     assert got == want
     assert len(set(want)) > 1, f"every subset gave the same answer {want[0]!r}: the test could not fail"
-    # Opt-in batched decoding runs the same features as one batch; not bit-exact (see Eagle1Sweep).
+
+    # Not plain greedy: upstream's generate decodes (the decoder has no repetition penalty).
+    full.kwargs["repetition_penalty"] = 1.5
+    assert greedy_settings(full) == "repetition_penalty=1.5"
+    with pytest.raises(Exception, match="not plain greedy decoding"):
+        support.fuse(full, inputs, per_subset, mode)
+    inputs = support.prepare(full, msg, None)
+    with collect() as stats:
+        penalised = support.fuse_and_generate(full, inputs, per_subset, mode)
+    assert stats.calls == 0
+    assert penalised == _variant_answers(full, tiny, SWEEP_SUBSETS, mode, msg)
+    # Opt-in batched generate on that path; not bit-exact (see Eagle1Sweep.batch_decode).
     support.batch_decode = True
     try:
-        batched = support.fuse_and_generate(full, inputs, [{n: None if n in s else feats[n] for n in X5}
-                                                           for s in SWEEP_SUBSETS], mode)
+        batched = support.fuse_and_generate(full, inputs, per_subset, mode)
     finally:
         del support.batch_decode
     assert len(batched) == len(SWEEP_SUBSETS) and all(isinstance(b, str) for b in batched)

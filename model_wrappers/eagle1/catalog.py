@@ -33,4 +33,5 @@ for _name, _ckpt, _encs in [
     register_base(BaseModelSpec(
         name=_name, family="eagle1", checkpoint=_ckpt, encoders=_encs, wrapper=_EAGLE1,
         modes=("zero", "drop"), description="Eagle-1: channel concatenation of 1024-token towers",
-        requires=_EAGLE1_REQUIRES, recipe="eagle1"))
+        requires=_EAGLE1_REQUIRES, recipe="eagle1",
+        token_stages=("fusion", "llm")))  # tokens.py; llm_layer: the default K = 2 (32/40-layer LLaMAs)

@@ -53,6 +53,7 @@ includes them; resident memory afterwards does not.
 
 Sweep: ``EncredEagle.sweep_support`` (:class:`Eagle1Sweep`, at the end of this
 file) lets ``encred sweep`` run each tower once per image for all subsets.
+Token budgets (``..._keepNN[_llm]``): :mod:`.tokens`, installed by ``EncredEagle``.
 
 Importing this module imports torch and ``vlmeval.vlm.eagle_x`` only; the
 ``eagle`` package is imported by VLMEvalKit's wrapper inside ``__init__`` /
@@ -302,8 +303,14 @@ class EncredEagle(EncredMixin, Eagle):
     """
 
     adapter: Eagle1Adapter
+    tokens: Any = None
+    """The token budget (:class:`vlmeval_encred.tokens.TokenSpec`) of a ``..._keepNN`` variant."""
+    token_state: Any = None
+    token_report: dict[str, Any] | None = None
+    """What the last ``generate_inner`` kept (token-budget variants; see ``tokens.py``)."""
 
     def __init__(self, model_path: str = "NVEagle/Eagle-X5-7B", **kwargs: Any) -> None:
+        self.tokens = self.pop_token_kwargs(kwargs)
         spec, base = self.pop_encred_kwargs(kwargs)
         expected = None
         if base:
@@ -315,7 +322,26 @@ class EncredEagle(EncredMixin, Eagle):
         super().__init__(model_path=model_path, **kwargs)
         self.kwargs = self.generation_kwargs(self.kwargs, overrides)
         self.apply_mask(self.model, spec, base or model_path)
+        if self.tokens is not None:
+            from .tokens import install_tokens
+
+            self.token_state = install_tokens(self, self.tokens, base or model_path)
+        self.pruner = self.token_state.pruner if self.token_state is not None else None
         log.debug("vlmeval-encred: %s generation settings %s", base or model_path, self.kwargs)
+
+    def generate_inner(self, message: list[dict[str, Any]], dataset: str | None = None) -> str:
+        """VLMEvalKit's ``generate_inner``; a token budget acts inside upstream's ``generate`` and is
+        disarmed afterwards, whatever happens, so the model never carries one sample's state into
+        the next."""
+        state = self.token_state
+        if state is None:
+            return super().generate_inner(message, dataset)
+        state.report = None
+        try:
+            return super().generate_inner(message, dataset)
+        finally:
+            state.disarm()
+            self.token_report = state.report
 
 
 # --- encred sweep support: every tower once per image, shared by all subsets -------------------
@@ -327,14 +353,17 @@ class EncredEagle(EncredMixin, Eagle):
 # * ``encode`` runs upstream's fusion (``MultiBackboneChannelConcatenationVisionTower.forward``)
 #   once per needed tower, each time with a one-tower list, so every block comes out exactly as
 #   in the full concatenation (resized input, grid interpolation, its own dtype).
-# * ``fuse_and_generate`` builds each subset's concatenation as a masked variant's fusion
-#   would (``zero``: zeros of the tower's width and dtype in its slot; ``drop``: the kept blocks
-#   and the projector's first Linear with only their columns, made by the adapter's own
-#   ``drop_columns``), projects it, and decodes through upstream's ``generate`` with these
-#   features in place of ``encode_images``: one subset at a time by default (exact), or all
-#   of a call's subsets as one batch with ``Eagle1Sweep.batch_decode`` (faster, not bit-exact;
-#   see there).  In a batch rows are cut after their first end-of-sequence token, because a
-#   finished row continues with padding where a batch of one stops.
+# * ``fuse`` builds each subset's concatenation as a masked variant's fusion would (``zero``:
+#   zeros of the tower's width and dtype in its slot; ``drop``: the kept blocks and the
+#   projector's first Linear with only their columns, made by the adapter's own
+#   ``drop_columns``), projects it, and splices it into the prompt with upstream's own
+#   ``prepare_inputs_labels_for_multimodal`` (what upstream's ``generate`` calls), giving one
+#   ``inputs_embeds`` row per subset: a :class:`~vlmeval_encred.sweep.decoding.DecodeRequest`.
+# * ``fuse_and_generate`` decodes that request with the shared-prefix greedy decoder
+#   (:func:`~vlmeval_encred.sweep.decoding.decode`) when the wrapper's generation settings
+#   are plain greedy decoding; otherwise (sampling, beams, a repetition penalty, ...: things the
+#   decoder does not implement) it runs upstream's ``generate`` with the subsets' features in
+#   place of ``encode_images``, one subset at a time (or all at once with ``batch_decode``).
 
 
 class _Captured(Exception):
@@ -356,19 +385,105 @@ def cut_after_eos(row: torch.Tensor, eos: set[int]) -> torch.Tensor:
     return row
 
 
+# Generation settings (wrapper.kwargs over the model's generation_config) under which upstream's
+# generate is plain greedy decoding: value each must have (None: unset).  Anything else set in
+# wrapper.kwargs and not named in _HARMLESS makes the sweep fall back to generate.
+_GREEDY_NEUTRAL: dict[str, Any] = {
+    "do_sample": False, "num_beams": 1, "num_beam_groups": 1, "penalty_alpha": None, "repetition_penalty": 1.0,
+    "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_length": 0, "min_new_tokens": None,
+    "bad_words_ids": None, "force_words_ids": None, "constraints": None, "sequence_bias": None,
+    "suppress_tokens": None, "begin_suppress_tokens": None, "forced_bos_token_id": None,
+    "forced_eos_token_id": None, "forced_decoder_ids": None, "exponential_decay_length_penalty": None,
+    "guidance_scale": None, "max_time": None, "stop_strings": None, "prompt_lookup_num_tokens": None,
+    "assistant_model": None, "logits_processor": None, "stopping_criteria": None, "prefix_allowed_tokens_fn": None,
+}
+_HARMLESS = {"max_new_tokens", "use_cache", "eos_token_id", "pad_token_id", "bos_token_id",
+             "temperature", "top_p", "top_k", "typical_p", "epsilon_cutoff", "eta_cutoff", "length_penalty",
+             "early_stopping", "num_return_sequences"}
+"""Keys that do not change greedy decoding at one beam (sampling warpers are off without
+``do_sample``; ``num_return_sequences`` is checked to be 1 below)."""
+
+
+def greedy_settings(wrapper: Any) -> tuple[int, list[int]] | str:
+    """(max_new_tokens, end-of-sequence ids) when the wrapper decodes plain greedily, else the reason
+    it does not (why the sweep then keeps upstream's ``generate``)."""
+    kwargs = dict(getattr(wrapper, "kwargs", {}) or {})
+    config = getattr(wrapper.model, "generation_config", None)
+
+    def value(key: str) -> Any:
+        return kwargs[key] if key in kwargs else getattr(config, key, None)
+
+    for key, neutral in _GREEDY_NEUTRAL.items():
+        v = value(key)
+        if v is None or v == neutral or (neutral is None and v in (0, [], {})) or (key == "do_sample" and not v):
+            continue
+        return f"{key}={v!r}"
+    extra = sorted(k for k in kwargs if k not in _GREEDY_NEUTRAL and k not in _HARMLESS)
+    if extra:
+        return f"generation keyword(s) {', '.join(extra)}"
+    if (value("num_return_sequences") or 1) != 1:
+        return f"num_return_sequences={value('num_return_sequences')!r}"
+    max_new = kwargs.get("max_new_tokens")
+    if not isinstance(max_new, int) or max_new < 1:
+        return f"max_new_tokens={max_new!r} (the decoder needs an explicit count)"
+    eos = value("eos_token_id")
+    if eos is None:
+        eos = wrapper.tokenizer.eos_token_id
+    eos_ids = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
+    return max_new, eos_ids
+
+
+class _DecodeLM:
+    """The Eagle model as :func:`~vlmeval_encred.sweep.decoding.greedy_subsets` calls it.
+
+    Why not the model itself: with no cache given, transformers 4.44's ``LlamaModel`` (this
+    family's pinned version) returns a legacy tuple cache, and the decoder needs a
+    ``DynamicCache`` to repeat and select rows; an empty ``DynamicCache`` in its place gives the
+    same numbers.  The forward is upstream's ``EagleLlamaForCausalLM.forward`` with
+    ``inputs_embeds`` (which skips its multimodal preparation).  One instance per model (kept on
+    the wrapper), so the decoder's prefix cache is reused across samples."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                past_key_values: Any = None, use_cache: bool = True) -> Any:
+        if past_key_values is None:
+            from transformers import DynamicCache
+
+            past_key_values = DynamicCache()
+        return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                          past_key_values=past_key_values, use_cache=use_cache, return_dict=True)
+
+    __call__ = forward
+
+
+def _decode_lm(wrapper: Any) -> _DecodeLM:
+    lm = wrapper.__dict__.get("_encred_decode_lm")
+    if lm is None or lm.model is not wrapper.model:
+        lm = wrapper.__dict__["_encred_decode_lm"] = _DecodeLM(wrapper.model)
+    return lm
+
+
+def finish_like_generate_inner(tokenizer: Any, rows: list[list[int]]) -> list[str]:
+    """What VLMEvalKit's ``Eagle.generate_inner`` does to ``generate``'s ids (batch of one, new
+    tokens only): ``batch_decode(..., skip_special_tokens=True)[0].strip()``, per row."""
+    return [tokenizer.batch_decode([row], skip_special_tokens=True)[0].strip() for row in rows]
+
+
 class Eagle1Sweep:
     """SweepSupport of Eagle-1 (see the comment above)."""
 
     batch_decode: bool = False
-    """Decode the subsets of a call as one batch instead of one after another.
-
-    Off by default, because it is not exact: on the tiny real-class model (float32, CPU) the
-    first step's logits of a batch equal a batch of one bit for bit, but later steps (one token
-    per row against the key/value cache) differ by up to ~1e-7, which can flip a near-tie of
-    greedy decoding.  One subset at a time keeps each answer identical to its variant's run;
-    the towers still run once per image for all subsets, which is the costly part."""
+    """Fallback path only (settings that are not plain greedy): run ``generate`` on all of a
+    call's subsets as one batch instead of one after another.  Off by default, because a batch is
+    not bit-exact against a batch of one (on the tiny real-class model, float32, CPU: later
+    decoding steps differed by ~1e-7) and a subset's answer must be its variant's."""
 
     def prepare(self, wrapper: Any, message: list[dict[str, Any]], dataset: str | None) -> dict[str, Any]:
+        if getattr(wrapper, "tokens", None) is not None:
+            raise MaskError("Eagle sweep: token-budget variants are not swept (the sweep covers the mask lattice); "
+                            "load the base without tokens=")
         model = wrapper.model
         seen: dict[str, Any] = {}
 
@@ -444,47 +559,102 @@ class Eagle1Sweep:
             x = linear(torch.cat(blocks, dim=-1))
             return x if slot is None else projector[slot + 1:](x)
 
-    def fuse_and_generate(self, wrapper: Any, inputs: dict[str, Any], features_per_subset: list[dict[str, Any]],
-                          mask_mode: str) -> list[str]:
+    def _subset_features(self, wrapper: Any, inputs: dict[str, Any], features_per_subset: list[dict[str, Any]],
+                         mask_mode: str) -> list[torch.Tensor]:
         if mask_mode not in Eagle1Adapter.modes:
             raise MaskError(f"Eagle-1 does not support mask mode {mask_mode!r}")
         layout = _layout(wrapper)
         n_img = inputs["images"].shape[0]
         with torch.inference_mode():
-            feats = [self._features(wrapper, layout, f, n_img, mask_mode) for f in features_per_subset]
+            return [self._features(wrapper, layout, f, n_img, mask_mode) for f in features_per_subset]
+
+    def fuse(self, wrapper: Any, inputs: dict[str, Any], features_per_subset: list[dict[str, Any]],
+             mask_mode: str) -> Any:
+        """One ``inputs_embeds`` row per subset, built by upstream's own
+        ``prepare_inputs_labels_for_multimodal`` (what its ``generate`` calls before decoding),
+        ready for :func:`~vlmeval_encred.sweep.decoding.decode`.  Raises :class:`MaskError` with the
+        reason when the wrapper's generation settings are not plain greedy decoding."""
+        from vlmeval_encred.sweep.decoding import DecodeRequest
+
+        settings = greedy_settings(wrapper)
+        if isinstance(settings, str):
+            raise MaskError(f"Eagle sweep: the wrapper's generation is not plain greedy decoding ({settings}); "
+                            "the shared-prefix decoder cannot reproduce it (fuse_and_generate uses generate)")
+        max_new, eos_ids = settings
+        stacked = torch.cat(self._subset_features(wrapper, inputs, features_per_subset, mask_mode))
+        embeds = self._embeds(wrapper, inputs, stacked)
+        tokenizer = wrapper.tokenizer
+        return DecodeRequest(lm=_decode_lm(wrapper), embeds=embeds,
+                             embed_tokens=wrapper.model.get_model().embed_tokens, eos_ids=eos_ids,
+                             max_new_tokens=max_new,
+                             finish=lambda rows: finish_like_generate_inner(tokenizer, rows))
+
+    def fuse_and_generate(self, wrapper: Any, inputs: dict[str, Any], features_per_subset: list[dict[str, Any]],
+                          mask_mode: str) -> list[str]:
+        if not isinstance(greedy_settings(wrapper), str):
+            from vlmeval_encred.sweep.decoding import decode
+
+            return decode([self.fuse(wrapper, inputs, features_per_subset, mask_mode)])[0]
+        # Not plain greedy (sampling, beams, penalties...): the decoder implements none of these,
+        # so upstream's generate decodes, with each subset's features in place of encode_images.
+        feats = self._subset_features(wrapper, inputs, features_per_subset, mask_mode)
         groups = [list(range(len(feats)))] if self.batch_decode else [[i] for i in range(len(feats))]
         out: list[str] = []
         for group in groups:
             out.extend(self._generate(wrapper, inputs, torch.cat([feats[i] for i in group])))
         return out
 
+    @staticmethod
+    def _rows(inputs: dict[str, Any], stacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list | None]:
+        """Prompt ids repeated per subset, a placeholder image batch of the right size, image sizes."""
+        n_img = inputs["images"].shape[0]
+        rows_n = stacked.shape[0] // n_img
+        ids = inputs["input_ids"].repeat(rows_n, 1)
+        sizes = list(inputs["image_sizes"] or []) * rows_n or None
+        # upstream only needs the image tensor's batch size and rank (encode_images is ours)
+        return ids, inputs["images"].new_empty((stacked.shape[0], 0, 0, 0)), sizes
+
+    @staticmethod
+    def _with_features(model: Any, stacked: torch.Tensor) -> Any:
+        """Install ``stacked`` (subsets x images) as ``model.encode_images``' answer (an instance
+        attribute: the caller deletes it in a ``finally``)."""
+        def encode_images(given: torch.Tensor) -> torch.Tensor:
+            if given.shape[0] != stacked.shape[0]:
+                raise MaskError(f"Eagle sweep: upstream asked for {given.shape[0]} images, have {stacked.shape[0]}")
+            return stacked
+
+        model.encode_images = encode_images
+
+    def _embeds(self, wrapper: Any, inputs: dict[str, Any], stacked: torch.Tensor) -> torch.Tensor:
+        """Upstream's ``prepare_inputs_labels_for_multimodal`` on the repeated prompt, with
+        ``stacked`` in place of ``encode_images``: (subsets, T, d), unpadded (one prompt)."""
+        model = wrapper.model
+        ids, images, sizes = self._rows(inputs, stacked)
+        self._with_features(model, stacked)
+        try:
+            with torch.inference_mode():
+                _, _, _, _, embeds, _ = model.prepare_inputs_labels_for_multimodal(
+                    ids, None, None, None, None, images, image_sizes=sizes)
+        finally:
+            del model.encode_images
+        return embeds
+
     def _generate(self, wrapper: Any, inputs: dict[str, Any], stacked: torch.Tensor) -> list[str]:
         """Upstream's ``generate`` with ``stacked`` (subsets x images) in place of ``encode_images``."""
         model = wrapper.model
-        n_img = inputs["images"].shape[0]
-        rows_n = stacked.shape[0] // n_img
-
-        def encode_images(given: torch.Tensor) -> torch.Tensor:
-            if given.shape[0] != stacked.shape[0]:
-                raise MaskError(f"Eagle sweep: generate asked for {given.shape[0]} images, have {stacked.shape[0]}")
-            return stacked
-
-        model.encode_images = encode_images  # instance attribute, removed below
+        ids, images, sizes = self._rows(inputs, stacked)
+        self._with_features(model, stacked)
         try:
             with torch.inference_mode():
-                ids = inputs["input_ids"].repeat(rows_n, 1)
-                sizes = list(inputs["image_sizes"] or []) * rows_n or None
-                # upstream's generate only needs the image tensor's batch size and rank here
-                out = model.generate(ids, images=inputs["images"].new_empty((stacked.shape[0], 0, 0, 0)),
-                                     image_sizes=sizes, **inputs["generate_kwargs"])
+                out = model.generate(ids, images=images, image_sizes=sizes, **inputs["generate_kwargs"])
         finally:
             del model.encode_images
         eos = model.generation_config.eos_token_id
         if eos is None:
             eos = wrapper.tokenizer.eos_token_id
         eos_set = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
-        rows = [cut_after_eos(row, eos_set) for row in out]
-        return [wrapper.tokenizer.batch_decode(row[None], skip_special_tokens=True)[0].strip() for row in rows]
+        rows = [cut_after_eos(row, eos_set).tolist() for row in out]
+        return finish_like_generate_inner(wrapper.tokenizer, rows)
 
 
 EncredEagle.sweep_support = Eagle1Sweep()
