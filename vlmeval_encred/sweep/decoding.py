@@ -22,6 +22,16 @@ one.  Floating-point reduction order may differ with the matrix shapes, as
 batching itself may; ``tests/test_sweep.py`` compares answers with VLMEvalKit's
 own per-variant runs.
 
+**Rows of several samples** (:func:`decode` with ``batch_tokens > 0``; the engine's
+``--decode-batch-tokens``): consecutive requests share a batch of at most that many
+prompt positions, padding included.  Their prompts differ in length, so each row is
+left-padded *after* the prefix every row shares (before everything when there is
+none), with an attention mask that hides the padding and explicit position ids that
+give each row its own positions 0..T_i-1 and T_i, T_i+1... while decoding: in exact
+arithmetic each row computes what it computes alone.  In floating point the padded,
+larger matrices may round differently, so a near-tied argmax can flip; exactness
+(``batch_tokens=0``) stays the default, and docs/sweeps.md counts the changed answers.
+
 Counters of what was saved go to the :class:`DecodeStats` made current by
 :func:`collect` (the engine opens one per dataset and reports it).
 """
