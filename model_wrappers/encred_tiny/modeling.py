@@ -265,10 +265,13 @@ def generate_with_tokens(model: Any, tokenizer: Any, pixels: torch.Tensor, promp
 # 
 # Mirrors ``EncredTinyModel.generate_answer`` step by step: the same prompt ids,
 # each tower's output brought to the common grid (the tensor zero-masking
-# replaces), per-subset channel concatenation + projector, then greedy decoding
-# without a KV cache -- for all subsets at once, each row stopping at its own
-# end-of-sequence token exactly where a batch of one stops.  Only the ``zero``
-# mask mode is swept (``drop`` changes the projector per subset).
+# replaces), per-subset channel concatenation + projector (``fuse``), then greedy
+# decoding by :func:`vlmeval_encred.sweep.decoding.decode` -- all subsets at once,
+# each row stopping at its own end-of-sequence token.  ``generate_answer`` decodes
+# without a key/value cache, ``decode`` with one: equal in exact arithmetic, and
+# measured equal in fp32 on every demo sample (7,200 of 7,200 answers, also with
+# cross-sample batches; benchmarks/decode_batching.py, docs/sweeps.md).  Only the
+# ``zero`` mask mode is swept (``drop`` changes the projector per subset).
 
 
 class EncredTinySweep:
