@@ -236,3 +236,17 @@ def test_decode_batch_tokens_option_is_validated():
         check_decode_batch_tokens(512, adaptive=True, cluster=None)
     with pytest.raises(ValidationError, match="not passed to cluster jobs"):
         check_decode_batch_tokens(512, adaptive=False, cluster="local")
+
+
+def test_encred_sweep_cli_decode_batch_tokens(standin, tmp_path, capsys):
+    """`encred sweep --decode-batch-tokens N` (in process: the stand-in is registered here) decodes
+    samples together and says so: the batches of several samples and the padding prefilled."""
+    from vlmeval_encred.cli import main
+
+    rc = main(["sweep", "--model", "concat5_standin", "--data", DS, "--subsets", "k<=1", "--work-dir",
+               str(tmp_path / "cli"), "--no-progress", "--decode-batch-tokens", "100000"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    line = next(x for x in out.splitlines() if "cross-sample decode batches:" in x)
+    assert "batches: 1 (--decode-batch-tokens 100000; 0 padding positions" in line, line  # 6 equal prompts
+    assert f"{DS}: 6 samples, 6 computed, 6 prediction files written" in out, out
