@@ -46,6 +46,8 @@ def _parse_error(argv: list[str], capsys) -> str:
     (["demo", "--n-boot", "2"], ["--n-boot", "2"]),
     (["sweep", "--model", "eagle_x5", "--data", "MME", "--shards", "0"], ["--shards", ">= 1"]),
     (["sweep", "--model", "eagle_x5", "--data", "MME", "--decode-batch", "-1"], ["--decode-batch", ">= 0"]),
+    (["sweep", "--model", "eagle_x5", "--data", "MME", "--decode-batch-tokens", "-5"],
+     ["--decode-batch-tokens", ">= 0", "0 = off", "nearest valid: 0"]),
     (["sweep", "--model", "eagle_x5", "--data", "MME", "--timeout-min", "0"], ["--timeout-min", ">= 1"]),
     (["doctor", "--subsets", "0"], ["--subsets", ">= 1"]),
     # names given to our commands: nearest valid names

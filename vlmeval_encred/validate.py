@@ -239,3 +239,20 @@ def check_adaptive(*, adaptive: bool, halfwidth: float | None, decide_sign: bool
     if cluster is not None:
         raise ValidationError("--adaptive runs here (rounds need every variant's scores between them); "
                               "drop --cluster")
+
+
+def check_decode_batch_tokens(value: int, *, adaptive: bool, cluster: str | None) -> int:
+    """``encred sweep --decode-batch-tokens N``: a non-negative prompt-position budget, for plain
+    sweeps run here (one process or ``--gpus``).  Adaptive rounds and cluster jobs decode sample
+    by sample and are not given the option, so asking for it there would silently do nothing."""
+    try:
+        check_int(value, 0, extra=" (0 = off: each sample decoded on its own)")
+    except ValidationError as exc:
+        raise ValidationError(f"--decode-batch-tokens {exc}") from None
+    if value and adaptive:
+        raise ValidationError(f"--decode-batch-tokens {value}: adaptive rounds decode sample by sample; "
+                              "drop --decode-batch-tokens (or --adaptive)")
+    if value and cluster is not None:
+        raise ValidationError(f"--decode-batch-tokens {value} is not passed to cluster jobs; drop it with --cluster, "
+                              "or run the sweep here (--gpus N for several processes)")
+    return value

@@ -292,10 +292,13 @@ def generate_with_tokens(model: Any, tokenizer: Any, pixels: torch.Tensor, promp
 # 
 # Mirrors ``EncredTinyModel.generate_answer`` step by step: the same prompt ids,
 # each tower's output brought to the common grid (the tensor zero-masking
-# replaces), per-subset channel concatenation + projector, then greedy decoding
-# without a KV cache -- for all subsets at once, each row stopping at its own
-# end-of-sequence token exactly where a batch of one stops.  Only the ``zero``
-# mask mode is swept (``drop`` changes the projector per subset).
+# replaces), per-subset channel concatenation + projector (``fuse``), then greedy
+# decoding by :func:`vlmeval_encred.sweep.decoding.decode` -- all subsets at once,
+# each row stopping at its own end-of-sequence token.  ``generate_answer`` decodes
+# without a key/value cache, ``decode`` with one: equal in exact arithmetic, and
+# measured equal in fp32 on every demo sample (7,200 of 7,200 answers, also with
+# cross-sample batches; benchmarks/decode_batching.py, docs/sweeps.md).  Only the
+# ``zero`` mask mode is swept (``drop`` changes the projector per subset).
 
 
 class EncredTinySweep:
@@ -334,10 +337,11 @@ class EncredTinySweep:
             return {e: m.projector(torch.cat([f if n == e else zeros(n) for n in m.encoder_names], dim=-1)) - base
                     for e, f in features.items()}
 
-    def fuse_and_generate(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]],
-                          mask_mode: str, tokens: Sequence[Any] | None = None) -> list[str]:
-        if tokens is not None and any(t is not None for t in tokens):
-            return sweep_budget_rows(self, wrapper, inputs, features_per_subset, mask_mode, tokens)
+    def fuse(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]], mask_mode: str) -> Any:
+        """Each subset's ``<s>, image tokens, prompt`` embeddings, as ``EncredTinyModel.embed`` builds them
+        for a variant of that mask, for :func:`vlmeval_encred.sweep.decoding.decode`."""
+        from vlmeval_encred.sweep.decoding import DecodeRequest
+
         if mask_mode != "zero":
             raise ValueError(f"encred sweep supports mask mode 'zero' for encred_tiny, not {mask_mode!r}")
         m, tok = wrapper.model, wrapper.tokenizer
@@ -345,30 +349,32 @@ class EncredTinySweep:
             raise ValueError("encred sweep needs an encred_tiny model loaded in zero mode (towers were dropped)")
         pixels, ids = inputs["pixels"], inputs["input_ids"]
         grid, t = m.config.grid, m.config.n_image_tokens
+        emb_layer = m.language_model.get_input_embeddings()
         with torch.inference_mode():
             imgs = []
             for feats in features_per_subset:
                 parts = [feats[n] if feats.get(n) is not None
                          else pixels.new_zeros(1, grid * grid, m.tower_channels[n]) for n in m.encoder_names]
                 imgs.append(m.projector(torch.cat(parts, dim=-1)))
-            emb = m.language_model.get_input_embeddings()(ids)
+            emb = emb_layer(ids)
             s = len(imgs)
             embeds = torch.cat([emb[:, :1].expand(s, -1, -1), torch.cat(imgs, 0).to(emb.dtype),
                                 emb[:, 1 + t:].expand(s, -1, -1)], dim=1)
-            emb_layer = m.language_model.get_input_embeddings()
-            outs: list[list[int]] = [[] for _ in range(s)]
-            live, cur = list(range(s)), embeds
-            for _ in range(wrapper.max_new_tokens):
-                nxt = torch.argmax(m.language_model(inputs_embeds=cur).logits[:, -1], dim=-1).tolist()
-                keep = [i for i, tokid in enumerate(nxt) if tokid != tok.eos_token_id]
-                for i in keep:
-                    outs[live[i]].append(nxt[i])
-                if not keep:
-                    break
-                live = [live[i] for i in keep]  # finished rows leave the batch
-                step = emb_layer(torch.tensor([[nxt[i]] for i in keep], device=pixels.device))
-                cur = torch.cat([cur[keep], step], dim=1)
-        return [tok.decode(o, skip_special_tokens=True).strip() for o in outs]
+        eos = tok.eos_token_id
+
+        def finish(rows: list[list[int]]) -> list[str]:  # as generate_answer: stop before </s>, decode, strip
+            return [tok.decode([i for i in r if i != eos], skip_special_tokens=True).strip() for r in rows]
+
+        return DecodeRequest(lm=m.language_model, embeds=embeds, embed_tokens=emb_layer, eos_ids=[eos],
+                             max_new_tokens=wrapper.max_new_tokens, finish=finish)
+
+    def fuse_and_generate(self, wrapper: Any, inputs: Any, features_per_subset: list[dict[str, Any]],
+                          mask_mode: str, tokens: Sequence[Any] | None = None) -> list[str]:
+        if tokens is not None and any(t is not None for t in tokens):
+            return sweep_budget_rows(self, wrapper, inputs, features_per_subset, mask_mode, tokens)
+        from vlmeval_encred.sweep.decoding import decode
+
+        return decode([self.fuse(wrapper, inputs, features_per_subset, mask_mode)])[0]
 
 
 @torch.inference_mode()

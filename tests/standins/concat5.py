@@ -7,7 +7,7 @@ outputs are concatenated along channels (Eagle-1's fusion), projected by an
 MLP and put between a fixed chat-template text (``SYSTEM``, as Eagle's
 ``vicuna_v1`` template puts its system sentence before the image) and the
 question of a tiny random Llama (transformers); per-variant runs decode greedily
-with ``generate``, the sweep with :func:`vlmeval_encred.sweep.decoding.greedy_subsets`
+with ``generate``, the sweep through ``fuse`` and :func:`vlmeval_encred.sweep.decoding.decode`
 (shared template prefix computed once, finished rows dropped).  Tower widths/depths/resolutions are chosen so the
 towers' shares of the vision FLOPs are roughly Eagle-X5's (SAM and EVA-02 at
 1024 px dominate, CLIP at 448 is cheapest) and vision is about 40% of a
@@ -179,9 +179,10 @@ class Concat5Standin(EncredMixin, BaseModel):
 class Concat5Sweep:
     """SweepSupport of the stand-in: the same three steps generate_inner takes, batched over subsets.
 
-    ``shared_decoding``: decode with :func:`~vlmeval_encred.sweep.decoding.greedy_subsets` (shared
-    prefix, finished rows dropped); False: one ``generate`` over all subsets (the former path,
-    kept for benchmarks/sweep_speed.py's comparison)."""
+    ``fuse`` returns the subsets' rows as a :class:`~vlmeval_encred.sweep.decoding.DecodeRequest`
+    (the engine decodes them, with other samples' rows under ``--decode-batch-tokens``);
+    ``fuse_and_generate`` decodes that request alone.  ``shared_decoding=False``: one ``generate``
+    over all subsets instead (the former path, kept for the benchmarks' "before" arm)."""
 
     shared_decoding = True
 
@@ -192,18 +193,26 @@ class Concat5Sweep:
         with torch.inference_mode():
             return wrapper.encode(inputs, encoders)
 
-    def fuse_and_generate(self, wrapper: Concat5Standin, inputs: Any, features_per_subset: list[dict[str, Any]],
-                          mask_mode: str) -> list[str]:
-        from vlmeval_encred.sweep.decoding import greedy_subsets
+    def fuse(self, wrapper: Concat5Standin, inputs: Any, features_per_subset: list[dict[str, Any]],
+             mask_mode: str) -> Any:
+        """The subsets' [template, image tokens, question] rows, for the engine to decode."""
+        from vlmeval_encred.sweep.decoding import DecodeRequest
 
         with torch.inference_mode():
             visual = torch.cat([wrapper.fuse(f) for f in features_per_subset], dim=0)
-            if not self.shared_decoding:
-                return wrapper.generate_batch(inputs, visual)
             llm = wrapper.model.llm
-            rows = greedy_subsets(llm, wrapper.embeds(inputs, visual), llm.get_input_embeddings(),
-                                  [wrapper.tokenizer.eos_token_id], wrapper.kwargs["max_new_tokens"])
-            return wrapper.decode(rows)
+            return DecodeRequest(lm=llm, embeds=wrapper.embeds(inputs, visual), embed_tokens=llm.get_input_embeddings(),
+                                 eos_ids=[wrapper.tokenizer.eos_token_id],
+                                 max_new_tokens=wrapper.kwargs["max_new_tokens"], finish=wrapper.decode)
+
+    def fuse_and_generate(self, wrapper: Concat5Standin, inputs: Any, features_per_subset: list[dict[str, Any]],
+                          mask_mode: str) -> list[str]:
+        from vlmeval_encred.sweep.decoding import decode
+
+        if not self.shared_decoding:
+            with torch.inference_mode():
+                return wrapper.generate_batch(inputs, torch.cat([wrapper.fuse(f) for f in features_per_subset], 0))
+        return decode([self.fuse(wrapper, inputs, features_per_subset, mask_mode)])[0]
 
 
 Concat5Standin.sweep_support = Concat5Sweep()

@@ -33,6 +33,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="first N samples only (as run.py --limit); written to <work-dir>/encred_limit<N>/")
     p.add_argument("--decode-batch", type=int_range(0, extra=" (0 = all of a sample's subsets)"), default=0,
                    help="at most this many subsets per generate call (0 = all of a sample's)")
+    p.add_argument("--decode-batch-tokens", type=int_range(0, extra=" (0 = off: each sample decoded on its own)"),
+                   default=0, metavar="N",
+                   help="decode rows of several consecutive samples in one batch of at most N prompt positions, "
+                        "padding included (families whose sweep support has `fuse`); faster on a device that a "
+                        "sample's subsets do not fill, but padded batches may change a near-tied answer -- "
+                        "0 (default) keeps every answer exactly as a per-variant run's")
     p.add_argument("--suite-file", default=None, help="benchmarks.yaml to expand suite names from")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--vlmeval-root", default=None,
@@ -102,12 +108,13 @@ def run(args: argparse.Namespace) -> int:
                                "drop --limit or use sweep cells (without --per-variant), which apply it themselves")
     except FlavourError as exc:
         raise SystemExit(f"encred sweep: {exc}")
-    from ..validate import ValidationError, check_adaptive
+    from ..validate import ValidationError, check_adaptive, check_decode_batch_tokens
 
     try:
         check_adaptive(adaptive=args.adaptive, halfwidth=args.halfwidth, decide_sign=args.decide_sign,
                        max_frac=args.max_frac, round_size=args.round_size, limit=args.limit, cluster=args.cluster,
                        complete=args.complete, stop_level=args.stop_level)
+        check_decode_batch_tokens(args.decode_batch_tokens, adaptive=args.adaptive, cluster=args.cluster)
     except ValidationError as exc:
         raise SystemExit(f"encred sweep: {exc}")
     try:
@@ -150,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         return parallel.launch(getattr(args, "argv", None) or _argv(args), args.gpus)
     try:
         rep = run_sweep(base, chosen, datasets, args.work_dir, limit=args.limit, decode_batch=args.decode_batch,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, decode_batch_tokens=args.decode_batch_tokens)
     except (SweepError, SweepUnsupportedError) as exc:
         raise SystemExit(f"encred sweep{_rank_note()}: {exc}")
     finally:
@@ -173,6 +180,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"  LLM prefill: {dec.prefilled_tokens} of {dec.prompt_tokens} prompt positions computed "
                   f"(template prefix shared across subsets, run {dec.prefix_runs}x); "
                   f"{dec.rows_dropped_early} finished rows left the batch early")
+        if dec.shared_batches:
+            print(f"  cross-sample decode batches: {dec.shared_batches} (--decode-batch-tokens "
+                  f"{args.decode_batch_tokens}; {dec.padding_tokens} padding positions prefilled)")
     _print_evaluation(fl, [e.name for e in chosen], datasets, args.work_dir, args.limit, args.judge)
     return 0
 
@@ -187,7 +197,8 @@ def _rank_note() -> str:
 def _argv(args: argparse.Namespace) -> list[str]:
     """The command line of ``args`` when it was not recorded (``main`` records it)."""
     out = ["sweep", "--model", args.model, "--data", *args.data, "--subsets", args.subsets, "--work-dir",
-           args.work_dir, "--decode-batch", str(args.decode_batch)]
+           args.work_dir, "--decode-batch", str(args.decode_batch), "--decode-batch-tokens",
+           str(args.decode_batch_tokens)]
     for opt, val in (("--limit", args.limit), ("--suite-file", args.suite_file), ("--vlmeval-root", args.vlmeval_root),
                      ("--judge", args.judge), ("--keep", getattr(args, "keep", None)),
                      ("--token-stage", getattr(args, "token_stage", None))):

@@ -8,7 +8,10 @@ asks for one, with the dataset's ``dump_image``), pre-processes it as
 whose fusion ends in ``inputs_embeds`` can decode through
 :func:`.decoding.greedy_subsets`: the chat template's text before the image is
 prefilled once and its key/value cache shared, finished rows leave the batch;
-what that saved is in ``DatasetReport.decoding``).  Finished
+what that saved is in ``DatasetReport.decoding``).  With ``decode_batch_tokens`` > 0 and a
+family whose support has ``fuse``, decoding is deferred: consecutive samples are fused
+and decoded together once their rows fill that many prompt positions
+(:class:`DeferredDecode`), then checkpointed one by one.  Finished
 samples go to an append-only checkpoint (see :mod:`.checkpoint`); when a
 variant has every sample, its prediction file is written where and as
 VLMEvalKit's own inference writes it (see :mod:`.predfiles`), so ``run.py``
@@ -42,7 +45,7 @@ from ..tokens import TokenError
 from . import predfiles
 from . import parallel
 from .checkpoint import checkpoint_path
-from .decoding import DecodeStats, collect
+from .decoding import DecodeRequest, DecodeStats, collect, decode, padded_tokens
 from .locks import LockHeld, output_lock
 from .protocol import check_token_stages, support_for, support_for_class
 
@@ -129,7 +132,8 @@ def _chunks(seq: list, size: int) -> list[list]:
 def run_sweep(base: BaseModelSpec, entries: Sequence[Entry], datasets: Sequence[str], work_dir: str,
               *, limit: int | None = None, decode_batch: int = 0, sync_every: int = 10, progress: bool = True,
               model: Any = None, on_sample: Callable[[str, Any], None] | None = None,
-              checkpoint_tag: str = "", split: parallel.Split | None = None) -> SweepReport:
+              checkpoint_tag: str = "", split: parallel.Split | None = None,
+              decode_batch_tokens: int = 0) -> SweepReport:
     """Sweep ``entries`` of ``base`` over ``datasets`` into ``work_dir``; see the module docstring.
 
     ``decode_batch``: at most this many subsets per ``generate`` call (0: all of a sample's).
@@ -146,6 +150,11 @@ def run_sweep(base: BaseModelSpec, entries: Sequence[Entry], datasets: Sequence[
     :func:`.parallel.from_env` -- one of torchrun's ranks when ``WORLD_SIZE`` > 1, else all.
     Whatever the split, the prediction files are the same bytes.
 
+    ``decode_batch_tokens``: 0 (default, exact) decodes each sample's subsets on their own; N > 0,
+    for a family whose support has ``fuse``, decodes rows of consecutive samples together in
+    batches of at most N prompt positions (see :class:`DeferredDecode`; answers may differ from
+    the exact ones in the last bits of the logits, docs/sweeps.md counts how often).
+
     Per dataset the sweep holds :mod:`.locks` (its checkpoint, and every selected variant's
     output) while it computes and writes; if another live process holds one, it raises
     :class:`SweepError` naming that process instead of computing the same files again.
@@ -157,6 +166,8 @@ def run_sweep(base: BaseModelSpec, entries: Sequence[Entry], datasets: Sequence[
     if not entries:
         raise SweepError("no entries selected")
     check_budgets(base, entries, model)
+    if int(decode_batch_tokens) < 0:
+        raise SweepError(f"decode_batch_tokens must be >= 0 (0 = each sample on its own), got {decode_batch_tokens}")
     split = split or parallel.from_env()
     if split.parts > 1 and checkpoint_tag:
         raise SweepError("a lattice shard (checkpoint_tag) cannot also be split by samples")
@@ -187,7 +198,7 @@ def run_sweep(base: BaseModelSpec, entries: Sequence[Entry], datasets: Sequence[
                     rep.reused_adaptive = import_answers(work_dir, base, ds_name, ck_path, entries)
                 model = _sweep_dataset(base, entries, dataset, ds_name, indices, rep, report, work_dir, ck_path,
                                        model, support_box, mask_mode, layout, run_id, decode_batch, sync_every,
-                                       progress, on_sample, split)
+                                       progress, on_sample, split, decode_batch_tokens)
         except LockHeld as exc:
             raise SweepError(str(exc)) from None
         rep.seconds = time.perf_counter() - t0
@@ -195,7 +206,8 @@ def run_sweep(base: BaseModelSpec, entries: Sequence[Entry], datasets: Sequence[
 
 
 def _sweep_dataset(base, entries, dataset, ds_name, indices, rep, report, work_dir, ck_path, model, support_box,
-                   mask_mode, layout, run_id, decode_batch, sync_every, progress, on_sample, split):
+                   mask_mode, layout, run_id, decode_batch, sync_every, progress, on_sample, split,
+                   decode_batch_tokens=0):
     """One dataset of :func:`run_sweep`, under its locks; returns the (possibly just loaded) model.
 
     This process computes the samples ``split`` gives it that no checkpoint of the (base,
@@ -234,6 +246,15 @@ def _sweep_dataset(base, entries, dataset, ds_name, indices, rep, report, work_d
         support = support_box[0]
         if todo_pos:
             model.set_dump_image(dataset.dump_image)
+        deferred = DeferredDecode.for_support(support, decode_batch_tokens) if todo_pos else None
+
+        def record(idx: Any, preds: dict[str, str]) -> None:
+            ck.add(idx, preds)
+            rep.computed_samples += 1
+            bar.update(1)
+            if on_sample is not None:
+                on_sample(ds_name, idx)
+
         for pos in todo_pos:
             line = data.iloc[pos]
             idx = line["index"]
@@ -241,12 +262,16 @@ def _sweep_dataset(base, entries, dataset, ds_name, indices, rep, report, work_d
             todo = [e for e in pending if e.name not in have]
             if not todo:
                 continue
-            preds = answer_sample(base, support, model, dataset, ds_name, line, todo, mask_mode, decode_batch, rep)
-            ck.add(idx, preds)
-            rep.computed_samples += 1
-            bar.update(1)
-            if on_sample is not None:
-                on_sample(ds_name, idx)
+            if deferred is not None:
+                finished = deferred.add(idx, fuse_sample(base, support, model, dataset, ds_name, line, todo,
+                                                         mask_mode, decode_batch, rep))
+            else:
+                finished = [(idx, answer_sample(base, support, model, dataset, ds_name, line, todo, mask_mode,
+                                                decode_batch, rep))]
+            for done_idx, preds in finished:
+                record(done_idx, preds)
+        for done_idx, preds in (deferred.flush() if deferred is not None else []):
+            record(done_idx, preds)
     finally:
         scope.close()
         bar.close()
@@ -275,15 +300,22 @@ def _sweep_dataset(base, entries, dataset, ds_name, indices, rep, report, work_d
     return model
 
 
-def answer_sample(base: BaseModelSpec, support: Any, model: Any, dataset: Any, ds_name: str, line: Any,
-                  todo: Sequence[Entry], mask_mode: str, decode_batch: int, rep: DatasetReport) -> dict[str, str]:
-    """Every entry of ``todo`` answers one sample: each needed encoder once, subsets decoded in batches."""
+def sample_features(base: BaseModelSpec, support: Any, model: Any, dataset: Any, ds_name: str, line: Any,
+                    todo: Sequence[Entry], rep: DatasetReport) -> tuple[Any, dict[str, Any]]:
+    """(the support's prepared inputs, each encoder some entry of ``todo`` keeps run once) for one sample."""
     message = build_message(model, dataset, line)
     inputs = support.prepare(model, message, ds_name)
     needed = [x for x in base.encoders if any(x in e.kept for e in todo)]
     feats = support.encode(model, inputs, needed) if needed else {}
     for x in needed:
         rep.encoder_calls[x] = rep.encoder_calls.get(x, 0) + 1
+    return inputs, feats
+
+
+def answer_sample(base: BaseModelSpec, support: Any, model: Any, dataset: Any, ds_name: str, line: Any,
+                  todo: Sequence[Entry], mask_mode: str, decode_batch: int, rep: DatasetReport) -> dict[str, str]:
+    """Every entry of ``todo`` answers one sample: each needed encoder once, subsets decoded in batches."""
+    inputs, feats = sample_features(base, support, model, dataset, ds_name, line, todo, rep)
     preds: dict[str, str] = {}
     plain = [e for e in todo if e.tokens is None]
     for chunk in _chunks(plain, decode_batch):
@@ -341,6 +373,97 @@ def check_budgets(base: BaseModelSpec, entries: Sequence[Entry], model: Any = No
     except (ImportError, SweepUnsupportedError):  # loading the model reports these with its own guidance
         return
     check_token_stages(support, base.family, wanted)
+
+
+# --- cross-sample decode batches (--decode-batch-tokens): fuse now, decode once a batch is full --------
+def fuse_sample(base: BaseModelSpec, support: Any, model: Any, dataset: Any, ds_name: str, line: Any,
+                todo: Sequence[Entry], mask_mode: str, decode_batch: int,
+                rep: DatasetReport) -> list[tuple[list[Entry], "DecodeRequest | list[str]"]]:
+    """As :func:`answer_sample`, stopping before decoding: one (entries, ``support.fuse`` request) per
+    chunk of at most ``decode_batch`` subsets, for :class:`DeferredDecode` to decode later.
+
+    Answered at once instead (entries, answers): token-budget rows (:func:`answer_budgets`, batch 1
+    by design) and chunks whose ``fuse`` refuses with a ``ValueError`` -- a family's way of saying
+    the shared-prefix decoder cannot reproduce this wrapper (sampling, beams, ``drop``-mode rows of
+    different lengths); ``fuse_and_generate`` then decodes them as the wrapper would."""
+    inputs, feats = sample_features(base, support, model, dataset, ds_name, line, todo, rep)
+    parts: list[tuple[list[Entry], Any]] = []
+    plain = [e for e in todo if e.tokens is None]
+    for chunk in _chunks(plain, decode_batch):
+        per_subset = [{x: (feats[x] if x in e.kept else None) for x in base.encoders} for e in chunk]
+        rep.decode_calls += 1
+        try:
+            req = support.fuse(model, inputs, per_subset, mask_mode)
+        except ValueError as exc:
+            log.debug("%s.fuse refused (%s); decoding with fuse_and_generate", type(support).__name__, exc)
+            outs = support.fuse_and_generate(model, inputs, per_subset, mask_mode)
+            if len(outs) != len(chunk):
+                raise SweepError(f"{type(support).__name__}.fuse_and_generate returned {len(outs)} "
+                                 f"answers for {len(chunk)} subsets")
+            parts.append((list(chunk), [str(o) for o in outs]))
+            continue
+        if not isinstance(req, DecodeRequest) or req.rows != len(chunk):
+            got = f"{req.rows} rows" if isinstance(req, DecodeRequest) else type(req).__name__
+            raise SweepError(f"{type(support).__name__}.fuse returned {got} for {len(chunk)} subsets "
+                             "(needs a DecodeRequest with one row per subset)")
+        parts.append((list(chunk), req))
+    budgets = [e for e in todo if e.tokens is not None]
+    if budgets:
+        preds = answer_budgets(base, support, model, inputs, feats, budgets, mask_mode, decode_batch, rep)
+        parts.append((budgets, [preds[e.name] for e in budgets]))
+    return parts
+
+
+@dataclass
+class DeferredDecode:
+    """Samples fused but not decoded yet, until their rows fill a decode batch of ``batch_tokens``
+    prompt positions (:func:`.decoding.padded_tokens`); then one :func:`.decoding.decode` call
+    answers them all and the engine checkpoints them one by one, in order.
+
+    Why here and not in the family: the engine knows which samples come next; a family sees
+    one sample at a time.  Kill safety is unchanged in kind: a sample is checkpointed whole
+    after its batch is decoded, so a kill loses the samples not yet decoded (at most one
+    batch's worth) and never writes part of one."""
+
+    batch_tokens: int
+    pending: list[tuple[Any, list[tuple[list[Entry], DecodeRequest]]]] = field(default_factory=list)
+
+    @classmethod
+    def for_support(cls, support: Any, batch_tokens: int) -> "DeferredDecode | None":
+        """A batcher when ``batch_tokens`` > 0 and the family's support has ``fuse``; else None
+        (the sample-by-sample path: ``fuse_and_generate``)."""
+        if batch_tokens and callable(getattr(support, "fuse", None)):
+            return cls(int(batch_tokens))
+        return None
+
+    def _requests(self) -> list[DecodeRequest]:
+        return [req for _, parts in self.pending for _, req in parts if isinstance(req, DecodeRequest)]
+
+    def add(self, idx: Any, parts: list[tuple[list[Entry], Any]]) -> list[tuple[Any, dict[str, str]]]:
+        """Queue one sample; returns the samples answered now (index, preds), in queue order."""
+        done = []
+        new = [req for _, req in parts if isinstance(req, DecodeRequest)]
+        if self.pending and padded_tokens(self._requests() + new) > self.batch_tokens:
+            done = self.flush()
+        self.pending.append((idx, parts))
+        if padded_tokens(self._requests()) >= self.batch_tokens:
+            done += self.flush()
+        return done
+
+    def flush(self) -> list[tuple[Any, dict[str, str]]]:
+        """Decode every queued sample; (index, {variant: answer}) per sample, in queue order."""
+        if not self.pending:
+            return []
+        answers = iter(decode(self._requests(), batch_tokens=self.batch_tokens))
+        done = []
+        for idx, parts in self.pending:
+            preds: dict[str, str] = {}
+            for chunk, req in parts:
+                outs = next(answers) if isinstance(req, DecodeRequest) else req  # else: answered at once
+                preds.update({e.name: str(o) for e, o in zip(chunk, outs)})
+            done.append((idx, preds))
+        self.pending = []
+        return done
 
 
 def _write_if_complete(base, entries, pending, dataset, ds_name, indices, rep, work_dir, ck_path, model, mask_mode,
