@@ -115,6 +115,9 @@ class EncredTiny(EncredMixin, BaseModel):
     adapter = EncredTinyAdapter()
     on_generate: Callable[[], None] | None = None
     """Called after every answer; ``encred demo`` sets it to advance its progress bar."""
+    token_select: Callable[[Any], Any] | None = None
+    """Fusion stage only: replaces the scored kept positions (``FusionSelection`` -> LongTensor of the same
+    size); ``encred demo``'s token check sets a seeded random control (vlmeval_encred.demo.token_check)."""
 
     def __init__(self, model_path: str = "encred-demo:default", max_new_tokens: int = 2,
                  threads: int | None = None, torch_dtype: Any = "float32", device: str = "cpu",
@@ -171,7 +174,8 @@ class EncredTiny(EncredMixin, BaseModel):
             answer = self.model.generate_answer(self.tokenizer, pixels, prompt, self.max_new_tokens)
         else:
             answer, self.token_report = generate_with_tokens(self.model, self.tokenizer, pixels, prompt,
-                                                             self.max_new_tokens, self.tokens, self.pruner)
+                                                             self.max_new_tokens, self.tokens, self.pruner,
+                                                             self.token_select)
         hook = type(self).on_generate
         if hook is not None:
             hook()
@@ -220,7 +224,7 @@ def fusion_features(model: Any, pixels: torch.Tensor) -> tuple[torch.Tensor, dic
 
 @torch.inference_mode()
 def generate_with_tokens(model: Any, tokenizer: Any, pixels: torch.Tensor, prompt: str, max_new_tokens: int,
-                         tokens: Any, pruner: Any = None) -> tuple[str, dict[str, Any]]:
+                         tokens: Any, pruner: Any = None, select: Any = None) -> tuple[str, dict[str, Any]]:
     """Greedy decoding as ``generate_answer``, with the token budget applied; returns (answer, report).
 
     The report names the kept visual positions (grid indices 0..T-1) and, for the llm stage,
@@ -234,6 +238,8 @@ def generate_with_tokens(model: Any, tokenizer: Any, pixels: torch.Tensor, promp
     if tokens.stage == "fusion":
         cat, feats = fusion_features(model, pixels)
         sel = fusion_select({n: f[0] for n, f in feats.items()}, tokens)
+        if select is not None:  # a control selection of the same size (the demo's token check)
+            sel.kept = select(sel)
         kept = sel.kept.tolist()
         emb = emb_layer(ids)
         img = model.projector(cat).to(emb.dtype)
