@@ -191,3 +191,17 @@ def test_comparison_shows_each_models_token_curve(sheets, tmp_path):
     md = res.files["markdown"].read_text()
     assert "## Token budgets" in md and "| deepseek_vl_tiny_random | fusion |" in md
     assert res.files["fig_token_curves"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_prints_the_95_budgets(sheets, tmp_path, capsys):
+    from vlmeval_encred.cli import main
+
+    work, suite = sheets
+    rc = main(["report", "--work-dir", str(work), "--model", "encred_tiny", "--suite", "three", "--suite-file",
+               str(suite), "--out", str(tmp_path / "o"), "--n-boot", "100", "--no-figures", "--no-cache"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "token budgets: 7 variants; smallest budget keeping 95 % of the unpruned score (Overall):" in out
+    assert "  fusion, mask -hires: keep50 (100.0 %) [keep50, keep50]" in out
+    assert "  llm K=1, mask none: none below 100 %" in out
+    assert "encred_tiny_keep25_fusion: not read as a token budget" in out
