@@ -78,6 +78,7 @@ ACC = {  # model -> accuracy on every dataset (nested correct sets, see report_s
     "encred_tiny_keep75": 0.9, "encred_tiny_keep50": 0.875, "encred_tiny_keep25": 0.5,
     "encred_tiny_keep50_llm": 0.8, "encred_tiny_keep25_llm": 0.7,
     "encred_tiny_mask_hires_keep50": 0.6, "encred_tiny_mask_hires_keep25": 0.3,
+    "encred_tiny_mask_lowres_keep50": 0.5,  # its unpruned variant was never run
     "deepseek_vl_tiny_random": 0.8, "deepseek_vl_tiny_random_mask_sam": 0.7,
     "deepseek_vl_tiny_random_keep50": 0.4,
 }
@@ -121,7 +122,7 @@ def test_token_curve_and_budgets_from_vlmeval_files(sheets):
     assert any("encred_tiny_keep25_fusion" in n for n in res.notes)
     for lvl in LEVELS:
         for name, acc in ACC.items():
-            if not name.startswith("encred_tiny") or "_keep" not in name:
+            if not name.startswith("encred_tiny") or "_keep" not in name or "lowres" in name:
                 continue
             series = "llm K=1" if name.endswith("_llm") else "fusion"
             x = _pt(res, series, name, lvl)
@@ -141,6 +142,11 @@ def test_token_curve_and_budgets_from_vlmeval_files(sheets):
         x = b95[("fusion", "-hires", lvl)]
         assert (x["budget"], x["lo"], x["hi"], x["interval"]) == (50, 50, 50, "ok")
         assert (x["retained_lo"], x["retained_hi"]) == (pytest.approx(100.0), pytest.approx(100.0))
+        lowres = b95[("fusion", "-lowres", lvl)]
+        assert lowres["budget"] is None and lowres["lo"] is None
+        assert lowres["interval"] == "no score of the unpruned variant encred_tiny_mask_lowres at this level"
+        assert _pt(res, "fusion", "encred_tiny_mask_lowres_keep50", lvl)["score"] == pytest.approx(50.0)
+        assert _pt(res, "fusion", "encred_tiny_mask_lowres_keep50", lvl)["retained"] is None
         full = b95[("fusion", "none", lvl)]
         assert full["lo"] <= 50 <= full["hi"] and {full["lo"], full["hi"]} <= {25, 50, 75, 100}
         assert full["retained_lo"] <= full["retained"] <= full["retained_hi"] <= 100.0
@@ -148,9 +154,11 @@ def test_token_curve_and_budgets_from_vlmeval_files(sheets):
 
 def test_no_interval_without_enough_resamples_and_none_without_bootstrap(sheets):
     res = _report(sheets, n_boot=0)
-    assert res.token_budget95 and all(x["lo"] is None and x["interval"] == "" for x in res.token_budget95)
+    rows = [x for x in res.token_budget95 if x["budget"] is not None]  # -lowres: no unpruned score, no budget
+    assert rows and all(x["lo"] is None and x["interval"] == "" for x in rows)
     res = _report(sheets, n_boot=20)
-    assert all(x["lo"] is None and "fewer than 40" in x["interval"] for x in res.token_budget95)
+    rows = [x for x in res.token_budget95 if x["budget"] is not None]
+    assert rows and all(x["lo"] is None and "fewer than 40" in x["interval"] for x in rows)
 
 
 def test_files_figure_and_the_output_set_policy(sheets, tmp_path):
@@ -201,7 +209,7 @@ def test_cli_prints_the_95_budgets(sheets, tmp_path, capsys):
                str(suite), "--out", str(tmp_path / "o"), "--n-boot", "100", "--no-figures", "--no-cache"])
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert "token budgets: 7 variants; smallest budget keeping 95 % of the unpruned score (Overall):" in out
+    assert "token budgets: 8 variants; smallest budget keeping 95 % of the unpruned score (Overall):" in out
     assert "  fusion, mask -hires: keep50 (100.0 %) [keep50, keep50]" in out
     assert "  llm K=1, mask none: none below 100 %" in out
     assert "encred_tiny_keep25_fusion: not read as a token budget" in out

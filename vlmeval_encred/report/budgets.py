@@ -174,7 +174,10 @@ def budget95_rows(budgets: Sequence[BudgetVariant], curve: Sequence[Mapping[str,
                    "budgets": ", ".join(str(k) for k in sorted(ret, reverse=True)),
                    "lo": None, "hi": None, "retained_lo": None, "retained_hi": None, "interval": ""}
             if best is None:
-                row["interval"] = "no budget scored at this level"
+                full = next((r["score"] for r in curve if r["series"] == series and r["variant"] == mask_name
+                             and r["level"] == lvl and r["unpruned"]), None)
+                row["interval"] = (f"no score of the unpruned variant {mask_name} at this level" if not full
+                                   else "no budget scored at this level")
             elif resamples is not None:
                 row.update(_interval(resamples.get(lvl, {}), mask_name, group, best, min_resamples))
             rows.append(row)
