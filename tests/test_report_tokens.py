@@ -172,7 +172,7 @@ def test_files_figure_and_the_output_set_policy(sheets, tmp_path):
     assert png == out / "encred_tiny_three_token_curves.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = res.files["markdown"].read_text()
     assert "## Token budgets" in md and "### Stage fusion: encoder mask x budget (Overall)" in md
-    assert "| none | 90.00 | 90.00 (100 %) | 87.50 (97 %) | 50.00 (56 %) |" in md
+    assert "| none | 90.00 | 90.00 (100.0 %) | 87.50 (97.2 %) | 50.00 (55.6 %) |" in md
     assert "keep50 (97.2 %) [" in md and "none below 100 %" in md
     wb = openpyxl.load_workbook(res.files["xlsx"], read_only=True)
     assert {"Token curve", "Token 95% budget", "Token cells"} <= set(wb.sheetnames)

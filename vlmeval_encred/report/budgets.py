@@ -236,7 +236,7 @@ def table_mask_by_budget(curve: Sequence[Mapping[str, Any]], series: str, level:
         for k in keeps:
             r = next((r for r in mine if r["keep"] == k and not r["unpruned"]), None)
             row.append("–" if r is None or r["score"] is None else
-                       f"{r['score']:.2f} ({r['retained']:.0f} %)" if r["retained"] is not None else f"{r['score']:.2f}")
+                       f"{r['score']:.2f} ({r['retained']:.1f} %)" if r["retained"] is not None else f"{r['score']:.2f}")
         rows.append(row)
     return head, rows
 
