@@ -10,9 +10,11 @@ no bootstrap) and puts the comparable parts next to each other:
   (mean line, max-min band), since absolute scores of different bases do not compare;
 * every cell that is not there, by model, variant and benchmark: a model with an
   incomplete lattice shows what is present and names what is missing.
+* where token-budget variants were run (:mod:`.budgets`): each model's token curves and 95 %
+  budgets, the unmasked curves of all models relative to their own unpruned scores on one axis.
 
 Files and overwrite policy are those of the single-model report (:mod:`.writers`):
-``compare_<models>_<suite>.{xlsx,md,json}`` and two PNGs.
+``compare_<models>_<suite>.{xlsx,md,json}`` and two PNGs (three with token budgets).
 """
 
 from __future__ import annotations
