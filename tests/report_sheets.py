@@ -132,6 +132,19 @@ def _predictions(name: str, rows: list[dict], acc: float, seed: str) -> list[dic
     return out
 
 
+def _nested_predictions(name: str, rows: list[dict], acc: float) -> list[dict]:
+    """Exactly ``round(acc * n)`` correct answers, the *same* questions first for every model: one
+    order of the questions per dataset, and a model of accuracy ``acc`` answers its first
+    ``round(acc * n)`` correctly.  Correct sets are nested across models (a better model answers a
+    superset), so paired resamples have known properties (equal accuracies: identical answers)."""
+    order = list(range(len(rows)))
+    random.Random(f"nested/{name}").shuffle(order)
+    good = set(order[:round(acc * len(rows))])
+    return [{**{k: v for k, v in r.items() if k != "image"},
+             "prediction": _correct_pred(name, r) if i in good else _wrong_pred(name, r)}
+            for i, r in enumerate(rows)]
+
+
 class _SerialPool:
     def __init__(self, *a, **k) -> None:
         pass
@@ -171,14 +184,14 @@ def _prepare(rootp: Path, data: dict[str, list[dict]]):
 
 
 def _evaluate_variant(work: Path, model: str, acc: float, data: dict[str, list[dict]], build_dataset, dump,
-                      pd) -> None:
+                      pd, nested: bool = False) -> None:
     run = work / model / RUN
     run.mkdir(parents=True, exist_ok=True)
     for name, rows in data.items():
         ds = build_dataset(name)
         assert ds is not None, name
         pred = run / f"{model}_{name}.xlsx"
-        preds = _predictions(name, rows, acc, model)
+        preds = _nested_predictions(name, rows, acc) if nested else _predictions(name, rows, acc, model)
         dump(pd.DataFrame(preds), str(pred))
         if name == "MathVista_MINI":
             storage = pd.DataFrame(preds)
@@ -242,3 +255,19 @@ def _dataset_classes(vd) -> list[type]:
             if isinstance(v, type) and hasattr(v, "DATASET_MD5"):
                 out.append(v)
     return out
+
+
+def mcq_data(datasets: list[str], n: int) -> dict[str, list[dict]]:
+    """``n``-question TSVs of plain MCQ datasets (``index, image, question, A-D, answer``)."""
+    return {name: _mcq_rows(n) for name in datasets}
+
+
+def build_models(root: str, models: dict[str, float], data: dict[str, list[dict]]) -> Path:
+    """Evaluated results of any model names (e.g. token-budget variants ``<variant>_keep25``) with
+    *exact*, nested accuracies (:func:`_nested_predictions`) on ``data`` (:func:`mcq_data`)."""
+    rootp = Path(root)
+    tools = _prepare(rootp, data)
+    work = rootp / "work"
+    for model, acc in models.items():
+        _evaluate_variant(work, model, acc, data, *tools, nested=True)
+    return work

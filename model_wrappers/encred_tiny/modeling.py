@@ -115,6 +115,9 @@ class EncredTiny(EncredMixin, BaseModel):
     adapter = EncredTinyAdapter()
     on_generate: Callable[[], None] | None = None
     """Called after every answer; ``encred demo`` sets it to advance its progress bar."""
+    token_select: Callable[[Any], Any] | None = None
+    """Fusion stage only: replaces the scored kept positions (``FusionSelection`` -> LongTensor of the same
+    size); ``encred demo``'s token check sets a seeded random control (vlmeval_encred.demo.token_check)."""
 
     def __init__(self, model_path: str = "encred-demo:default", max_new_tokens: int = 2,
                  threads: int | None = None, torch_dtype: Any = "float32", device: str = "cpu",
@@ -171,7 +174,8 @@ class EncredTiny(EncredMixin, BaseModel):
             answer = self.model.generate_answer(self.tokenizer, pixels, prompt, self.max_new_tokens)
         else:
             answer, self.token_report = generate_with_tokens(self.model, self.tokenizer, pixels, prompt,
-                                                             self.max_new_tokens, self.tokens, self.pruner)
+                                                             self.max_new_tokens, self.tokens, self.pruner,
+                                                             self.token_select)
         hook = type(self).on_generate
         if hook is not None:
             hook()
@@ -249,14 +253,17 @@ def greedy_from_embeds(model: Any, tokenizer: Any, embeds: torch.Tensor, max_new
 
 
 def fusion_answer(model: Any, tokenizer: Any, ids: torch.Tensor, cat: torch.Tensor, feats: Any,
-                  max_new_tokens: int, tokens: Any) -> tuple[str, dict[str, Any]]:
+                  max_new_tokens: int, tokens: Any, select: Any = None) -> tuple[str, dict[str, Any]]:
     """The fusion stage on one image: select the kept grid positions from the unmasked towers'
     ``feats`` (tower -> (1, T, C)), splice their projector outputs in at their original positions,
-    decode greedily; (answer, report)."""
+    decode greedily; (answer, report).  ``select(selection) -> kept``: a control selection of
+    the same size instead of the scored one (the demo's token check)."""
     from vlmeval_encred.tokens import fusion_select
 
     t = model.config.n_image_tokens
     sel = fusion_select({n: f[0] for n, f in feats.items()}, tokens)
+    if select is not None:
+        sel.kept = select(sel)
     kept = sel.kept.tolist()
     emb = model.language_model.get_input_embeddings()(ids)
     img = model.projector(cat).to(emb.dtype)
@@ -268,7 +275,7 @@ def fusion_answer(model: Any, tokenizer: Any, ids: torch.Tensor, cat: torch.Tens
 
 @torch.inference_mode()
 def generate_with_tokens(model: Any, tokenizer: Any, pixels: torch.Tensor, prompt: str, max_new_tokens: int,
-                         tokens: Any, pruner: Any = None) -> tuple[str, dict[str, Any]]:
+                         tokens: Any, pruner: Any = None, select: Any = None) -> tuple[str, dict[str, Any]]:
     """Greedy decoding as ``generate_answer``, with the token budget applied; returns (answer, report).
 
     The report names the kept visual positions (grid indices 0..T-1) and, for the llm stage,
@@ -277,7 +284,7 @@ def generate_with_tokens(model: Any, tokenizer: Any, pixels: torch.Tensor, promp
     ids = torch.tensor([model.build_inputs(tokenizer, prompt)], device=pixels.device)
     if tokens.stage == "fusion":
         cat, feats = fusion_features(model, pixels)
-        return fusion_answer(model, tokenizer, ids, cat, feats, max_new_tokens, tokens)
+        return fusion_answer(model, tokenizer, ids, cat, feats, max_new_tokens, tokens, select)
     pruner.arm(range(1, 1 + t), ids.shape[1])
     try:
         answer = model.generate_answer(tokenizer, pixels, prompt, max_new_tokens)

@@ -309,10 +309,13 @@ def run(args: argparse.Namespace) -> int:
     t_report = time.perf_counter()
     rc, result, not_written = _report_and_verdict(work, BASE, variants, datasets, n, n_boot, force=args.force)
     t_report = time.perf_counter() - t_report
+    token_rc, t_tokens = _token_verdict(wrapper_cls, BASE, n, n_boot)
+    rc = rc or token_rc
     total_s = time.perf_counter() - t_start
     print()
     print(f"Timings: VLMEvalKit import {t_import:.0f}s, {len(variants) * len(datasets)} runs {t_runs:.0f}s"
-          f"{' (predictions reused)' if reused else ''}, report {t_report:.0f}s, total {total_s:.0f}s")
+          f"{' (predictions reused)' if reused else ''}, report {t_report:.0f}s, token check {t_tokens:.0f}s, "
+          f"total {total_s:.0f}s")
     print(f"VLMEvalKit results: {work}/<model>/ (log: {log_file})")
     if result is not None and result.out_dir is not None:
         print(f"Report: {result.out_dir}")
@@ -369,6 +372,36 @@ def _report_and_verdict(work: Path, base: str, variants: list[str], datasets: li
     if not_written:
         print(f"Verdict above computed from the results; {not_written}")
     return (2 if not_written else 0 if all_ok else 1), result, not_written
+
+
+def _token_verdict(wrapper_cls: Any, base: str, n: int, n_boot: int) -> tuple[int, float]:
+    """Run and print the token-budget check (:data:`..demo.planted.TOKEN_CHECK`); (exit code, seconds).
+
+    A miss counts toward the exit status only where the claim says so (``counts``) and only at the
+    full benchmark size, like the interval claims; otherwise it is printed as measured."""
+    import logging
+
+    from ..demo import data as demo_data
+    from ..demo.planted import TOKEN_CHECK
+    from ..demo.token_check import run_token_check
+
+    ours = logging.getLogger("vlmeval_encred")
+    old_level = ours.level
+    ours.setLevel(logging.WARNING)  # the wrapper's one-line load message
+    try:
+        res = run_token_check(wrapper_cls, base, n, n_boot)
+    finally:
+        ours.setLevel(old_level)
+    strict = n >= demo_data.DEFAULT_SAMPLES
+    mark = "ok  " if res.ok else "MISS" if strict else "wide"
+    print()
+    print("Token budget (docs/tokens.md, 'The demo's token check'): scored fusion selection vs a seeded random "
+          "selection of the same size:")
+    print(f"  {mark} {res.describe()}")
+    if not res.ok and strict and not TOKEN_CHECK.counts:
+        print("       the scored selection does not win on the shipped model; reported as measured, not counted "
+              "toward the exit status (planted.TOKEN_CHECK.counts; docs/tokens.md says why)")
+    return (1 if strict and TOKEN_CHECK.counts and not res.ok else 0), res.seconds
 
 
 def _scores_from_files(work: Path, variants: list[str], datasets: list[str]) -> dict[tuple[str, ...], dict[str, float]]:

@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if args.n_boot == 0:
         print("bootstrap intervals: off (--n-boot 0); no CUR/IG interval is computed or starred")
     _print_cur(res)
+    _print_tokens(res)
     for i in res.per_sample_issues[:10]:
         print(f"per-sample data not usable: {i['variant']}/{i['benchmark']}: {i['reason']}")
     if len(res.per_sample_issues) > 10:
@@ -93,6 +94,23 @@ def run(args: argparse.Namespace) -> int:
     for k, p in res.files.items():
         print(f"{k}: {p}")
     return 0
+
+
+def _print_tokens(res) -> None:
+    """One line per token-budget series and mask: the smallest budget keeping 95 % at Overall (docs/report.md)."""
+    from ..report.budgets import THRESHOLD, fmt_budget
+
+    if not res.token_variants:
+        return
+    bad = sum(c["status"] != "ok" for c in res.token_cells)
+    print(f"token budgets: {len(res.token_variants)} variants" + (f", {bad} cells not ok" if bad else "")
+          + f"; smallest budget keeping {THRESHOLD:.0f} % of the unpruned score (Overall):")
+    for x in res.token_budget95:
+        if x["level"] == "Overall":
+            print(f"  {x['series']}, mask {x['mask']}: {fmt_budget(x)}")
+    for n in res.notes:
+        if n.startswith("token budgets: "):
+            print(f"  {n[len('token budgets: '):]}")
 
 
 def _print_cur(res) -> None:

@@ -80,6 +80,18 @@ class ReportResult:
     sampled: list[dict[str, Any]] = field(default_factory=list)
     """Cells whose score is an adaptive sweep's estimate from n of N questions (``variant, benchmark,
     score, note``); their intervals (rows with a ``sampled`` key in ``bootstrap``) are confidence sequences."""
+    token_variants: list[dict[str, Any]] = field(default_factory=list)
+    """Token-budget variants found in the work dir (``<variant>_keep<NN>[_llm[<K>]]``, docs/report.md,
+    'Token budgets'): ``name, mask_variant, masked, keep, stage, layer, series``; empty when none were run."""
+    token_curve: list[dict[str, Any]] = field(default_factory=list)
+    """Score against kept-token fraction: ``series, stage, layer, mask, variant, keep, unpruned, level, score,
+    retained`` (% of the unpruned variant of the same mask; ``keep`` 100 with ``unpruned`` is that variant)."""
+    token_budget95: list[dict[str, Any]] = field(default_factory=list)
+    """Per series, mask and level: ``budget`` (smallest keep from which on every larger budget keeps >= 95 % of
+    the unpruned score; 100 = none does), ``retained``, ``lo``/``hi`` (bootstrap interval of the budget),
+    ``retained_lo``/``retained_hi``, ``budgets`` (those present), ``interval`` (``ok`` or why none)."""
+    token_cells: list[dict[str, Any]] = field(default_factory=list)
+    """The token-budget variants' cells, as ``cells`` (kept apart: the lattice's counts stay the lattice's)."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds per stage (read, metrics, bootstrap, write, total)."""
 

@@ -11,7 +11,7 @@ Intervals are percentile intervals (2.5 %, 97.5 %).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Hashable, Mapping, Sequence
 
 import numpy as np
 
@@ -23,11 +23,12 @@ CHUNK_CELLS = 4_000_000  # resample-count cells per chunk (memory bound: ~32 MB 
 
 @dataclass
 class BootInput:
-    """Per-sample units of every variant (``kept`` frozenset) for one dataset part."""
+    """Per-sample units of every variant for one dataset part (keyed by the ``kept`` frozenset in
+    the mask lattice, by model name in the token-budget analysis)."""
 
     bench: str
     dataset: str
-    units: dict[frozenset, Units]
+    units: dict[Hashable, Units]
 
 
 @dataclass
@@ -48,7 +49,7 @@ def resample_counts(rng: np.random.Generator, n_boot: int, n: int, start: int, s
 
 
 def part_resamples(inp: BootInput, n_boot: int, rng: np.random.Generator,
-                   notes: list[str], partial: list[dict] | None = None) -> dict[frozenset, np.ndarray]:
+                   notes: list[str], partial: list[dict] | None = None) -> dict[Hashable, np.ndarray]:
     """(n_boot,) resampled scores per variant, all on the same resampled samples."""
     keys = list(inp.units)
     common = set(inp.units[keys[0]].ids)
@@ -100,28 +101,24 @@ def _ci(a: np.ndarray) -> tuple[float | None, float | None]:
     return float(lo), float(hi)
 
 
-def paired_bootstrap(parts: Sequence[BootInput], bench_parts: Mapping[str, int],
-                     categories: Mapping[str, Sequence[str]], encoders: Sequence[str],
-                     point: Mapping[frozenset, Mapping[str, float | None]],
-                     n_boot: int = 2000, seed: int = 0) -> BootOutput:
-    """CIs of every variant-vs-full difference and every CUR, at every level.
+def level_resamples(parts: Sequence[BootInput], bench_parts: Mapping[str, int],
+                    categories: Mapping[str, Sequence[str]], n_boot: int, rng: np.random.Generator,
+                    out: BootOutput) -> dict[str, dict[Hashable, np.ndarray]]:
+    """(n_boot,) resampled scores of every variant at every level the per-sample data reaches.
 
-    ``bench_parts``: benchmark -> number of dataset parts it has (all must have per-sample
-    data for the benchmark to be resampled).  ``point`` holds the headline-based scores
-    used as estimates; the bootstrap supplies only the interval.
+    Parts are resampled in order (paired within a part, independent across parts), then
+    averaged exactly as the headline scores are: a benchmark is the mean of its parts, a
+    category the mean of its benchmarks, ``Overall`` the mean of the categories.  A level
+    whose inputs are incomplete is left out and named in ``out.missing``.  Variant keys are
+    whatever the parts' ``units`` use (the kept set for the mask lattice, model names for the
+    token-budget analysis), so both share one resampling and one aggregation.
     """
-    out = BootOutput()
-    if 0 < n_boot < MIN_RESAMPLES:
-        out.missing.append({"metric": "bootstrap CI", "level": "(all)",
-                            "needs": f"at least {MIN_RESAMPLES} resamples for a 95% interval (n_boot={n_boot})"})
-    rng = np.random.default_rng(seed)
-    full = frozenset(encoders)
-    per_bench_parts: dict[str, list[dict[frozenset, np.ndarray]]] = {}
+    per_bench_parts: dict[str, list[dict[Hashable, np.ndarray]]] = {}
     for inp in parts:
         res = part_resamples(inp, n_boot, rng, out.notes, out.partial)
         if res:
             per_bench_parts.setdefault(inp.bench, []).append(res)
-    level_samples: dict[str, dict[frozenset, np.ndarray]] = {}
+    level_samples: dict[str, dict[Hashable, np.ndarray]] = {}
     for bench, n_parts in bench_parts.items():
         got = per_bench_parts.get(bench, [])
         if len(got) != n_parts:
@@ -131,7 +128,7 @@ def paired_bootstrap(parts: Sequence[BootInput], bench_parts: Mapping[str, int],
             continue
         variants = set.intersection(*(set(g) for g in got))
         level_samples[bench] = {k: np.mean([g[k] for g in got], axis=0) for k in variants}
-    cat_samples: dict[str, dict[frozenset, np.ndarray]] = {}
+    cat_samples: dict[str, dict[Hashable, np.ndarray]] = {}
     for cat, benches in categories.items():
         if not all(b in level_samples for b in benches):
             lack = [b for b in benches if b not in level_samples]
@@ -148,6 +145,26 @@ def paired_bootstrap(parts: Sequence[BootInput], bench_parts: Mapping[str, int],
     else:
         out.missing.append({"metric": "bootstrap CI", "level": "Overall",
                             "needs": "bootstrap data for every category"})
+    return level_samples
+
+
+def paired_bootstrap(parts: Sequence[BootInput], bench_parts: Mapping[str, int],
+                     categories: Mapping[str, Sequence[str]], encoders: Sequence[str],
+                     point: Mapping[frozenset, Mapping[str, float | None]],
+                     n_boot: int = 2000, seed: int = 0) -> BootOutput:
+    """CIs of every variant-vs-full difference and every CUR, at every level.
+
+    ``bench_parts``: benchmark -> number of dataset parts it has (all must have per-sample
+    data for the benchmark to be resampled).  ``point`` holds the headline-based scores
+    used as estimates; the bootstrap supplies only the interval.
+    """
+    out = BootOutput()
+    if 0 < n_boot < MIN_RESAMPLES:
+        out.missing.append({"metric": "bootstrap CI", "level": "(all)",
+                            "needs": f"at least {MIN_RESAMPLES} resamples for a 95% interval (n_boot={n_boot})"})
+    rng = np.random.default_rng(seed)
+    full = frozenset(encoders)
+    level_samples = level_resamples(parts, bench_parts, categories, n_boot, rng, out)
     for level, samp in level_samples.items():
         if full not in samp:
             out.missing.append({"metric": "bootstrap CI", "level": level,

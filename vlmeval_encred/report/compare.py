@@ -10,9 +10,11 @@ no bootstrap) and puts the comparable parts next to each other:
   (mean line, max-min band), since absolute scores of different bases do not compare;
 * every cell that is not there, by model, variant and benchmark: a model with an
   incomplete lattice shows what is present and names what is missing.
+* where token-budget variants were run (:mod:`.budgets`): each model's token curves and 95 %
+  budgets, the unmasked curves of all models relative to their own unpruned scores on one axis.
 
 Files and overwrite policy are those of the single-model report (:mod:`.writers`):
-``compare_<models>_<suite>.{xlsx,md,json}`` and two PNGs.
+``compare_<models>_<suite>.{xlsx,md,json}`` and two PNGs (three with token budgets).
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ class CompareResult:
     """Cells that are not ok: ``model, variant, benchmark, status, reason``."""
     missing_metrics: list[dict[str, str]] = field(default_factory=list)
     """``model, metric, level, needs``."""
+    token_curve: list[dict[str, Any]] = field(default_factory=list)
+    """Each model's token curve rows (``ReportResult.token_curve`` with ``model``), for its levels."""
+    token_budget95: list[dict[str, Any]] = field(default_factory=list)
+    """Each model's smallest budget keeping 95 % of its unpruned score (``ReportResult.token_budget95``
+    with ``model``; no intervals: the comparison runs without the bootstrap)."""
     out_dir: Path | None = None
     files: dict[str, Path] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
@@ -145,6 +152,8 @@ def build_comparison(work_dir: str | Path, models: Sequence[str], suite: str = "
                               for c in r.cells if c["status"] != "ok"]
         res.missing_metrics += [{"model": m, **x} for x in r.missing_metrics
                                 if x["level"] in levels and not x["metric"].startswith("bootstrap")]
+        res.token_curve += [{"model": m, **x} for x in r.token_curve if x["level"] in levels]
+        res.token_budget95 += [{"model": m, **x} for x in r.token_budget95 if x["level"] in levels]
     res.timings["read"] = time.perf_counter() - t0
     if write:
         t = time.perf_counter()
@@ -184,7 +193,42 @@ def _tables(r: CompareResult) -> list[tuple[str, list[str], list[list[Any]]]]:
          [[c["model"], c["variant"], c["benchmark"], c["status"], c["reason"]] for c in r.missing_cells]),
         ("Missing metrics", ["model", "metric", "level", "needs"],
          [[m["model"], m["metric"], m["level"], m["needs"]] for m in r.missing_metrics]),
-    ]
+    ] + ([
+        ("Token curves", ["model", "series", "mask", "variant", "keep (%)", "level", "score", "% of unpruned"],
+         [[x["model"], x["series"], x["mask"], x["variant"], x["keep"], x["level"], x["score"], x["retained"]]
+          for x in r.token_curve]),
+        ("Token 95% budget", ["model", "series", "mask", "level", "smallest budget (keep %)", "% of unpruned kept",
+                              "budgets present"],
+         [[x["model"], x["series"], x["mask"], x["level"], x["budget"], x["retained"], x["budgets"]]
+          for x in r.token_budget95]),
+    ] if r.token_curve else [])
+
+
+def _token_markdown(r: CompareResult) -> list[str]:
+    """Per model and stage: the unmasked model's share of its unpruned score at each budget (Overall), and
+    the smallest budget keeping 95 % per category (every mask: sheets *Token curves*, *Token 95% budget*)."""
+    from .budgets import THRESHOLD, fmt_budget
+
+    full = [x for x in r.token_curve if x["mask"] == "none" and x["level"] == OVERALL and not x["unpruned"]]
+    if not r.token_curve:
+        return []
+    out = ["## Token budgets", "",
+           "Models that have token-budget variants (docs/tokens.md). The unmasked model's score at each kept "
+           "fraction of its visual tokens, as % of its own unpruned score (Overall); other encoder masks: sheet "
+           "*Token curves*.", ""]
+    keeps = sorted({x["keep"] for x in full}, reverse=True)
+    lines = list(dict.fromkeys((x["model"], x["series"]) for x in full))
+    out += [W.md_table(["model", "stage"] + [f"keep{k}" for k in keeps],
+                       [[m, s] + [next((x["retained"] for x in full if (x["model"], x["series"], x["keep"]) == (m, s, k)),
+                                       None) for k in keeps] for m, s in lines]), ""]
+    by = {(x["model"], x["series"], x["level"]): x for x in r.token_budget95 if x["mask"] == "none"}
+    rows = list(dict.fromkeys((x["model"], x["series"]) for x in r.token_budget95 if x["mask"] == "none"))
+    out += [f"Smallest budget from which on every larger budget keeps >= {THRESHOLD:.0f} % of the unpruned "
+            "score (unmasked model):", "",
+            W.md_table(["model", "stage"] + r.levels,
+                       [[m, s] + [fmt_budget(by[(m, s, l)]) if (m, s, l) in by else "–" for l in r.levels]
+                        for m, s in rows]), ""]
+    return out
 
 
 def _markdown(r: CompareResult, figs: list[str]) -> str:
@@ -210,6 +254,7 @@ def _markdown(r: CompareResult, figs: list[str]) -> str:
     out += ["## CUR by category", "", W.md_table(["model", "encoder"] + lv,
                                                  [[c["model"], c["encoder"]] + [c[l] for l in lv]
                                                   for c in r.cur]), ""]
+    out += _token_markdown(r)
     if r.missing_cells:
         out += ["## Missing cells", "", "Models with an incomplete lattice are shown with what is present.", "",
                 W.md_table(["model", "variant", "benchmark", "status", "why"],
@@ -249,6 +294,28 @@ def fig_k_curves(path: Path, rows: list[dict], title: str) -> None:
     W._save(plt, fig, ax, path, title)
 
 
+def fig_token_curves(path: Path, rows: list[dict], title: str) -> None:
+    """Every model's unmasked token curve (Overall), relative to its own unpruned score: a line per
+    (model, stage)."""
+    plt = W._plt()
+    fig, ax = plt.subplots(figsize=(6.2, 4.0))
+    pts = [r for r in rows if r["mask"] == "none" and r["level"] == OVERALL and r["retained"] is not None]
+    models = list(dict.fromkeys(r["model"] for r in pts))
+    series = list(dict.fromkeys(r["series"] for r in pts))
+    styles = ["o-", "s--", "^:", "v-."]
+    for m, s in dict.fromkeys((r["model"], r["series"]) for r in pts):
+        line = sorted((r["keep"], r["retained"]) for r in pts if r["model"] == m and r["series"] == s)
+        ax.plot([p[0] for p in line], [p[1] for p in line], styles[series.index(s) % len(styles)],
+                color=f"C{models.index(m) % 10}", label=f"{m} · {s}")
+    ax.axhline(95, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("kept visual tokens (%)")
+    ax.set_ylabel("Overall score, % of the unpruned model")
+    ax.set_xlim(0, 105)
+    if pts:
+        ax.legend(fontsize=8, title="model · stage (dotted: 95 %)", title_fontsize=8)
+    W._save(plt, fig, ax, path, title)
+
+
 def fig_cur_heatmap(path: Path, cur: list[dict], levels: list[str], title: str) -> None:
     """CUR, categories as columns, (model, encoder) rows grouped by model."""
     import numpy as np
@@ -277,6 +344,8 @@ def _write(r: CompareResult, out: Path, figures: bool, force: bool) -> None:
     names = {"xlsx": f"{st_name}.xlsx", "markdown": f"{st_name}.md", "json": f"{st_name}.json"}
     figs = {"fig_k_curves": f"{st_name}_k_curves.png", "fig_cur_heatmap": f"{st_name}_cur_heatmap.png"} \
         if figures else {}
+    if figures and r.token_curve:
+        figs["fig_token_curves"] = f"{st_name}_token_curves.png"
     st = W.SafeWriter(out, st_name, force=force)
     st.check(list(names.values()) + list(figs.values()))
     try:
@@ -287,6 +356,9 @@ def _write(r: CompareResult, out: Path, figures: bool, force: bool) -> None:
                 p, r.k_curves, f"k encoders masked, relative to each full model ({r.suite})"))
             st.write(figs["fig_cur_heatmap"], lambda p: fig_cur_heatmap(
                 p, r.cur, r.levels, f"CUR (%) by category ({r.suite})"))
+        if "fig_token_curves" in figs:
+            st.write(figs["fig_token_curves"], lambda p: fig_token_curves(
+                p, r.token_curve, f"Token budgets, relative to each unpruned model ({r.suite})"))
         r.out_dir = out
         r.files = {k: out / v for k, v in {**names, **figs}.items()}
         r.files["manifest"] = out / W.MANIFEST

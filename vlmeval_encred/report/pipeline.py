@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import itertools
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import bootstrap as bs
+from . import budgets as BU
 from . import metrics as M
 from . import uptodate as U
 from . import provenance as RP
@@ -138,37 +142,79 @@ def _mean(vals: list[float | None]) -> float | None:
     return None if not vals or any(v is None for v in vals) else sum(vals) / len(vals)  # type: ignore[arg-type,misc]
 
 
-def run_pipeline(*, work_dir: Path, base_model: str, suite: str, out_dir: Path | None,
-                 suite_file: Path | None, n_boot: int, seed: int, encoders: tuple[str, ...] | None,
-                 write: bool, figures: bool, force: bool = False,
-                 cache: ScoreCache | None = None) -> ReportResult:
-    t = time.perf_counter()
-    cache = cache or ScoreCache(None)
-    unit_keys: dict[int, str | None] = {}  # id(Units) -> cache key, for the bootstrap's key
-    timings: dict[str, float] = {}
-    S: Suite = load_suite(suite, suite_file)
-    encs, variants = _variants(base_model, encoders)
-    if not work_dir.is_dir():
-        raise ReportError(f"work dir {work_dir} does not exist (VLMEvalKit's --work-dir, e.g. ./outputs)")
-    listing = _Listing()
-    sampled = SM.read_sampled(work_dir, base_model)  # adaptive sweeps: used where no complete result exists
-    used: set[tuple[str, str]] = set()
-    part_val_map: dict[tuple[str, str, str], float] = {}
-    cells: list[dict[str, Any]] = []
-    ps_issues: list[dict[str, str]] = []  # per-sample data that cannot serve the bootstrap
-    bench_scores: dict[frozenset, dict[str, float | None]] = {}
-    units: dict[tuple[str, str], dict[frozenset, Units]] = {}
-    for v in variants:
-        mr = ModelResults(work_dir, v["name"], listing)
-        kept = v["_kept"]
-        bench_scores[kept] = {}
+def _level_scores(bsc: dict[str, float | None], S: Suite) -> dict[str, float | None]:
+    """Benchmark scores plus category means and Overall (the mean of the categories)."""
+    row = dict(bsc)
+    for c, bl in S.by_category().items():
+        row[c] = _mean([bsc[b.name] for b in bl])
+    row[OVERALL] = _mean([row[c] for c in S.categories])
+    return row
+
+
+def _token_budgets(budgets: list[BU.BudgetVariant], token_bench: dict[str, dict[str, float | None]],
+                   mask_scores: dict[str, dict[str, float | None]], reader: "_Reader", token_reader: "_Reader",
+                   S: Suite, encs: tuple[str, ...], levels: list[str], n_boot: int,
+                   seed: int) -> tuple[list[dict], list[dict]]:
+    """(token curve rows, 95 % budget rows) of the budget variants found (:mod:`.budgets`).
+
+    The bootstrap resamples each dataset part once for the unpruned variants and their budgets
+    together (paired), from its own generator, so adding budgets never moves the lattice's intervals.
+    """
+    scores = dict(mask_scores)
+    scores.update({n: _level_scores(b, S) for n, b in token_bench.items()})
+    curve = BU.curve_rows(budgets, scores, encs, levels)
+    resamples = None
+    if n_boot > 0:
+        unpruned = {b.kept: b.mask_name for b in budgets}
+        parts = []
+        for b in S.benchmarks:
+            for p in b.parts:
+                u = {unpruned[k]: x for k, x in reader.units.get((b.name, p.dataset), {}).items() if k in unpruned}
+                u.update(token_reader.units.get((b.name, p.dataset), {}))
+                if u:
+                    parts.append(bs.BootInput(b.name, p.dataset, u))
+        out = bs.BootOutput()
+        resamples = bs.level_resamples(parts, {b.name: len(b.parts) for b in S.benchmarks},
+                                       {c: [b.name for b in bl] for c, bl in S.by_category().items()},
+                                       n_boot, np.random.default_rng(seed), out)
+    return curve, BU.budget95_rows(budgets, curve, levels, resamples, bs.MIN_RESAMPLES)
+
+
+@dataclass
+class _Reader:
+    """Reads one variant's cells (headline, per-sample units, status) for every benchmark of a suite.
+
+    The mask lattice and the token-budget variants (:mod:`.budgets`) are read by the same code:
+    one reader per analysis, each with its own ``units`` (keyed as the caller says: the kept set
+    for the lattice, the model name for budgets) and its own per-sample issues.
+    """
+
+    work_dir: Path
+    S: Suite
+    listing: _Listing
+    cache: ScoreCache
+    unit_keys: dict[int, str | None]
+    sampled: dict[str, dict[str, Any]] = field(default_factory=dict)
+    full_name: str = ""
+    ps_issues: list[dict[str, str]] = field(default_factory=list)
+    """Per-sample data that cannot serve the bootstrap."""
+    units: dict[tuple[str, str], dict[Any, Units]] = field(default_factory=dict)
+    used: set[tuple[str, str]] = field(default_factory=set)
+    part_val_map: dict[tuple[str, str, str], float] = field(default_factory=dict)
+
+    def read(self, name: str, key: Any) -> tuple[dict[str, float | None], list[dict[str, Any]]]:
+        """(benchmark -> score or None, one cell row per benchmark) of model ``name``."""
+        S, cache, sampled, part_val_map = self.S, self.cache, self.sampled, self.part_val_map
+        mr = ModelResults(self.work_dir, name, self.listing)
+        scores: dict[str, float | None] = {}
+        cells: list[dict[str, Any]] = []
         for b in S.benchmarks:
             part_vals: list[float | None] = []
             statuses, reasons, paths, runs, per_sample_state = [], [], [], [], []
             prov = []
             for p in b.parts:
                 loc = mr.locate(p)
-                prov.append((p.dataset, RP.for_location(loc.run.path if loc.run else None, v["name"], p.dataset)))
+                prov.append((p.dataset, RP.for_location(loc.run.path if loc.run else None, name, p.dataset)))
                 val = None
                 status, reason = loc.status, loc.reason
                 if loc.headline is not None:
@@ -187,33 +233,33 @@ def run_pipeline(*, work_dir: Path, base_model: str, suite: str, out_dir: Path |
                         try:
                             u, ukey = cache.units(loc.per_sample, p.per_sample, p.headline,
                                                   lambda: per_sample(loc.per_sample, p.per_sample, p.headline))
-                            unit_keys[id(u)] = ukey
+                            self.unit_keys[id(u)] = ukey
                             rec = u.score()
                             if abs(rec - val) > CONSISTENCY_TOL:
                                 per_sample_state.append(
                                     f"{p.dataset}: per-sample file {loc.per_sample} gives {rec:.3f}, headline "
                                     f"{val:.3f}; not used for intervals")
                             else:
-                                units.setdefault((b.name, p.dataset), {})[kept] = u
+                                self.units.setdefault((b.name, p.dataset), {})[key] = u
                         except ScoreError as exc:
                             per_sample_state.append(f"{p.dataset}: per-sample unreadable: {exc}")
                     if len(per_sample_state) > n_state:
-                        ps_issues.append({"variant": v["name"], "benchmark": b.name, "dataset": p.dataset,
-                                          "file": str(loc.per_sample or ""), "reason": per_sample_state[-1]})
+                        self.ps_issues.append({"variant": name, "benchmark": b.name, "dataset": p.dataset,
+                                               "file": str(loc.per_sample or ""), "reason": per_sample_state[-1]})
                 elif val is not None:
                     per_sample_state.append(f"{p.dataset}: the suite defines no per-sample file")
-                sc = SM.cell_of(sampled, v["name"], p.dataset) if status == "missing" else None
+                sc = SM.cell_of(sampled, name, p.dataset) if status == "missing" else None
                 if sc is not None and sc.get("estimate") is not None:
                     rec = sampled[p.dataset]
-                    fv = part_val_map.get((variants[0]["name"], b.name, p.dataset))
-                    val = sc["estimate"] if v["name"] == rec["full"] else (None if fv is None else fv + sc["estimate"])
+                    fv = part_val_map.get((self.full_name, b.name, p.dataset))
+                    val = sc["estimate"] if name == rec["full"] else (None if fv is None else fv + sc["estimate"])
                     if val is not None:
                         status, reason = "sampled", SM.note(sc, rec)
-                        used.add((v["name"], p.dataset))
+                        self.used.add((name, p.dataset))
                         per_sample_state.append(f"{p.dataset}: sampled cell (adaptive sweep); interval from its "
                                                 "confidence sequence, not the bootstrap")
                 if val is not None and status in ("ok", "stale", "sampled"):
-                    part_val_map[(v["name"], b.name, p.dataset)] = val
+                    part_val_map[(name, b.name, p.dataset)] = val
                 statuses.append(status)
                 if reason:
                     reasons.append(f"{p.dataset}: {reason}" if len(b.parts) > 1 else reason)
@@ -222,11 +268,45 @@ def run_pipeline(*, work_dir: Path, base_model: str, suite: str, out_dir: Path |
             order = ["unreadable", "missing", "sampled", "stale", "ok"]
             status = next(s for s in order if s in statuses)
             score = _mean(part_vals)
-            bench_scores[kept][b.name] = score
-            cells.append({"variant": v["name"], "benchmark": b.name, "status": status,
+            scores[b.name] = score
+            cells.append({"variant": name, "benchmark": b.name, "status": status,
                           "score": score, "run": ", ".join(runs), "path": "; ".join(paths),
                           "reason": "; ".join(reasons), "per_sample": "; ".join(per_sample_state) or "ok",
                           "provenance": RP.summarize(prov)})
+        return scores, cells
+
+
+def run_pipeline(*, work_dir: Path, base_model: str, suite: str, out_dir: Path | None,
+                 suite_file: Path | None, n_boot: int, seed: int, encoders: tuple[str, ...] | None,
+                 write: bool, figures: bool, force: bool = False,
+                 cache: ScoreCache | None = None) -> ReportResult:
+    t = time.perf_counter()
+    cache = cache or ScoreCache(None)
+    unit_keys: dict[int, str | None] = {}  # id(Units) -> cache key, for the bootstrap's key
+    timings: dict[str, float] = {}
+    S: Suite = load_suite(suite, suite_file)
+    encs, variants = _variants(base_model, encoders)
+    if not work_dir.is_dir():
+        raise ReportError(f"work dir {work_dir} does not exist (VLMEvalKit's --work-dir, e.g. ./outputs)")
+    listing = _Listing()
+    reader = _Reader(work_dir, S, listing, cache, unit_keys,
+                     sampled=SM.read_sampled(work_dir, base_model),  # adaptive sweeps: where no complete result exists
+                     full_name=variants[0]["name"])
+    cells: list[dict[str, Any]] = []
+    bench_scores: dict[frozenset, dict[str, float | None]] = {}
+    for v in variants:
+        bench_scores[v["_kept"]], vcells = reader.read(v["name"], v["_kept"])
+        cells += vcells
+    ps_issues, units, used, part_val_map = reader.ps_issues, reader.units, reader.used, reader.part_val_map
+    sampled = reader.sampled
+    budgets, budget_notes = BU.discover((n for n, e in listing.entries(work_dir).items() if e.is_dir()),
+                                        variants, base_model, encs)
+    token_reader = _Reader(work_dir, S, listing, cache, unit_keys)
+    token_bench: dict[str, dict[str, float | None]] = {}
+    token_cells: list[dict[str, Any]] = []
+    for bv in budgets:
+        token_bench[bv.name], vcells = token_reader.read(bv.name, bv.name)
+        token_cells += vcells
     timings["read"] = time.perf_counter() - t
     if not any(c["status"] in ("ok", "stale", "sampled") for c in cells):
         first = cells[0]["reason"] if cells else ""
@@ -236,13 +316,7 @@ def run_pipeline(*, work_dir: Path, base_model: str, suite: str, out_dir: Path |
     t = time.perf_counter()
     cats = S.by_category()
     levels = [b.name for b in S.benchmarks] + list(S.categories) + [OVERALL]
-    scores: dict[frozenset, dict[str, float | None]] = {}
-    for kept, bsc in bench_scores.items():
-        row = dict(bsc)
-        for c, bl in cats.items():
-            row[c] = _mean([bsc[b.name] for b in bl])
-        row[OVERALL] = _mean([row[c] for c in S.categories])
-        scores[kept] = row
+    scores = {kept: _level_scores(bsc, S) for kept, bsc in bench_scores.items()}
     missing: list[dict[str, str]] = []
     games = {lvl: {k: s[lvl] for k, s in scores.items() if s[lvl] is not None} for lvl in levels}
     full = frozenset(encs)
@@ -317,7 +391,17 @@ def run_pipeline(*, work_dir: Path, base_model: str, suite: str, out_dir: Path |
             "(docs/sweeps.md, 'Adaptive sweeps'), not the bootstrap"]
     timings["bootstrap"] = time.perf_counter() - t
 
+    t = time.perf_counter()
     res = ReportResult(base_model=base_model, suite=suite, encoders=encs, out_dir=None)
+    if budgets:
+        res.token_curve, res.token_budget95 = _token_budgets(
+            budgets, token_bench, {names[k]: sc for k, sc in scores.items()}, reader, token_reader, S, encs, levels,
+            n_boot, seed)
+        res.token_variants = [{"name": b.name, "mask_variant": b.mask_name, "masked": list(b.masked),
+                               "keep": b.spec.keep, "stage": b.spec.stage, "layer": b.spec.layer,
+                               "series": b.series} for b in budgets]
+        res.token_cells = token_cells
+    timings["token budgets"] = time.perf_counter() - t
     res.variants = [{k: v[k] for k in ("name", "masked", "kept", "k")} for v in variants]
     res.levels = levels
     res.categories = list(S.categories)
@@ -332,7 +416,8 @@ def run_pipeline(*, work_dir: Path, base_model: str, suite: str, out_dir: Path |
     res.per_sample_issues = ps_issues
     res.weakened = weak
     res.provenance_warnings = RP.warnings(cells, names[full], {e: names[full - {e}] for e in encs})
-    res.notes = boot_notes + [f"provenance: {m}" for m in res.provenance_warnings]
+    res.notes = boot_notes + [f"provenance: {m}" for m in res.provenance_warnings] + [
+        f"token budgets: {m}" for m in budget_notes]
     res.n_boot, res.seed = n_boot, seed
     res.sampled = [{"variant": c["variant"], "benchmark": c["benchmark"], "score": c["score"], "note": c["reason"]}
                    for c in cells if c["status"] == "sampled"]
@@ -375,7 +460,52 @@ def _tables(r: ReportResult) -> list[tuple[str, list[str], list[list[Any]]]]:
           [[w["mark"], w["quantity"], w["subject"], w["level"], w["estimate"],
             "partial data" if w["interval"] else "none", "; ".join(w["why"])] for w in r.weakened]),
          RP.sheet(r.cells)]
+    if r.token_curve:
+        t += [("Token curve", ["series", "mask", "variant", "keep (%)", "level", "score", "% of unpruned"],
+               [[x["series"], x["mask"], x["variant"], x["keep"], x["level"], x["score"], x["retained"]]
+                for x in r.token_curve]),
+              ("Token 95% budget", ["series", "mask", "level", "smallest budget (keep %)", "% of unpruned kept",
+                                    "budget lo (2.5%)", "budget hi (97.5%)", "kept lo", "kept hi", "budgets present",
+                                    "interval"],
+               [[x["series"], x["mask"], x["level"], x["budget"], x["retained"], x["lo"], x["hi"],
+                 x["retained_lo"], x["retained_hi"], x["budgets"], x["interval"]] for x in r.token_budget95]),
+              ("Token cells", ["variant", "benchmark", "status", "score", "run", "path", "reason", "per-sample"],
+               [[c["variant"], c["benchmark"], c["status"], c["score"], c["run"], c["path"], c["reason"],
+                 c["per_sample"]] for c in r.token_cells])]
     return t
+
+
+def _token_markdown(r: ReportResult) -> list[str]:
+    """The 'Token budgets' section: mask x budget per series (Overall), the 95 % budgets, bad cells."""
+    if not r.token_curve:
+        return []
+    top = r.categories + [OVERALL]
+    out = ["## Token budgets", "",
+           f"{len(r.token_variants)} token-budget variants (docs/tokens.md). Score at each kept fraction of the "
+           "visual tokens; 100 % is the unpruned variant of the same encoder mask, `(n %)` the score as a share "
+           "of it. Per-category curves: sheet *Token curve* and the figure.", ""]
+    for series in dict.fromkeys(x["series"] for x in r.token_curve):
+        head, rows = BU.table_mask_by_budget(r.token_curve, series, OVERALL)
+        out += [f"### Stage {series}: encoder mask x budget ({OVERALL})", "", W.md_table(head, rows), ""]
+    boot = r.n_boot > 0
+    out += [f"### Smallest budget keeping >= {BU.THRESHOLD:.0f} % of the unpruned score", "",
+            "The smallest budget from which on every larger budget present keeps the threshold"
+            + (f"; `[a, b]` = 95 % interval of that budget over {r.n_boot} paired bootstrap resamples"
+               if boot else "") + ". `none below 100 %`: no pruned budget present keeps it.", ""]
+    by = {(x["series"], x["mask"], x["level"]): x for x in r.token_budget95}
+    keys = list(dict.fromkeys((x["series"], x["mask"]) for x in r.token_budget95))
+    out += [W.md_table(["stage", "mask"] + top,
+                       [[s, m] + [BU.fmt_budget(by[(s, m, l)]) if (s, m, l) in by else "–" for l in top]
+                        for s, m in keys]), ""]
+    no_ci = sorted({x["interval"] for x in r.token_budget95 if x["level"] in top and x["interval"] not in ("ok", "")})
+    if boot and no_ci:
+        out += ["Without an interval: " + "; ".join(no_ci) + ".", ""]
+    bad = [c for c in r.token_cells if c["status"] != "ok"]
+    if bad:
+        out += [W.md_table(["token variant", "benchmark", "status", "why"],
+                           [[c["variant"], c["benchmark"], c["status"], c["reason"].replace("|", "\\|")]
+                            for c in bad[:40]]), ""]
+    return out
 
 
 def _markdown(r: ReportResult, figs: list[str]) -> str:
@@ -426,6 +556,7 @@ def _markdown(r: ReportResult, figs: list[str]) -> str:
             W.md_table(["k masked", "subsets present", "max", "mean", "min", "best", "worst"],
                        [[x["k"], f"{x['n_present']}/{x['n_subsets']}", x["max"], x["mean"], x["min"],
                          x["argmax"], x["argmin"]] for x in ko]), ""]
+    out += _token_markdown(r)
     out += ["## Capacity and necessity (Overall)", "",
             W.md_table(["encoder", "capacity (alone)", "necessity (drop when removed)", "CUR %"],
                        [[x["encoder"], x["capacity"], x["necessity"], x["cur"]] for x in r.capacity_necessity]), ""]
@@ -501,6 +632,8 @@ def _write(r: ReportResult, out: Path, figures: bool, force: bool) -> None:
         figs = {"fig_cur_heatmap": f"{stem}_cur_heatmap.png", "fig_k_curve": f"{stem}_k_curve.png"}
         if any(b["quantity"] == "CUR" and b["lo"] is not None for b in r.bootstrap) or r.weakened:
             figs["fig_intervals"] = f"{stem}_intervals.png"
+        if r.token_curve:
+            figs["fig_token_curves"] = f"{stem}_token_curves.png"
     all_names = list(names.values()) + list(figs.values())
     digest = U.content_digest(r, all_names + [W.MANIFEST])
     if U.is_current(out, stem, all_names, digest):
@@ -526,6 +659,9 @@ def _write(r: ReportResult, out: Path, figures: bool, force: bool) -> None:
             st.write(figs["fig_intervals"], lambda p: W.fig_intervals(
                 p, [SM.figure_row(b) for b in _interval_rows(r, top)], f"{r.base_model}: CUR intervals",
                 notes=weak_notes([w for w in r.weakened if w["level"] in top])))
+        if "fig_token_curves" in figs:
+            st.write(figs["fig_token_curves"], lambda p: BU.fig_token_curves(
+                p, r.token_curve, top, f"{r.base_model}: score against kept visual tokens"))
         r.out_dir = out
         r.files = {k: out / v for k, v in {**names, **figs}.items()}
         r.files["manifest"] = out / W.MANIFEST

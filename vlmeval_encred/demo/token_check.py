@@ -1,0 +1,123 @@
+"""``encred demo``'s token-budget check (issue 19 part 5; :data:`.planted.TOKEN_CHECK`, docs/tokens.md).
+
+Does the scored fusion-stage selection (:func:`vlmeval_encred.tokens.fusion_select`) keep the tokens
+that matter?  On the demo's OCR questions (same generator and seed as the benchmark), the demo model
+at ``keep25`` answers every question twice -- once with the scored selection, once with a control that
+keeps the same number of positions chosen at random with a fixed seed per question -- and the two
+accuracies are compared with a paired bootstrap over questions (the resampling of the report,
+:func:`vlmeval_encred.report.bootstrap.part_resamples`).
+
+The control is internal to this check, not a model name: a random selection answers no user's
+question, and a name would have to be defined for every family.  It enters through the demo wrapper's
+``token_select`` hook, so both answers come from the same code path (VLMEvalKit's MCQ prompt text,
+the wrapper's ``generate_inner``); only the kept positions differ.
+
+As a diagnosis the check also counts how often each selection keeps a grid cell that holds ink of the
+digit (the digit is drawn in grey, the distractor in colour, so the cells are read off the image).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .planted import TOKEN_CHECK, TokenCheck
+
+
+@dataclass
+class TokenCheckResult:
+    """Accuracies in %, their paired difference (scored - random) with its 95 % interval."""
+
+    n: int
+    keep: int
+    k: int
+    """Tokens kept of ``t``."""
+    t: int
+    acc_scored: float
+    acc_random: float
+    lo: float | None
+    hi: float | None
+    n_boot: int
+    digit_kept_scored: float
+    """% of questions whose kept set includes a cell with digit ink."""
+    digit_kept_random: float
+    seconds: float
+
+    @property
+    def diff(self) -> float:
+        return self.acc_scored - self.acc_random
+
+    @property
+    def ok(self) -> bool:
+        """The claim: the interval of (scored - random) lies above zero."""
+        return self.lo is not None and self.lo > 0
+
+    def describe(self) -> str:
+        ci = "no interval" if self.lo is None else f"95% CI [{self.lo:+.1f}, {self.hi:+.1f}]"
+        return (f"keep{self.keep} ({self.k} of {self.t} tokens), {self.n} OCR questions: scored selection "
+                f"{self.acc_scored:.1f}%, seeded random {self.acc_random:.1f}%, difference {self.diff:+.1f} "
+                f"points, {ci} ({self.n_boot} paired resamples); a cell with digit ink kept: scored "
+                f"{self.digit_kept_scored:.0f}%, random {self.digit_kept_random:.0f}% (expected: scored > random)")
+
+
+def control_positions(n: int, k: int, seed: int, index: int) -> list[int]:
+    """The control's kept positions for question ``index``: ``k`` of ``range(n)``, uniformly at random,
+    seeded per question (Python's ``random``: the same on every platform), ascending."""
+    return sorted(random.Random(f"{seed}:{index}").sample(range(n), k))
+
+
+def digit_cells(image: Any, grid: int) -> set[int]:
+    """Grid cells (row-major, as the fusion's token order) holding ink of the demo's grey digit."""
+    import numpy as np
+
+    a = np.asarray(image.convert("RGB"), dtype=np.int16)
+    grey = (a.max(axis=2) == a.min(axis=2)) & (a.max(axis=2) <= 100)
+    h, w = grey.shape
+    ys, xs = np.nonzero(grey)
+    return {int(y * grid // h) * grid + int(x * grid // w) for y, x in zip(ys, xs)}
+
+
+def run_token_check(wrapper_cls: Any, base: str, n: int, n_boot: int, seed: int = 0,
+                    check: TokenCheck = TOKEN_CHECK) -> TokenCheckResult:
+    """Answer ``n`` demo questions of ``check.kind`` with the scored and the control selection."""
+    import numpy as np
+    import torch
+
+    from ..registry import parse_entry_name
+    from ..report.bootstrap import BootInput, _ci, part_resamples
+    from ..report.scores import Units
+    from ..tokens import TokenSpec
+    from . import data
+    from .model import mcq_prompt
+
+    t0 = time.perf_counter()
+    spec = TokenSpec(check.keep)
+    w = wrapper_cls(**parse_entry_name(base + spec.suffix()).kwargs())
+    grid = w.model.config.grid
+    t = w.model.config.n_image_tokens
+    k = spec.budget(t)
+    hits: dict[str, list[float]] = {"scored": [], "random": []}
+    cover: dict[str, list[bool]] = {"scored": [], "random": []}
+    try:
+        for s in data.generate(check.kind, n):
+            msg = [{"type": "image", "value": s.image},
+                   {"type": "text", "value": mcq_prompt(s.question, s.options)}]
+            cells = digit_cells(s.image, grid)
+            control = torch.tensor(control_positions(t, k, check.control_seed, s.index), dtype=torch.long)
+            for mode, select in (("scored", None), ("random", lambda sel, c=control: c)):
+                w.token_select = select
+                hits[mode].append(float(w.generate_inner(msg) == s.answer))
+                cover[mode].append(bool(cells & set(w.token_report["kept"])))
+    finally:
+        w.token_select = None
+    ids = np.array([str(i) for i in range(n)])
+    units = {m: Units(ids, np.array(h), np.ones(n), 100.0) for m, h in hits.items()}
+    lo = hi = None
+    if n_boot > 0:
+        res = part_resamples(BootInput(check.category, check.kind, units), n_boot, np.random.default_rng(seed), [])
+        lo, hi = _ci(res["scored"] - res["random"])
+    pct = {m: 100.0 * sum(c) / max(1, n) for m, c in cover.items()}
+    return TokenCheckResult(n, check.keep, k, t, units["scored"].score(), units["random"].score(), lo, hi, n_boot,
+                            pct["scored"], pct["random"], time.perf_counter() - t0)
