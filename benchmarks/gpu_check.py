@@ -78,6 +78,27 @@ class Case:
     """``run -> (BaseModelSpec, dataset names)``; builds the checkpoint if needed."""
     env: str = "base"
     """The environment (``bash scripts/env.sh --env ENV``) whose packages it needs."""
+    requires: dict[str, str] = field(default_factory=dict)
+    """Package versions its code needs (the family's catalog ``requires``); checked before it runs."""
+    sources: tuple[str, ...] = ()
+    """Upstream sources (``encred sources``) its classes come from."""
+
+    def unavailable(self) -> str:
+        """Why this Python environment cannot run the case ('' when it can), with the command that can."""
+        from vlmeval_encred.recipes import EnvironmentMismatch, check_requires
+        from vlmeval_encred.upstream import NotRegistered, get, locate
+
+        for src in self.sources:
+            try:
+                locate(src)
+            except NotRegistered:
+                return f"no {src} source on this machine (encred sources add {src} <clone of {get(src).url}>)"
+        try:
+            check_requires(self.requires, what=f"gpu_check case {self.name}")
+        except EnvironmentMismatch as exc:
+            return (f"{exc} Run it in its environment: bash scripts/env.sh --env {self.env} "
+                    f"python benchmarks/gpu_check.py --cases {self.name} [options]")
+        return ""
 
 
 @dataclass
@@ -125,11 +146,73 @@ def setup_demo(run: Run) -> tuple[Any, list[str]]:
     return get_base("encred_tiny"), list(DATASET_NAMES[:1] if run.smoke else DATASET_NAMES)
 
 
+# DeepSeek-VL 7B's towers as upstream's own tables name them (deepseek_vl/models/{sam,siglip_vit}.py)
+ORIG_SAM, ORIG_SIGLIP = "sam_b_downsample", "siglip_large_patch16_384"
+ORIG_LLM = dict(hidden_size=1536, intermediate_size=4096, num_hidden_layers=16, num_attention_heads=12,
+                num_key_value_heads=12, max_position_embeddings=4096)
+
+
+def build_mid_deepseek_vl(dest: Path) -> None:
+    """A random upstream ``MultiModalityCausalLM`` with SAM-B and SigLIP-L at full size (1024 px and 384 px,
+    576 image tokens, 1024-wide aligner input) and a 16 x 1536 Llama, beside an upstream ``VLChatProcessor``.
+
+    The same construction as the family self-test's tiny checkpoint (its tokenizer and tower
+    settings), with upstream's real tower rows instead of the tiny ones."""
+    import torch
+    from deepseek_vl.models import MultiModalityCausalLM, VLChatProcessor, VLMImageProcessor
+    from deepseek_vl.models.modeling_vlm import MultiModalityConfig
+
+    from vlmeval_encred.model_wrappers.deepseek_vl import selftest as st
+
+    tok = st.tiny_tokenizer()
+    high = dict(st.HIGH_CFG, model_name=ORIG_SAM, image_size=1024, output_dim=1024)
+    low = dict(st.LOW_CFG, model_name=ORIG_SIGLIP, image_size=384, output_dim=1024)
+    cfg = MultiModalityConfig(
+        vision_config=dict(cls="HybridVisionTower", params=dict(high_res_cfg=high, low_res_cfg=low, concat_type="tuple")),
+        aligner_config=dict(cls="MlpProjector", params=dict(projector_type="low_high_hybrid_split_mlp_gelu",
+                                                            input_dim=1024, n_embed=ORIG_LLM["hidden_size"], depth=2)),
+        language_config=dict(ORIG_LLM, vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = MultiModalityCausalLM(cfg)
+    model.save_pretrained(dest)
+    VLChatProcessor(VLMImageProcessor(image_size=1024, image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5),
+                                      do_normalize=False), tok, num_image_tokens=576).save_pretrained(str(dest))
+
+
+def setup_deepseek_vl(run: Run) -> tuple[Any, list[str]]:
+    """The original deepseek_vl package (its registered source): the self-test's tiny checkpoint in smoke
+    mode, else :func:`build_mid_deepseek_vl`; registered as a base of the family."""
+    from vlmeval_encred.model_wrappers.deepseek_vl import selftest as st
+    from vlmeval_encred.registry import BaseModelSpec, get_base
+    from vlmeval_encred.tiny_models import build_atomically
+
+    st.import_real_package()
+    tag = "tiny" if run.smoke else "mid"
+    if run.smoke:
+        target = st.build_tiny_checkpoint(run.cache / "gpucheck-deepseek-vl-orig-tiny-v1")
+    else:
+        target = build_atomically(run.cache / "gpucheck-deepseek-vl-orig-mid-v1", build_mid_deepseek_vl,
+                                  dict(sam=ORIG_SAM, siglip=ORIG_SIGLIP, llm=ORIG_LLM))
+    ref = get_base(st.BASE)
+    base = BaseModelSpec(name=f"gpucheck_dsvl_orig_{tag}", family=ref.family, checkpoint=str(target),
+                         encoders=ref.encoders, wrapper=ref.wrapper, modes=ref.modes, requires=ref.requires,
+                         recipe=ref.recipe, loader={"max_new_tokens": 8},
+                         description=f"gpu_check: {tag} random DeepSeek-VL (original package)")
+    return base, [MCQ]
+
+
 CASES: dict[str, Case] = {c.name: c for c in [
     Case("deepseek_vl_hf", "transformers' DeepseekVLHybrid, random weights (SigLIP-L + SAM-B widths, "
-         "16 x 1536 Llama; smoke: the test suite's tiny one)", setup_deepseek_vl_hf),
+         "16 x 1536 Llama; smoke: the test suite's tiny one)", setup_deepseek_vl_hf,
+         requires={"transformers": ">=5.18"}),
     Case("demo", "the trained demo model encred_tiny (3 towers, 2-layer LLM)", setup_demo),
+    Case("deepseek_vl", "the original deepseek_vl package's classes (registered source), random weights "
+         "(SAM-B + SigLIP-L from upstream's tables, 16 x 1536 Llama; smoke: the self-test's tiny one)",
+         setup_deepseek_vl, env="deepseek_vl", requires={"transformers": ">=4.38.2,<5"}, sources=("deepseek_vl",)),
 ]}
+DEFAULT_CASES = ("deepseek_vl_hf", "demo", "deepseek_vl")
 
 
 # --------------------------------------------------------------------------- measuring
@@ -192,8 +275,7 @@ def llm_of(wrapper: Any) -> Any:
 
 def answer_tokens(wrapper: Any, answers: Sequence[str], max_new: int) -> int:
     """Mean generated tokens per answer, from the answer text (plus the end-of-sequence token when shorter)."""
-    n = [len(wrapper.tokenizer.encode(a, add_special_tokens=False)) for a in answers]
-    n = [min(k + 1, max_new) if k < max_new else max_new for k in n]
+    n = [min(len(wrapper.tokenizer.encode(a, add_special_tokens=False)) + 1, max_new) for a in answers]
     return max(1, round(statistics.fmean(n))) if n else 1
 
 
@@ -421,7 +503,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
                     "(default: from the CUDA device's name)")
     ap.add_argument("--dtypes", nargs="+", default=None, choices=("bfloat16", "float32"),
                     help="default: bfloat16 float32 (float32 with --smoke)")
-    ap.add_argument("--cases", nargs="+", default=list(CASES), help=f"among {', '.join(CASES)}")
+    ap.add_argument("--cases", nargs="+", default=list(DEFAULT_CASES),
+                    help=f"among {', '.join(CASES)}; a case this environment cannot run is listed as not run, "
+                         "with the command that runs it")
     ap.add_argument("--subsets", default=None,
                     help="which variants (encred sweep's --subsets: all, k<=1, ...; default all, smoke k<=1)")
     ap.add_argument("--samples", type=int, default=None, help="questions per dataset (default 16; smoke 3)")
@@ -478,12 +562,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         with scoped_env(LMUData=str(lmu), PRED_FORMAT="tsv", HF_HUB_OFFLINE="1"):
             import vlmeval.config  # noqa: F401  (registers our entries)
 
-            env = os.environ.get("ENCRED_ENV_NAME", "base")
             for name in args.cases:
                 case = CASES[name]
-                if case.env != env:
-                    skipped.append(f"{name}: needs environment {case.env} (bash scripts/env.sh --env {case.env} "
-                                   f"python benchmarks/gpu_check.py --cases {name})")
+                why = case.unavailable()
+                if why:
+                    skipped.append(f"{name}: {why}")
                     continue
                 for dtype in args.dtypes:
                     if time.perf_counter() > deadline:
