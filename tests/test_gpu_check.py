@@ -37,6 +37,8 @@ def test_smoke_compares_every_answer_and_predicts_per_variant(gpu_check, tmp_pat
     assert data["cost_model_gpu"].startswith("NVIDIA H200")
     by_case = {r["case"]: r for r in data["results"]}
     assert set(by_case) == {"deepseek_vl_hf", "demo"}
+    # the original DeepSeek-VL package needs transformers 4.x: listed as not run, with the command that runs it
+    assert [s for s in data["skipped"] if s.startswith("deepseek_vl:") and "--env deepseek_vl" in s]
     for r in by_case.values():
         n = len(r["variants"])
         assert n == len(r["predicted"]["per_variant_s"]) >= 3  # k<=1: the full model and each single mask
@@ -77,3 +79,17 @@ def test_bad_options_are_refused_with_the_reason(gpu_check, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(gpu_check.CheckError, match="no CUDA device"):
         gpu_check.main(["--device", "cuda"])
+
+
+@pytest.mark.envs("deepseek_vl")
+@pytest.mark.realcode("deepseek_vl", envs=("deepseek_vl",))
+def test_smoke_on_the_original_deepseek_vl_classes(gpu_check, tmp_path):
+    out = tmp_path / "smoke.json"
+    assert gpu_check.main(["--smoke", "--cases", "deepseek_vl", "demo", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    (r,) = data["results"]
+    assert r["case"] == "deepseek_vl" and r["answers_compared"] == len(r["variants"]) * r["samples"] > 0
+    assert r["answers_identical"] == r["answers_compared"], r["differing"]
+    assert r["predicted"]["speedup"] > 1
+    # transformers 4.x here: the demo is listed as not run, with the base environment's command
+    assert [s for s in data["skipped"] if s.startswith("demo:") and "bash scripts/env.sh python" in s]
