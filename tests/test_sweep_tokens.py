@@ -87,6 +87,45 @@ def test_masks_x_budgets_sweep_equals_per_variant_runs(demo_data, tmp_path):
     assert states == {e.name: "predicted" for e in chosen}
 
 
+def test_budgets_with_cross_sample_batches_and_a_refusing_fuse(demo_data, tmp_path, monkeypatch):
+    """--decode-batch-tokens with budget rows: the unpruned rows are queued (several samples per decode
+    batch), the budget rows answered at once; a family whose ``fuse`` refuses (ValueError: e.g. not plain
+    greedy) is decoded by its ``fuse_and_generate`` instead.  Every file equals the exact sweep's."""
+    from vlmeval_encred.model_wrappers.encred_tiny.modeling import EncredTinySweep
+    from vlmeval_encred.registry import get_base
+    from vlmeval_encred.sweep.decoding import decode
+    from vlmeval_encred.sweep.engine import run_sweep
+    from vlmeval_encred.sweep.selection import select_entries, with_budgets
+
+    base = get_base("encred_tiny")
+    chosen, _ = with_budgets(base, select_entries(base, "k<=1"), "25,100", "fusion,llm")
+    run_sweep(base, chosen, [DS], str(tmp_path / "exact"), progress=False)
+    batched = run_sweep(base, chosen, [DS], str(tmp_path / "batched"), progress=False,
+                        decode_batch_tokens=4096).datasets[0]
+    assert batched.decoding.shared_batches > 0, vars(batched.decoding)  # samples really shared decode batches
+
+    orig_fuse, orig_fag = EncredTinySweep.fuse, EncredTinySweep.fuse_and_generate
+    refused = []
+
+    def refusing_fuse(self, *args):
+        refused.append(1)
+        raise ValueError("not plain greedy (test)")
+
+    def own_decoding(self, wrapper, inputs, feats, mask_mode, tokens=None):
+        if tokens is not None and any(t is not None for t in tokens):
+            return orig_fag(self, wrapper, inputs, feats, mask_mode, tokens)
+        return decode([orig_fuse(self, wrapper, inputs, feats, mask_mode)])[0]
+
+    monkeypatch.setattr(EncredTinySweep, "fuse", refusing_fuse)
+    monkeypatch.setattr(EncredTinySweep, "fuse_and_generate", own_decoding)
+    run_sweep(base, chosen, [DS], str(tmp_path / "refused"), progress=False, decode_batch_tokens=4096)
+    assert len(refused) == 6  # once per sample: its unpruned rows went to fuse_and_generate
+    for e in chosen:
+        want = list(_preds(tmp_path / "exact", e.name)["prediction"])
+        assert list(_preds(tmp_path / "batched", e.name)["prediction"]) == want, e.name
+        assert list(_preds(tmp_path / "refused", e.name)["prediction"]) == want, e.name
+
+
 def test_a_family_that_does_not_sweep_a_stage_is_refused_before_loading(monkeypatch, tmp_path):
     from vlmeval_encred.model_wrappers.encred_tiny.modeling import EncredTinySweep
     from vlmeval_encred.registry import get_base
