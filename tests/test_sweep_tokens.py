@@ -153,10 +153,9 @@ def test_budget_selection_refusals_name_the_family(capsys):
     from vlmeval_encred.registry import get_base
     from vlmeval_encred.sweep.selection import SelectionError, select_entries, with_budgets
 
-    x5 = get_base("eagle_x5")
-    with pytest.raises(SelectionError, match=r"fusion token stage is not yet implemented for family eagle1 "
-                                             r"\(implemented for: .*encred_tiny"):
-        with_budgets(x5, select_entries(x5, "k=0"), "25")
+    cam = get_base("cambrian1_phi3_3b")  # a family that refuses both stages, with the reason
+    with pytest.raises(SelectionError, match=r"the fusion token stage is not defined for family cambrian: "):
+        with_budgets(cam, select_entries(cam, "k=0"), "25")
     tiny = get_base("encred_tiny")
     with pytest.raises(SelectionError, match="--token-stage needs --keep"):
         with_budgets(tiny, select_entries(tiny, "k=0"), None, "llm")
@@ -172,8 +171,8 @@ def test_budget_selection_refusals_name_the_family(capsys):
     # --subsets takes budget names, ordered as the registry orders them
     picked = select_entries(tiny, "encred_tiny_keep50_llm,encred_tiny_mask_hires_keep25,encred_tiny")
     assert [e.name for e in picked] == ["encred_tiny", "encred_tiny_mask_hires_keep25", "encred_tiny_keep50_llm"]
-    with pytest.raises(SystemExit, match="not yet implemented for family eagle1"):
-        main(["sweep", "--model", "eagle_x5", "--data", "MME", "--keep", "25"])
+    with pytest.raises(SystemExit, match="not defined for family cambrian"):
+        main(["sweep", "--model", "cambrian1_phi3_3b", "--data", "MME", "--keep", "25"])
 
 
 def test_encred_models_lists_token_variants(capsys):
