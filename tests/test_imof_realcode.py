@@ -230,10 +230,10 @@ def test_sweep_support_equals_per_variant_generate(variants, image, mode, batche
     monkeypatch.setattr(support, "batched", batched)
     path, per_prompt = _SWEEP_CASES[(mode, batched, generation)]
     gen_rows, dec_rows, stats = [], [], []
-    real_generate, real_greedy = full.model.generate, decoding.greedy_subsets
+    real_generate, real_decode = full.model.generate, decoding.decode
     monkeypatch.setattr(full.model, "generate", lambda *a, **k: gen_rows.append(a[0].shape[0]) or real_generate(*a, **k))
-    monkeypatch.setattr(decoding, "greedy_subsets",
-                        lambda lm, embeds, *a, **k: dec_rows.append(embeds.shape[0]) or real_greedy(lm, embeds, *a, **k))
+    monkeypatch.setattr(decoding, "decode",  # rows of each request the shared-prefix decoder gets
+                        lambda reqs, *a, **k: dec_rows.extend(r.rows for r in reqs) or real_decode(reqs, *a, **k))
     answers = []
     for q in ("Which option? A. cat B. dog", "What colour is the page?"):
         msg = [{"type": "image", "value": image}, {"type": "text", "value": q}]
