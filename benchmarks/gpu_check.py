@@ -51,7 +51,6 @@ Usage (from the checkout, in the project's environment):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import os
@@ -62,7 +61,9 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
+
+from vlmeval_encred.realcode.envscope import scoped_env
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
@@ -229,21 +230,6 @@ DEFAULT_CASES = ("deepseek_vl_hf", "demo", "deepseek_vl")
 
 
 # --------------------------------------------------------------------------- measuring
-@contextlib.contextmanager
-def scoped_env(**values: str) -> Iterator[None]:
-    """Set environment variables for the block and restore them (the smoke test runs in-process)."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def sync(device: str) -> None:
     """Wait for queued kernels, so a timer read after it covers them."""
     if device.startswith("cuda"):

@@ -51,21 +51,15 @@ def concat5_env(tmp_path_factory, dataset: str, n: int = 4):
     share (environment variables restored afterwards)."""
     lmu = tmp_path_factory.mktemp("LMUData")
     write_mcq_tsv(lmu / f"{dataset}.tsv", n=n)
-    old = {k: os.environ.get(k) for k in ("LMUData", "PRED_FORMAT", "HF_HUB_OFFLINE")}
-    os.environ.update(LMUData=str(lmu), PRED_FORMAT="xlsx", HF_HUB_OFFLINE="1")
     from standins import concat5
 
-    concat5.register()
-    from vlmeval_encred.registry import get_base
+    from vlmeval_encred.realcode.envscope import scoped_env
 
-    try:
+    with scoped_env(LMUData=str(lmu), PRED_FORMAT="xlsx", HF_HUB_OFFLINE="1"):
+        concat5.register()
+        from vlmeval_encred.registry import get_base
+
         yield dict(lmu=lmu, base=get_base(concat5.BASE_NAME))
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture()

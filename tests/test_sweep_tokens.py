@@ -9,7 +9,6 @@ computation on a toy architecture small enough to write out.  Nothing is mocked.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -28,16 +27,10 @@ def demo_data(tmp_path_factory):
     lmu = tmp_path_factory.mktemp("LMUData")
     spec = next(d for d in data.DATASETS if d.kind == "OCR")
     (lmu / f"{DS}.tsv").write_bytes(data.to_tsv_bytes(spec, data.generate("OCR", 6)))
-    old = {k: os.environ.get(k) for k in ("LMUData", "PRED_FORMAT", "HF_HUB_OFFLINE")}
-    os.environ.update(LMUData=str(lmu), PRED_FORMAT="xlsx", HF_HUB_OFFLINE="1")
-    try:
+    from vlmeval_encred.realcode.envscope import scoped_env
+
+    with scoped_env(LMUData=str(lmu), PRED_FORMAT="xlsx", HF_HUB_OFFLINE="1"):
         yield lmu
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _per_variant(name: str, work: Path) -> None:
