@@ -246,6 +246,28 @@ def test_token_check_numbers_are_the_wrappers_own_answers():
     assert r.lo is not None and r.lo <= r.diff <= r.hi
     assert r.ok == (r.lo > 0) and "seeded random" in r.describe()
     assert run_token_check(EncredTiny, "encred_tiny", 5, n_boot=0).lo is None
+    assert r.shape_kept_scored is not None and 0 <= r.digit_kept_random <= 100
+
+
+def test_token_check_runs_at_the_llm_stage_and_on_other_categories():
+    """benchmarks/token_check_grid.py's cells: the same check at the llm stage (scored accuracy = the
+    keep50_llm wrapper's own) and on a category without a digit (no digit/distractor diagnosis)."""
+    import dataclasses
+
+    from vlmeval_encred.demo.planted import TOKEN_CHECK
+    from vlmeval_encred.demo.token_check import run_token_check
+    from vlmeval_encred.model_wrappers.encred_tiny.modeling import EncredTiny
+    from vlmeval_encred.registry import parse_entry_name
+
+    n = 12
+    llm = dataclasses.replace(TOKEN_CHECK, keep=50, stage="llm")
+    r = run_token_check(EncredTiny, "encred_tiny", n, n_boot=50, check=llm)
+    w = EncredTiny(**parse_entry_name("encred_tiny_keep50_llm").kwargs())
+    plain = 100.0 * sum(w.generate_inner(_msg(s)) == s.answer for s in data.generate("OCR", n)) / n
+    assert (r.stage, r.k, r.acc_scored) == ("llm", 8, pytest.approx(plain)) and "llm stage" in r.describe()
+    v = run_token_check(EncredTiny, "encred_tiny", 6, n_boot=0,
+                        check=dataclasses.replace(TOKEN_CHECK, kind="Vision", category="Vision-Centric"))
+    assert v.kind == "Vision" and v.digit_kept_scored is None and "digit" not in v.describe()
 
 
 def _fake_demo_results(work: Path, n: int = 20) -> list[str]:
@@ -311,3 +333,29 @@ def test_demo_does_not_remove_results_it_did_not_make(tmp_path):
     assert demo._prepare_work_dir(work, variants, {"datasets": {}, "checkpoint": "x"}) is True
     assert demo._prepare_work_dir(work, variants, {"datasets": {}, "checkpoint": "y"}) is False
     assert not (work / "encred_tiny").exists()
+
+
+def test_token_check_grid_benchmark_small(tmp_path, capsys):
+    """benchmarks/token_check_grid.py end to end at a tiny size: its table rows, the diagnosis of the planted
+    case (the first rows reproduce the check's own scored and control accuracies), a PNG, and no silent
+    overwrite of an existing figure."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "token_check_grid.py"
+    spec = importlib.util.spec_from_file_location("encred_token_check_grid", script)
+    grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grid)
+    png = tmp_path / "grid.png"
+    args = ["--n", "6", "--n-boot", "20", "--keeps", "25", "--kinds", "OCR", "--png", str(png), "--diagnose"]
+    assert grid.main(args) == 0
+    out = capsys.readouterr().out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = [line for line in out.splitlines() if line.startswith("| fusion") or line.startswith("| llm")]
+    assert len(rows) == 2 and rows[0].startswith("| fusion * | 25 | OCR |")
+    scored, control = rows[0].split("|")[4:6]
+    diag = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in out.splitlines()
+            if line.startswith("| scored (as shipped)") or line.startswith("| seeded random (the control)")}
+    assert diag == {"scored (as shipped)": f"{float(scored):.1f} %", "seeded random (the control)": f"{float(control):.1f} %"}
+    with pytest.raises(SystemExit):
+        grid.main(args)  # the figure exists: refused without --force
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

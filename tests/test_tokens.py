@@ -294,6 +294,27 @@ def test_demo_llm_stage_prunes_after_layer_k_with_the_attention_ranking(demo):
     ref = sorted(sorted(range(16), key=lambda i: (-float(score[i]), i))[:4])
     assert kept == ref
 
+    # The control hook (the demo's token check, at the llm stage): it is offered the scored selection,
+    # its positions replace the scored ones after layer K, and layer K sees exactly those.
+    offered = []
+    w.token_select = lambda sel: offered.append(sel.kept.tolist()) or torch.tensor([0, 5, 10, 15])
+    seen, handles = _layer_probe(lm.model.layers)
+    try:
+        w.generate_inner(msgs[1])
+    finally:
+        w.token_select = None
+        for h in handles:
+            h.remove()
+    assert offered[0] == ref and w.token_report["kept"] == [0, 5, 10, 15]
+    assert seen[1][0][1] == [0, 1, 6, 11, 16] + list(range(17, s))
+    assert w.pruner.select is None  # the hook does not outlive the answer
+    w.token_select = lambda sel: torch.tensor([0, 0, 1, 2])  # not 4 distinct positions: refused, said why
+    try:
+        with pytest.raises(TokenError, match="4 distinct indices into the 16 visual positions"):
+            w.generate_inner(msgs[1])
+    finally:
+        w.token_select = None
+
 
 # --- transformers' DeepseekVLHybrid (real classes, tiny random sizes) -----------------------
 

@@ -353,6 +353,10 @@ class LlmPruner:
         self.kept_visual: list[int] | None = None
         self.scores: Any = None
         self.fraction: float | None = None
+        self.select: Any = None
+        """Optional ``select(scores, k) -> LongTensor`` of ``k`` indices into the visual positions, used
+        instead of the ``k`` best by score: a control selection of the same size and at the same point
+        (the demo's token check compares the scored selection with a seeded random one)."""
         self._idx: Any = None  # positions of the current forward that continue past layer K-1
         self._prefill = False
         attn = self.layers[spec.layer - 1].self_attn
@@ -443,6 +447,13 @@ class LlmPruner:
         else:
             self.fraction, k_keep = self.spec.keep / 100, self.spec.budget(n)
         chosen = top_positions(self.scores, k_keep)
+        if self.select is not None:
+            chosen = torch.as_tensor(self.select(self.scores, k_keep), dtype=torch.long)
+            if chosen.numel() != k_keep or len(set(chosen.tolist())) != k_keep or not 0 <= int(chosen.min()) \
+                    or int(chosen.max()) >= n:
+                raise TokenError(f"llm stage: the control selection must be {k_keep} distinct indices into the "
+                                 f"{n} visual positions, got {chosen.tolist()}")
+            chosen = torch.sort(chosen).values
         self.kept_visual = [self.visual[i] for i in chosen.tolist()]
         self._idx = self._index(h.shape[1])
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import gc
 import warnings
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -116,8 +117,10 @@ class EncredTiny(EncredMixin, BaseModel):
     on_generate: Callable[[], None] | None = None
     """Called after every answer; ``encred demo`` sets it to advance its progress bar."""
     token_select: Callable[[Any], Any] | None = None
-    """Fusion stage only: replaces the scored kept positions (``FusionSelection`` -> LongTensor of the same
-    size); ``encred demo``'s token check sets a seeded random control (vlmeval_encred.demo.token_check)."""
+    """Replaces the scored kept positions: called with the scored selection (``.kept``, grid indices
+    0..T-1, and ``.importance``; a ``FusionSelection`` at the fusion stage), returns a LongTensor of as many
+    grid indices; at the llm stage it is consulted after layer K, where the scored ones would be chosen.
+    ``encred demo``'s token check sets a seeded random control (vlmeval_encred.demo.token_check)."""
 
     def __init__(self, model_path: str = "encred-demo:default", max_new_tokens: int = 2,
                  threads: int | None = None, torch_dtype: Any = "float32", device: str = "cpu",
@@ -273,6 +276,16 @@ def fusion_answer(model: Any, tokenizer: Any, ids: torch.Tensor, cat: torch.Tens
     return answer, {"stage": "fusion", "kept": kept, "n_visual": t, "weights": sel.weights}
 
 
+@dataclass
+class LlmSelection:
+    """The llm stage's scored selection as ``EncredTiny.token_select`` sees it."""
+
+    kept: torch.Tensor
+    """Grid indices (ascending) of the visual tokens the attention score keeps."""
+    importance: torch.Tensor
+    """Attention from the last prompt token to each visual token at layer K-1, (T,)."""
+
+
 @torch.inference_mode()
 def generate_with_tokens(model: Any, tokenizer: Any, pixels: torch.Tensor, prompt: str, max_new_tokens: int,
                          tokens: Any, pruner: Any = None, select: Any = None) -> tuple[str, dict[str, Any]]:
@@ -286,11 +299,16 @@ def generate_with_tokens(model: Any, tokenizer: Any, pixels: torch.Tensor, promp
         cat, feats = fusion_features(model, pixels)
         return fusion_answer(model, tokenizer, ids, cat, feats, max_new_tokens, tokens, select)
     pruner.arm(range(1, 1 + t), ids.shape[1])
+    if select is not None:  # the visual positions are 1..t, so indices into them are grid indices
+        from vlmeval_encred.tokens import top_positions
+
+        pruner.select = lambda scores, k: select(LlmSelection(top_positions(scores, k), scores))
     try:
         answer = model.generate_answer(tokenizer, pixels, prompt, max_new_tokens)
         kept = [k - 1 for k in pruner.kept_visual]
     finally:
         pruner.disarm()
+        pruner.select = None
     return answer, {"stage": "llm", "kept": kept, "n_visual": t, "layer": tokens.layer}
 
 

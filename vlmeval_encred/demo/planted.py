@@ -138,6 +138,10 @@ class TokenCheck:
     category: str = OCR
     keep: int = 25
     """Percent of the 16 visual tokens kept (4 tokens)."""
+    stage: str = "fusion"
+    """Where tokens are chosen (:data:`vlmeval_encred.tokens.STAGES`); the llm stage prunes after the
+    default layer K.  The claim is the fusion stage's; benchmarks/token_check_grid.py runs the same check
+    for both stages, every category and other budgets (docs/tokens.md)."""
     control_seed: int = 0
     """The random control keeps ``random.Random(f"{control_seed}:{question index}").sample(range(T), k)``."""
     counts: bool = False
