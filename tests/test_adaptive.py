@@ -6,7 +6,6 @@ masking `hires` destroys OCR (about -85 points), masking `lowres` or `colour` ch
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -122,16 +121,11 @@ def demo(tmp_path_factory):
 
     lmu = tmp_path_factory.mktemp("LMUData")
     data.write_datasets(lmu, samples_per_category=N_Q)
-    old = {k: os.environ.get(k) for k in ("LMUData", "PRED_FORMAT", "HF_HUB_OFFLINE")}
-    os.environ.update(LMUData=str(lmu), PRED_FORMAT="xlsx", HF_HUB_OFFLINE="1")
+    from vlmeval_encred.realcode.envscope import scoped_env
     from vlmeval_encred.registry import get_base
 
-    yield get_base("encred_tiny")
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with scoped_env(LMUData=str(lmu), PRED_FORMAT="xlsx", HF_HUB_OFFLINE="1"):
+        yield get_base("encred_tiny")
 
 
 def test_adaptive_sweep_on_the_demo_model(demo, tmp_path):

@@ -16,7 +16,6 @@ reported "not run here" (counted in the real-code table CI prints), never passed
 from __future__ import annotations
 
 import itertools
-import os
 from pathlib import Path
 
 import pytest
@@ -223,9 +222,9 @@ def test_engine_sweep_equals_vlmevalkit_per_variant(ckpt, workdir, tmp_path, mod
     lmu = workdir / f"LMUData-{mode}"
     lmu.mkdir(exist_ok=True)
     write_mcq_tsv(lmu / f"{ds}.tsv", n=2)
-    old = {k: os.environ.get(k) for k in ("LMUData", "PRED_FORMAT")}
-    os.environ.update(LMUData=str(lmu), PRED_FORMAT="xlsx")
-    try:
+    from vlmeval_encred.realcode.envscope import scoped_env
+
+    with scoped_env(LMUData=str(lmu), PRED_FORMAT="xlsx"):
         spec = register_base(BaseModelSpec(
             name=f"dsvl_realtiny_{mode}", family="deepseek_vl", checkpoint=ckpt,
             encoders=("siglip", "sam"), wrapper="vlmeval_encred.model_wrappers.deepseek_vl:EncredDeepSeekVL",
@@ -247,12 +246,6 @@ def test_engine_sweep_equals_vlmevalkit_per_variant(ckpt, workdir, tmp_path, mod
             assert list(got["prediction"]) == list(want["prediction"]), e.name
             seen.update(got["prediction"])
         assert len(seen) > 1
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def test_transformers_port_refuses_this_environment():

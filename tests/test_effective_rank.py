@@ -4,7 +4,6 @@ dataset and prompt code (real: the shipped demo checkpoint, VLMEvalKit's custom 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -93,14 +92,10 @@ def demo_env(tmp_path_factory):
     dup = pd.concat([tsv.iloc[:3], tsv.iloc[:3]], ignore_index=True)
     dup["index"] = range(len(dup))
     dup.to_csv(lmu / "EncredRankDup.tsv", sep="\t", index=False)
-    old = {k: os.environ.get(k) for k in ("LMUData", "HF_HUB_OFFLINE")}
-    os.environ.update(LMUData=str(lmu), HF_HUB_OFFLINE="1")
-    yield lmu
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    from vlmeval_encred.realcode.envscope import scoped_env
+
+    with scoped_env(LMUData=str(lmu), HF_HUB_OFFLINE="1"):
+        yield lmu
 
 
 def test_encred_rank_on_the_demo_model(demo_env, tmp_path, capsys):

@@ -38,23 +38,19 @@ def env(tmp_path_factory):
     from vlmeval_encred.demo import data
 
     data.write_datasets(lmu, samples_per_category=SAMPLES)
-    old = {k: os.environ.get(k) for k in ("LMUData", "PRED_FORMAT", "HF_HUB_OFFLINE")}
-    os.environ.update(LMUData=str(lmu), PRED_FORMAT="tsv", HF_HUB_OFFLINE="1")
-    importlib.import_module("vlmeval.config")  # imported once, before any fork
+    from vlmeval_encred.realcode.envscope import scoped_env
 
-    from vlmeval_encred.registry import get_base
-    from vlmeval_encred.sweep.selection import select_entries
+    with scoped_env(LMUData=str(lmu), PRED_FORMAT="tsv", HF_HUB_OFFLINE="1"):
+        importlib.import_module("vlmeval.config")  # imported once, before any fork
 
-    base = get_base("encred_tiny")
-    ref = tmp_path_factory.mktemp("ref")
-    codes = _ranks(1, _sweep_rank, dict(work=str(ref), out=str(ref / "report")))
-    assert codes == [0], _errors(ref / "report")
-    yield dict(lmu=lmu, ref=ref, base=base, variants=[e.name for e in select_entries(base, "all")])
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+        from vlmeval_encred.registry import get_base
+        from vlmeval_encred.sweep.selection import select_entries
+
+        base = get_base("encred_tiny")
+        ref = tmp_path_factory.mktemp("ref")
+        codes = _ranks(1, _sweep_rank, dict(work=str(ref), out=str(ref / "report")))
+        assert codes == [0], _errors(ref / "report")
+        yield dict(lmu=lmu, ref=ref, base=base, variants=[e.name for e in select_entries(base, "all")])
 
 
 # ------------------------------------------------------------------ forked ranks

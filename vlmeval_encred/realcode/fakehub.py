@@ -11,10 +11,11 @@ restored afterwards.  Used by tests and ``encred doctor`` only, never by a real 
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from pathlib import Path
 from typing import Iterator
+
+from .envscope import scoped_env
 
 _ENV = ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 # transformers.utils.hub globals that hold the cache folder or the offline switch (names vary by version)
@@ -30,20 +31,14 @@ def offline_hub(cache: Path | str) -> Iterator[Path]:
     if tu is None:
         import transformers.utils.hub as tu
     cache = str(cache)
-    saved_env = {k: os.environ.get(k) for k in _ENV}
     saved = [(hc, "HF_HUB_CACHE", hc.HF_HUB_CACHE), (hc, "HF_HUB_OFFLINE", hc.HF_HUB_OFFLINE)]
     saved += [(tu, name, getattr(tu, name)) for name in _TRANSFORMERS_GLOBALS if hasattr(tu, name)]
-    os.environ.update({"HF_HUB_CACHE": cache, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
-    hc.HF_HUB_CACHE, hc.HF_HUB_OFFLINE = cache, True
-    for mod, name, _ in saved[2:]:
-        setattr(mod, name, True if name == "_is_offline_mode" else cache)
-    try:
-        yield Path(cache)
-    finally:
-        for mod, name, value in saved:
-            setattr(mod, name, value)
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with scoped_env(**dict(zip(_ENV, (cache, "1", "1")))):
+        hc.HF_HUB_CACHE, hc.HF_HUB_OFFLINE = cache, True
+        for mod, name, _ in saved[2:]:
+            setattr(mod, name, True if name == "_is_offline_mode" else cache)
+        try:
+            yield Path(cache)
+        finally:
+            for mod, name, value in saved:
+                setattr(mod, name, value)
