@@ -112,7 +112,8 @@ def _diagnose(n: int) -> None:
         "seeded random (the control)": lambda sel, s, o: torch.tensor(sorted(o[:k])),
         "scored ranking reversed (k lowest)": lambda sel, s, o: top_positions(-sel.importance, k),
         "distractor cells first, then random": lambda sel, s, o: fill(sorted(shape_cells(s.image, grid)), o),
-        "random avoiding distractor cells": lambda sel, s, o: fill([c for c in o if c not in shape_cells(s.image, grid)], o),
+        "random avoiding distractor cells":
+            lambda sel, s, o: fill([c for c in o if c not in shape_cells(s.image, grid)], o),
         "digit cells (not distractor) first, then random avoiding distractor":
             lambda sel, s, o: fill(sorted(digit_cells(s.image, grid) - shape_cells(s.image, grid))
                                    + [c for c in o if c not in shape_cells(s.image, grid)], o),

@@ -355,7 +355,8 @@ def test_token_check_grid_benchmark_small(tmp_path, capsys):
     scored, control = rows[0].split("|")[4:6]
     diag = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in out.splitlines()
             if line.startswith("| scored (as shipped)") or line.startswith("| seeded random (the control)")}
-    assert diag == {"scored (as shipped)": f"{float(scored):.1f} %", "seeded random (the control)": f"{float(control):.1f} %"}
+    assert diag == {"scored (as shipped)": f"{float(scored):.1f} %",
+                    "seeded random (the control)": f"{float(control):.1f} %"}
     with pytest.raises(SystemExit):
         grid.main(args)  # the figure exists: refused without --force
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

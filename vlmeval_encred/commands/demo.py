@@ -400,7 +400,8 @@ def _token_verdict(wrapper_cls: Any, base: str, n: int, n_boot: int) -> tuple[in
     print(f"  {mark} {res.describe()}")
     if not res.ok and strict and not TOKEN_CHECK.counts:
         print("       the scored selection does not win on the shipped model; reported as measured, not counted "
-              "toward the exit status (planted.TOKEN_CHECK.counts; docs/tokens.md says why)")
+              "toward the exit status (planted.TOKEN_CHECK.counts; docs/tokens.md says why; "
+              "benchmarks/token_check_grid.py --diagnose shows what it keeps that misleads the model)")
     return (1 if strict and TOKEN_CHECK.counts and not res.ok else 0), res.seconds
 
 

@@ -2,9 +2,9 @@
 
 Does the scored selection (the fusion stage's :func:`vlmeval_encred.tokens.fusion_select`, or the llm
 stage's attention ranking) keep the tokens that matter?  On the demo's OCR questions (same generator and
-seed as the benchmark), the demo model at ``keep25`` answers every question twice -- once with the scored selection, once with a control that
-keeps the same number of positions chosen at random with a fixed seed per question -- and the two
-accuracies are compared with a paired bootstrap over questions (the resampling of the report,
+seed as the benchmark), the demo model at ``keep25`` answers every question twice -- once with the
+scored selection, once with a control that keeps the same number of positions chosen at random with a
+fixed seed per question -- and the two accuracies are compared with a paired bootstrap over questions (the resampling of the report,
 :func:`vlmeval_encred.report.bootstrap.part_resamples`).
 
 The control is internal to this check, not a model name: a random selection answers no user's
