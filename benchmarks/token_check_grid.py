@@ -88,7 +88,7 @@ def _diagnose(n: int) -> None:
     import torch
 
     from vlmeval_encred.demo import data
-    from vlmeval_encred.demo.model import mcq_prompt
+    from vlmeval_encred.demo.model import sample_message
     from vlmeval_encred.demo.planted import TOKEN_CHECK
     from vlmeval_encred.demo.token_check import control_positions, digit_cells, shape_cells
     from vlmeval_encred.model_wrappers.encred_tiny.modeling import EncredTiny
@@ -131,8 +131,7 @@ def _diagnose(n: int) -> None:
             order = random.Random(f"{TOKEN_CHECK.control_seed}:{s.index}").sample(range(t), t)
             assert sorted(order[:k]) == control_positions(t, k, TOKEN_CHECK.control_seed, s.index)
             w.token_select = None if fn is None else (lambda sel, s=s, o=order, fn=fn: fn(sel, s, o))
-            ok += w.generate_inner([{"type": "image", "value": s.image},
-                                    {"type": "text", "value": mcq_prompt(s.question, s.options)}]) == s.answer
+            ok += w.generate_inner(sample_message(s)) == s.answer
             kept = set(w.token_report["kept"])
             dis += bool(kept & shape_cells(s.image, grid))
             dig += bool(kept & digit_cells(s.image, grid))

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from vlmeval_encred.demo import data
-    from vlmeval_encred.demo.model import mcq_prompt
+    from vlmeval_encred.demo.model import sample_message
     from vlmeval_encred.model_wrappers.encred_tiny.modeling import EncredTiny
     from vlmeval_encred.registry import parse_entry_name
 
@@ -42,9 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         for k in kinds:
             ok = 0
             for s in samples[k]:
-                msg = [{"type": "image", "value": s.image},
-                       {"type": "text", "value": mcq_prompt(s.question, s.options)}]
-                ok += w.generate_inner(msg) == s.answer
+                ok += w.generate_inner(sample_message(s)) == s.answer
             accs.append(100 * ok / len(samples[k]))
         print(f"{v:32}" + "".join(f"{a:10.1f}" for a in accs) + f"{sum(accs) / 3:10.1f}{time.time() - t0:8.1f}")
     return 0

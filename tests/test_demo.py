@@ -18,7 +18,7 @@ import torch
 from conftest import explain, run_py, vlmeval_env
 from vlmeval_encred.demo import data, planted
 from vlmeval_encred.demo.model import (PACKAGE_CHECKPOINT, CheckpointError, load_pretrained, mcq_prompt,
-                                       pixels_from_image)
+                                       pixels_from_image, sample_message)
 from vlmeval_encred.masking import MaskSpec, forward_call_recorder
 
 N_PER_KIND = 90  # a subset of the demo's 300 questions per category (same seed, same images)
@@ -205,7 +205,7 @@ def _keep25_wrapper():
 
 
 def _msg(s) -> list[dict]:
-    return [{"type": "image", "value": s.image}, {"type": "text", "value": mcq_prompt(s.question, s.options)}]
+    return sample_message(s)
 
 
 def test_token_check_control_is_seeded_and_replaces_only_the_kept_positions():

@@ -194,15 +194,14 @@ def _layer_probe(layers):
 @pytest.fixture(scope="module")
 def demo():
     from vlmeval_encred.demo import data
-    from vlmeval_encred.demo.model import mcq_prompt
+    from vlmeval_encred.demo.model import sample_message
     from vlmeval_encred.model_wrappers.encred_tiny.modeling import EncredTiny
 
     def load(name):
         return EncredTiny(**parse_entry_name(name).kwargs())
 
     samples = data.generate("OCR", 4) + data.generate("Vision", 4)
-    msgs = [[{"type": "image", "value": s.image}, {"type": "text", "value": mcq_prompt(s.question, s.options)}]
-            for s in samples]
+    msgs = [sample_message(s) for s in samples]
     return load, msgs
 
 

@@ -166,6 +166,13 @@ def mcq_prompt(question: str, options: Sequence[str], letters: str | None = None
     return text + "Please select the correct answer from the options above. \n"
 
 
+def sample_message(sample: Any) -> list[dict[str, Any]]:
+    """The VLMEvalKit message a demo question becomes (its image, then :func:`mcq_prompt`): what the
+    in-process checks pass to a wrapper's ``generate_inner``, as VLMEvalKit's MCQ dataset would."""
+    return [{"type": "image", "value": sample.image},
+            {"type": "text", "value": mcq_prompt(sample.question, sample.options)}]
+
+
 # ---------------------------------------------------------------------------------------------
 # towers
 

@@ -117,7 +117,7 @@ def run_token_check(wrapper_cls: Any, base: str, n: int, n_boot: int, seed: int 
     from ..report.scores import Units
     from ..tokens import TokenSpec
     from . import data
-    from .model import mcq_prompt
+    from .model import sample_message
 
     t0 = time.perf_counter()
     layer = get_base(base).llm_layer  # the llm stage prunes after the base's default layer K
@@ -132,8 +132,7 @@ def run_token_check(wrapper_cls: Any, base: str, n: int, n_boot: int, seed: int 
     shape: dict[str, list[bool]] = {"scored": [], "random": []}
     try:
         for s in data.generate(check.kind, n):
-            msg = [{"type": "image", "value": s.image},
-                   {"type": "text", "value": mcq_prompt(s.question, s.options)}]
+            msg = sample_message(s)
             cells = (digit_cells(s.image, grid), shape_cells(s.image, grid)) if ocr else (set(), set())
             control = torch.tensor(control_positions(t, k, check.control_seed, s.index), dtype=torch.long)
             for mode, select in (("scored", None), ("random", lambda sel, c=control: c)):
