@@ -70,11 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         star = " *" if (r.stage, r.keep, r.kind) == planted else ""
         ci = "" if r.lo is None else f" [{r.lo:+.1f}, {r.hi:+.1f}]"
-        verdict = "scored wins" if r.ok else ("random wins" if r.hi is not None and r.hi < 0 else "no difference")
         cov = (f"{r.digit_kept_scored:.0f} % / {r.digit_kept_random:.0f} %" if r.digit_kept_scored is not None else "")
         shp = (f"{r.shape_kept_scored:.0f} % / {r.shape_kept_random:.0f} %" if r.shape_kept_scored is not None else "")
         print(f"| {r.stage}{star} | {r.keep} | {r.kind} | {r.acc_scored:.1f} | {r.acc_random:.1f} | "
-              f"{r.diff:+.1f}{ci} | {verdict} | {cov} | {shp} |")
+              f"{r.diff:+.1f}{ci} | {r.verdict} | {cov} | {shp} |")
     if a.diagnose:
         _diagnose(a.n)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
@@ -107,66 +106,52 @@ def _diagnose(n: int) -> None:
         out += [c for c in order if c not in out][:k - len(out)]
         return torch.tensor(sorted(out), dtype=torch.long)
 
+    # Each forced selection is f(scored selection, (digit cells, distractor cells), control order).
     forced = {
         "scored (as shipped)": None,
-        "seeded random (the control)": lambda sel, s, o: torch.tensor(sorted(o[:k])),
-        "scored ranking reversed (k lowest)": lambda sel, s, o: top_positions(-sel.importance, k),
-        "distractor cells first, then random": lambda sel, s, o: fill(sorted(shape_cells(s.image, grid)), o),
-        "random avoiding distractor cells":
-            lambda sel, s, o: fill([c for c in o if c not in shape_cells(s.image, grid)], o),
+        "seeded random (the control)": lambda sel, c, o: torch.tensor(sorted(o[:k])),
+        "scored ranking reversed (k lowest)": lambda sel, c, o: top_positions(-sel.importance, k),
+        "distractor cells first, then random": lambda sel, c, o: fill(sorted(c[1]), o),
+        "random avoiding distractor cells": lambda sel, c, o: fill([x for x in o if x not in c[1]], o),
         "digit cells (not distractor) first, then random avoiding distractor":
-            lambda sel, s, o: fill(sorted(digit_cells(s.image, grid) - shape_cells(s.image, grid))
-                                   + [c for c in o if c not in shape_cells(s.image, grid)], o),
-        **{f"L2 norm of {e} alone": (lambda sel, s, o, e=e: top_positions(sel.scores[e], k))
+            lambda sel, c, o: fill(sorted(c[0] - c[1]) + [x for x in o if x not in c[1]], o),
+        **{f"L2 norm of {e} alone": (lambda sel, c, o, e=e: top_positions(sel.scores[e], k))
            for e in w.model.encoder_names},
     }
     samples = data.generate(TOKEN_CHECK.kind, n)
+    cells = {s.index: (digit_cells(s.image, grid), shape_cells(s.image, grid)) for s in samples}
+    # The control's random order of all t positions; its first k are the control's kept set.
+    orders = {s.index: random.Random(f"{TOKEN_CHECK.control_seed}:{s.index}").sample(range(t), t) for s in samples}
+    assert all(sorted(o[:k]) == control_positions(t, k, TOKEN_CHECK.control_seed, i) for i, o in orders.items())
     print(f"\nDiagnosis of the planted case (fusion, keep{TOKEN_CHECK.keep}: {k} of {t} tokens, {n} OCR questions)\n")
     print("| forced selection | accuracy | keeps a distractor cell | keeps a digit cell |")
     print("|---|---|---|---|")
     for label, fn in forced.items():
         ok = dis = dig = 0
         for s in samples:
-            # The control's random order of all t positions; its first k are the control's kept set.
-            order = random.Random(f"{TOKEN_CHECK.control_seed}:{s.index}").sample(range(t), t)
-            assert sorted(order[:k]) == control_positions(t, k, TOKEN_CHECK.control_seed, s.index)
-            w.token_select = None if fn is None else (lambda sel, s=s, o=order, fn=fn: fn(sel, s, o))
+            c, o = cells[s.index], orders[s.index]
+            w.token_select = None if fn is None else (lambda sel, c=c, o=o, fn=fn: fn(sel, c, o))
             ok += w.generate_inner(sample_message(s)) == s.answer
             kept = set(w.token_report["kept"])
-            dis += bool(kept & shape_cells(s.image, grid))
-            dig += bool(kept & digit_cells(s.image, grid))
+            dig += bool(kept & c[0])
+            dis += bool(kept & c[1])
         print(f"| {label} | {100 * ok / n:.1f} % | {100 * dis / n:.0f} % | {100 * dig / n:.0f} % |")
     w.token_select = None
 
 
 def _figure(rows: list, png: Path, planted: tuple) -> None:
+    """Every cell's paired difference with its interval, drawn by the report's interval figure."""
     import io
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    from vlmeval_encred.report.writers import fig_intervals
     from vlmeval_encred.safe_files import atomic_write_bytes
 
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.4))
-    for i, r in enumerate(rows):
-        y = len(rows) - 1 - i
-        colour = "tab:green" if r.ok else ("tab:red" if r.hi is not None and r.hi < 0 else "tab:grey")
-        if r.lo is not None:
-            ax.plot([r.lo, r.hi], [y, y], color=colour, lw=2)
-        ax.plot([r.diff], [y], "o", color=colour, mec="black" if (r.stage, r.keep, r.kind) == planted else colour)
-    ax.axvline(0, color="black", lw=0.8)
-    ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([f"{r.stage} keep{r.keep} {r.kind}" + (" (planted)" if (r.stage, r.keep, r.kind) == planted
-                                                             else "") for r in reversed(rows)], fontsize=8)
-    ax.set_xlabel("accuracy, scored - seeded random selection (points; 95 % paired-bootstrap interval)")
-    ax.set_title(f"Demo model: does the scored token selection beat a random one? ({rows[0].n} questions per row)",
-                 fontsize=9)
-    fig.tight_layout()
+    marks = [{"subject": f"{r.stage} keep{r.keep}", "level": r.kind, "estimate": r.diff, "lo": r.lo, "hi": r.hi,
+              "distinguishable": r.verdict != "no difference",
+              "mark": "(planted)" if (r.stage, r.keep, r.kind) == planted else ""} for r in rows]
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
+    fig_intervals(buf, marks, f"Scored vs random token selection ({rows[0].n} q/row)",
+                  xlabel="scored - random accuracy (points), 95% CI")
     atomic_write_bytes(png, buf.getvalue())
 
 

@@ -61,6 +61,13 @@ class TokenCheckResult:
         """The claim: the interval of (scored - random) lies above zero."""
         return self.lo is not None and self.lo > 0
 
+    @property
+    def verdict(self) -> str:
+        """Which selection the interval favours: "scored wins", "random wins" or "no difference"."""
+        if self.ok:
+            return "scored wins"
+        return "random wins" if self.hi is not None and self.hi < 0 else "no difference"
+
     def describe(self) -> str:
         ci = "no interval" if self.lo is None else f"95% CI [{self.lo:+.1f}, {self.hi:+.1f}]"
         where = "" if self.stage == "fusion" else f", {self.stage} stage"

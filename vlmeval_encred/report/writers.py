@@ -181,9 +181,11 @@ def fig_k_curve(path: Path, rows: list[dict], title: str) -> None:
     _save(plt, fig, ax, path, title)
 
 
-def fig_intervals(path: Path, rows: list[dict], title: str, notes: list[str] | None = None) -> None:
-    """CUR estimates with their intervals; a row without one (partial input) is drawn as a hollow
-    estimate with its mark, explained by ``notes`` under the plot, instead of being left out."""
+def fig_intervals(path: Path | Any, rows: list[dict], title: str, notes: list[str] | None = None,
+                  xlabel: str = "CUR (%) with 95% paired-bootstrap interval") -> None:
+    """Estimates (CUR by default) with their intervals; a row without one (partial input) is drawn as a
+    hollow estimate with its mark, explained by ``notes`` under the plot, instead of being left out.
+    ``path`` may be a binary file object (the PNG is written to it)."""
     plt = _plt()
     rows = [r for r in rows if r["lo"] is not None or r.get("mark")]
     fig, ax = plt.subplots(figsize=(6, 0.9 + 0.32 * max(1, len(rows))))
@@ -198,6 +200,6 @@ def fig_intervals(path: Path, rows: list[dict], title: str, notes: list[str] | N
     labels = [f"{r['subject']} ({r['level']})" + (f" {r['mark']}" if r.get("mark") else "")
               + (" no interval" if r["lo"] is None else "") for r in rows]
     ax.set_yticks(range(len(rows)), labels, fontsize=8)
-    ax.set_xlabel("CUR (%) with 95% paired-bootstrap interval (red: excludes 0)")
+    ax.set_xlabel(f"{xlabel} (red: excludes 0)")
     ax.invert_yaxis()
     _save(plt, fig, ax, path, title, notes)
